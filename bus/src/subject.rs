@@ -1,0 +1,192 @@
+//! The subject scheme. This module is the only place that builds subjects, stream, consumer and
+//! bucket names, so the permissions a node gets and the subjects code uses cannot drift apart.
+//!
+//! | subject | direction |
+//! | --- | --- |
+//! | `ld.<deployment>.<node>.tasks` | control plane to node, stored in [`TASK_STREAM`] |
+//! | `ld.<deployment>.<node>.telemetry.heartbeat` | node to control plane, core NATS |
+//! | `ld.<deployment>.<node>.telemetry.report` | node to control plane, stored in [`REPORT_STREAM`] |
+
+use std::fmt;
+
+use crate::ids::{DeploymentId, NodeId};
+
+/// First token of every Warden subject.
+pub const SUBJECT_ROOT: &str = "ld";
+/// JetStream stream that stores tasks for every node.
+pub const TASK_STREAM: &str = "WARDEN_TASKS";
+/// JetStream stream that stores task reports from every node.
+pub const REPORT_STREAM: &str = "WARDEN_REPORTS";
+/// Durable consumer on [`REPORT_STREAM`] shared by all control-plane replicas.
+pub const REPORT_CONSUMER: &str = "control-plane-reports";
+/// Queue group in which control-plane replicas share heartbeats.
+pub const CONTROL_PLANE_QUEUE: &str = "control-plane";
+/// KV bucket of deployment records.
+pub const DEPLOYMENTS_BUCKET: &str = "warden_deployments";
+/// KV bucket of node records.
+pub const NODES_BUCKET: &str = "warden_nodes";
+/// KV bucket of task records.
+pub const TASKS_BUCKET: &str = "warden_tasks";
+/// KV bucket of control-plane settings shared by replicas, such as the admin API key hash.
+pub const CONTROL_BUCKET: &str = "warden_control";
+
+/// A NATS subject built by this module. Subjects from the wire are parsed with
+/// [`NodeSubject::parse`] instead.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Subject(String);
+
+impl Subject {
+    /// The subject as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Subject on which the control plane leaves tasks for one node.
+    pub fn tasks(deployment: &DeploymentId, node: &NodeId) -> Self {
+        Self(format!("{SUBJECT_ROOT}.{deployment}.{node}.tasks"))
+    }
+
+    /// Subject on which a node sends one kind of telemetry.
+    pub fn telemetry(deployment: &DeploymentId, node: &NodeId, kind: TelemetryKind) -> Self {
+        Self(format!(
+            "{SUBJECT_ROOT}.{deployment}.{node}.telemetry.{}",
+            kind.token()
+        ))
+    }
+
+    /// Wildcard matching the task subjects of every node.
+    pub fn all_tasks() -> Self {
+        Self(format!("{SUBJECT_ROOT}.*.*.tasks"))
+    }
+
+    /// Wildcard matching one kind of telemetry from every node.
+    pub fn all_telemetry(kind: TelemetryKind) -> Self {
+        Self(format!("{SUBJECT_ROOT}.*.*.telemetry.{}", kind.token()))
+    }
+
+    /// Tells whether this subject, read as a filter with `*` and `>` wildcards, matches `subject`.
+    pub fn matches(&self, subject: &str) -> bool {
+        let mut filter = self.0.split('.');
+        let mut tokens = subject.split('.');
+        loop {
+            match (filter.next(), tokens.next()) {
+                (Some(">"), Some(_)) => return true,
+                (Some("*"), Some(_)) => {}
+                (Some(expected), Some(token)) if expected == token => {}
+                (None, None) => return true,
+                _ => return false,
+            }
+        }
+    }
+}
+
+impl fmt::Display for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl fmt::Debug for Subject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Subject({:?})", self.0)
+    }
+}
+
+/// Kinds of telemetry a node sends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum TelemetryKind {
+    /// Liveness beacon on core NATS.
+    Heartbeat,
+    /// Task progress and outcome, stored in [`REPORT_STREAM`].
+    Report,
+}
+
+impl TelemetryKind {
+    fn token(self) -> &'static str {
+        match self {
+            Self::Heartbeat => "heartbeat",
+            Self::Report => "report",
+        }
+    }
+}
+
+/// Name of the durable pull consumer through which one node receives its tasks.
+///
+/// Identifiers never contain `_`, so the name maps back to exactly one node.
+pub fn task_consumer(deployment: &DeploymentId, node: &NodeId) -> String {
+    format!("node_{deployment}_{node}")
+}
+
+/// KV key of a node record in [`NODES_BUCKET`].
+pub fn node_key(deployment: &DeploymentId, node: &NodeId) -> String {
+    format!("{deployment}.{node}")
+}
+
+/// The deployment and node named by a per-node subject received from the wire.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodeSubject {
+    /// Deployment token of the subject.
+    pub deployment: DeploymentId,
+    /// Node token of the subject.
+    pub node: NodeId,
+}
+
+impl NodeSubject {
+    /// Parses `ld.<deployment>.<node>.…`, returning `None` for anything else.
+    pub fn parse(subject: &str) -> Option<Self> {
+        let mut tokens = subject.split('.');
+        if tokens.next()? != SUBJECT_ROOT {
+            return None;
+        }
+        let deployment = DeploymentId::new(tokens.next()?).ok()?;
+        let node = NodeId::new(tokens.next()?).ok()?;
+        tokens.next()?;
+        Some(Self { deployment, node })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (DeploymentId, NodeId) {
+        (
+            DeploymentId::new("prod").unwrap(),
+            NodeId::new("n1").unwrap(),
+        )
+    }
+
+    #[test]
+    fn builds_per_node_subjects() {
+        let (deployment, node) = ids();
+        assert_eq!(
+            Subject::tasks(&deployment, &node).as_str(),
+            "ld.prod.n1.tasks"
+        );
+        assert_eq!(
+            Subject::telemetry(&deployment, &node, TelemetryKind::Heartbeat).as_str(),
+            "ld.prod.n1.telemetry.heartbeat"
+        );
+        assert_eq!(task_consumer(&deployment, &node), "node_prod_n1");
+    }
+
+    #[test]
+    fn wildcards_match_like_nats() {
+        assert!(Subject::all_tasks().matches("ld.prod.n1.tasks"));
+        assert!(!Subject::all_tasks().matches("ld.prod.n1.tasks.extra"));
+        assert!(!Subject::all_tasks().matches("ld.prod.tasks"));
+        let tail = Subject("ld.>".to_owned());
+        assert!(tail.matches("ld.a.b.c"));
+        assert!(!tail.matches("ld"));
+    }
+
+    #[test]
+    fn parses_node_subject() {
+        let parsed = NodeSubject::parse("ld.prod.n1.telemetry.report").unwrap();
+        assert_eq!(parsed.deployment.as_str(), "prod");
+        assert_eq!(parsed.node.as_str(), "n1");
+        assert!(NodeSubject::parse("ld.prod.n1").is_none());
+        assert!(NodeSubject::parse("xx.prod.n1.tasks").is_none());
+        assert!(NodeSubject::parse("ld.PROD.n1.tasks").is_none());
+    }
+}

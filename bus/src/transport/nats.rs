@@ -1,0 +1,434 @@
+//! The NATS transport: async-nats with JetStream. Every call has a deadline, so a silent broker
+//! turns into a [`BusError::Timeout`] instead of a hung actor.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_nats::jetstream::{self, consumer, kv, stream, AckKind};
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures::StreamExt;
+
+use super::{
+    Acknowledge, Bus, BusError, ConsumerSpec, Delivery, Inbound, KvEntry, StreamSpec, Subscription,
+};
+use crate::subject::Subject;
+
+/// Deadline for one broker operation.
+pub const OPERATION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long the first connection attempt may take.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A connection to a NATS server with JetStream.
+#[derive(Clone)]
+pub struct NatsBus {
+    client: async_nats::Client,
+    jetstream: jetstream::Context,
+    consumers: Arc<Mutex<HashMap<(String, String), consumer::PullConsumer>>>,
+    buckets: Arc<Mutex<HashMap<String, kv::Store>>>,
+}
+
+impl NatsBus {
+    /// Connects to `url`, naming the connection `name` in the server's monitoring.
+    ///
+    /// After the first connection succeeds the client reconnects by itself, without limit.
+    pub async fn connect(url: &str, name: &str) -> Result<Self, BusError> {
+        let options = async_nats::ConnectOptions::new()
+            .name(name)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .max_reconnects(None)
+            .event_callback(|event| async move {
+                tracing::info!(event = %event, "nats connection event");
+            });
+        let client = with_deadline("connect", CONNECT_TIMEOUT * 2, options.connect(url))
+            .await?
+            .map_err(|error| BusError::Connect {
+                url: url.to_owned(),
+                reason: error.to_string(),
+            })?;
+        Ok(Self::from_client(client))
+    }
+
+    /// Wraps an existing client.
+    pub fn from_client(client: async_nats::Client) -> Self {
+        let jetstream = jetstream::new(client.clone());
+        Self {
+            client,
+            jetstream,
+            consumers: Arc::default(),
+            buckets: Arc::default(),
+        }
+    }
+
+    /// The underlying client, for callers that need NATS features outside [`Bus`].
+    pub fn client(&self) -> &async_nats::Client {
+        &self.client
+    }
+
+    async fn consumer(&self, stream: &str, name: &str) -> Result<consumer::PullConsumer, BusError> {
+        let key = (stream.to_owned(), name.to_owned());
+        if let Some(found) = lock(&self.consumers).get(&key) {
+            return Ok(found.clone());
+        }
+        let operation = format!("looking up consumer {name} on stream {stream}");
+        let found: consumer::PullConsumer = with_deadline(
+            &operation,
+            OPERATION_TIMEOUT,
+            self.jetstream.get_consumer_from_stream(name, stream),
+        )
+        .await?
+        .map_err(|error| {
+            if error.to_string().contains("not found") {
+                BusError::NotFound {
+                    what: format!("consumer {name} on stream {stream}"),
+                }
+            } else {
+                BusError::failed(&operation, error)
+            }
+        })?;
+        lock(&self.consumers).insert(key, found.clone());
+        Ok(found)
+    }
+
+    async fn bucket(&self, bucket: &str) -> Result<kv::Store, BusError> {
+        if let Some(found) = lock(&self.buckets).get(bucket) {
+            return Ok(found.clone());
+        }
+        let operation = format!("opening bucket {bucket}");
+        let found = with_deadline(
+            &operation,
+            OPERATION_TIMEOUT,
+            self.jetstream.get_key_value(bucket),
+        )
+        .await?
+        .map_err(|error| {
+            if error.to_string().contains("not found") {
+                BusError::NotFound {
+                    what: format!("bucket {bucket}"),
+                }
+            } else {
+                BusError::failed(&operation, error)
+            }
+        })?;
+        lock(&self.buckets).insert(bucket.to_owned(), found.clone());
+        Ok(found)
+    }
+}
+
+/// Locks a cache map; a poisoned lock only means another thread panicked mid-insert of a
+/// cloneable handle, so the map is still usable.
+fn lock<T>(mutex: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+async fn with_deadline<T>(
+    operation: &str,
+    timeout: Duration,
+    future: impl Future<Output = T>,
+) -> Result<T, BusError> {
+    tokio::time::timeout(timeout, future)
+        .await
+        .map_err(|_| BusError::Timeout {
+            operation: operation.to_owned(),
+            timeout,
+        })
+}
+
+struct NatsAcker(jetstream::message::Acker);
+
+#[async_trait]
+impl Acknowledge for NatsAcker {
+    async fn ack(&self) -> Result<(), BusError> {
+        with_deadline(
+            "acknowledging a delivery",
+            OPERATION_TIMEOUT,
+            self.0.double_ack(),
+        )
+        .await?
+        .map_err(|error| BusError::failed("acknowledging a delivery", error))
+    }
+
+    async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
+        with_deadline(
+            "rejecting a delivery",
+            OPERATION_TIMEOUT,
+            self.0.ack_with(AckKind::Nak(delay)),
+        )
+        .await?
+        .map_err(|error| BusError::failed("rejecting a delivery", error))
+    }
+}
+
+#[async_trait]
+impl Bus for NatsBus {
+    async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), BusError> {
+        let operation = format!("publishing on {subject}");
+        with_deadline(&operation, OPERATION_TIMEOUT, async {
+            self.client
+                .publish(subject.as_str().to_owned(), payload)
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            self.client
+                .flush()
+                .await
+                .map_err(|error| BusError::failed(&operation, error))
+        })
+        .await?
+    }
+
+    async fn subscribe(
+        &self,
+        filter: &Subject,
+        queue_group: Option<&str>,
+    ) -> Result<Subscription, BusError> {
+        let operation = format!("subscribing to {filter}");
+        let subject = filter.as_str().to_owned();
+        let subscriber = match queue_group {
+            Some(group) => {
+                with_deadline(
+                    &operation,
+                    OPERATION_TIMEOUT,
+                    self.client.queue_subscribe(subject, group.to_owned()),
+                )
+                .await?
+            }
+            None => {
+                with_deadline(
+                    &operation,
+                    OPERATION_TIMEOUT,
+                    self.client.subscribe(subject),
+                )
+                .await?
+            }
+        }
+        .map_err(|error| BusError::failed(&operation, error))?;
+        Ok(Box::pin(subscriber.map(|message| Inbound {
+            subject: message.subject.to_string(),
+            payload: message.payload,
+        })))
+    }
+
+    async fn ensure_stream(&self, spec: &StreamSpec) -> Result<(), BusError> {
+        let operation = format!("creating stream {}", spec.name);
+        let config = stream::Config {
+            name: spec.name.clone(),
+            subjects: spec
+                .subjects
+                .iter()
+                .map(|subject| subject.as_str().to_owned())
+                .collect(),
+            max_age: spec.max_age,
+            duplicate_window: spec.duplicate_window,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        with_deadline(
+            &operation,
+            OPERATION_TIMEOUT,
+            self.jetstream.get_or_create_stream(config),
+        )
+        .await?
+        .map_err(|error| BusError::failed(&operation, error))?;
+        Ok(())
+    }
+
+    async fn ensure_consumer(&self, spec: &ConsumerSpec) -> Result<(), BusError> {
+        let operation = format!("creating consumer {} on stream {}", spec.name, spec.stream);
+        let config = consumer::pull::Config {
+            durable_name: Some(spec.name.clone()),
+            filter_subject: spec.filter.as_str().to_owned(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ack_wait: spec.ack_wait,
+            deliver_policy: consumer::DeliverPolicy::All,
+            ..Default::default()
+        };
+        with_deadline(&operation, OPERATION_TIMEOUT, async {
+            let stream = self
+                .jetstream
+                .get_stream(&spec.stream)
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            stream
+                .get_or_create_consumer(&spec.name, config)
+                .await
+                .map_err(|error| BusError::failed(&operation, error))
+        })
+        .await??;
+        Ok(())
+    }
+
+    async fn persist(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        dedup_id: Option<&str>,
+    ) -> Result<u64, BusError> {
+        let operation = format!("storing a message on {subject}");
+        let mut headers = async_nats::HeaderMap::new();
+        if let Some(id) = dedup_id {
+            headers.insert("Nats-Msg-Id", id);
+        }
+        let ack = with_deadline(&operation, OPERATION_TIMEOUT, async {
+            let pending = self
+                .jetstream
+                .publish_with_headers(subject.as_str().to_owned(), headers, payload)
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            pending
+                .await
+                .map_err(|error| BusError::failed(&operation, error))
+        })
+        .await??;
+        Ok(ack.sequence)
+    }
+
+    async fn pull(
+        &self,
+        stream: &str,
+        consumer: &str,
+        batch: usize,
+        wait: Duration,
+    ) -> Result<Vec<Delivery>, BusError> {
+        let handle = self.consumer(stream, consumer).await?;
+        let operation = format!("pulling from consumer {consumer}");
+        let result = with_deadline(&operation, wait + OPERATION_TIMEOUT, async {
+            let mut messages = handle
+                .batch()
+                .max_messages(batch)
+                .expires(wait)
+                .messages()
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            let mut deliveries = Vec::new();
+            while let Some(message) = messages.next().await {
+                let message = message.map_err(|error| BusError::failed(&operation, error))?;
+                let info = message
+                    .info()
+                    .map_err(|error| BusError::failed(&operation, error))?;
+                let (stream_sequence, delivered) = (info.stream_sequence, info.delivered);
+                let (message, acker) = message.split();
+                deliveries.push(Delivery::new(
+                    message.subject.to_string(),
+                    message.payload,
+                    stream_sequence,
+                    u64::try_from(delivered).unwrap_or(0),
+                    Box::new(NatsAcker(acker)),
+                ));
+            }
+            Ok(deliveries)
+        })
+        .await?;
+        if result.is_err() {
+            // The consumer may have been deleted and recreated; look it up again next time.
+            lock(&self.consumers).remove(&(stream.to_owned(), consumer.to_owned()));
+        }
+        result
+    }
+
+    async fn ensure_bucket(&self, bucket: &str) -> Result<(), BusError> {
+        if self.bucket(bucket).await.is_ok() {
+            return Ok(());
+        }
+        let operation = format!("creating bucket {bucket}");
+        let config = kv::Config {
+            bucket: bucket.to_owned(),
+            history: 1,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        };
+        let created = with_deadline(
+            &operation,
+            OPERATION_TIMEOUT,
+            self.jetstream.create_key_value(config),
+        )
+        .await?;
+        match created {
+            Ok(store) => {
+                lock(&self.buckets).insert(bucket.to_owned(), store);
+                Ok(())
+            }
+            // Another replica may have created it between our lookup and our create.
+            Err(error) => self
+                .bucket(bucket)
+                .await
+                .map(|_| ())
+                .map_err(|_| BusError::failed(&operation, error)),
+        }
+    }
+
+    async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BusError> {
+        let store = self.bucket(bucket).await?;
+        let operation = format!("reading {key} from bucket {bucket}");
+        let entry = with_deadline(&operation, OPERATION_TIMEOUT, store.entry(key))
+            .await?
+            .map_err(|error| BusError::failed(&operation, error))?;
+        Ok(entry.and_then(|entry| match entry.operation {
+            kv::Operation::Put => Some(KvEntry {
+                value: entry.value,
+                revision: entry.revision,
+            }),
+            kv::Operation::Delete | kv::Operation::Purge => None,
+        }))
+    }
+
+    async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BusError> {
+        let store = self.bucket(bucket).await?;
+        let operation = format!("creating {key} in bucket {bucket}");
+        with_deadline(&operation, OPERATION_TIMEOUT, store.create(key, value))
+            .await?
+            .map_err(|error| match error.kind() {
+                kv::CreateErrorKind::AlreadyExists => BusError::KeyExists {
+                    bucket: bucket.to_owned(),
+                    key: key.to_owned(),
+                },
+                _ => BusError::failed(&operation, error),
+            })
+    }
+
+    async fn kv_update(
+        &self,
+        bucket: &str,
+        key: &str,
+        value: Bytes,
+        revision: u64,
+    ) -> Result<u64, BusError> {
+        let store = self.bucket(bucket).await?;
+        let operation = format!("updating {key} in bucket {bucket}");
+        with_deadline(
+            &operation,
+            OPERATION_TIMEOUT,
+            store.update(key, value, revision),
+        )
+        .await?
+        .map_err(|error| match error.kind() {
+            kv::UpdateErrorKind::WrongLastRevision => BusError::RevisionMismatch {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                expected: revision,
+            },
+            _ => BusError::failed(&operation, error),
+        })
+    }
+
+    async fn kv_keys(&self, bucket: &str) -> Result<Vec<String>, BusError> {
+        let store = self.bucket(bucket).await?;
+        let operation = format!("listing keys of bucket {bucket}");
+        with_deadline(&operation, OPERATION_TIMEOUT, async {
+            let mut keys = store
+                .keys()
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            let mut found = Vec::new();
+            while let Some(key) = keys.next().await {
+                found.push(key.map_err(|error| BusError::failed(&operation, error))?);
+            }
+            Ok(found)
+        })
+        .await?
+    }
+}

@@ -1,0 +1,325 @@
+//! Properties of the wire format: round trips, tamper detection and hostile input.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+
+use proptest::prelude::*;
+use rand::SeedableRng;
+use warden_bus::messages::{ApplyConfig, RejectCode, ReportStatus, TaskAction};
+use warden_bus::{
+    DeploymentId, Envelope, Heartbeat, Keyring, Message, MessageId, NodeId, SignedEnvelope,
+    SigningKey, Task, TaskId, TaskReport, UnixMillis, WireError, ENVELOPE_BYTES_MAX,
+};
+
+fn id_text() -> impl Strategy<Value = String> {
+    "[a-z0-9][a-z0-9-]{0,30}"
+}
+
+fn deployment() -> impl Strategy<Value = DeploymentId> {
+    id_text().prop_map(|text| DeploymentId::new(text).unwrap())
+}
+
+fn node() -> impl Strategy<Value = NodeId> {
+    id_text().prop_map(|text| NodeId::new(text).unwrap())
+}
+
+fn task_id() -> impl Strategy<Value = TaskId> {
+    any::<[u8; 16]>().prop_map(TaskId::from_random)
+}
+
+fn action() -> impl Strategy<Value = TaskAction> {
+    prop_oneof![
+        Just(TaskAction::CollectDiagnostics),
+        (1u64.., "[ -~\n]{0,200}").prop_map(|(version, content)| TaskAction::ApplyConfig(
+            ApplyConfig { version, content }
+        )),
+    ]
+}
+
+fn task() -> impl Strategy<Value = Task> {
+    (
+        task_id(),
+        deployment(),
+        node(),
+        any::<u64>(),
+        any::<u64>(),
+        any::<u64>(),
+        action(),
+    )
+        .prop_map(
+            |(id, deployment, node, issued, not_before, expires, action)| Task {
+                id,
+                deployment,
+                node,
+                issued_at: UnixMillis(issued),
+                not_before: UnixMillis(not_before),
+                expires_at: UnixMillis(expires),
+                kind: action.kind().to_owned(),
+                params: action.encode_params().unwrap(),
+            },
+        )
+}
+
+fn reject_code() -> impl Strategy<Value = RejectCode> {
+    prop_oneof![
+        Just(RejectCode::Malformed),
+        Just(RejectCode::UnknownKey),
+        Just(RejectCode::BadSignature),
+        Just(RejectCode::WrongDeployment),
+        Just(RejectCode::WrongNode),
+        Just(RejectCode::Expired),
+        Just(RejectCode::NotYetValid),
+        Just(RejectCode::Replayed),
+        Just(RejectCode::UnknownKind),
+        Just(RejectCode::InvalidParams),
+        Just(RejectCode::StaleVersion),
+    ]
+}
+
+fn report_status() -> impl Strategy<Value = ReportStatus> {
+    prop_oneof![
+        Just(ReportStatus::Delivered),
+        proptest::collection::btree_map("[a-z_]{1,12}", ".{0,40}", 0..6)
+            .prop_map(|output: BTreeMap<String, String>| ReportStatus::Succeeded { output }),
+        ".{0,100}".prop_map(|reason| ReportStatus::Failed { reason }),
+        (reject_code(), ".{0,100}")
+            .prop_map(|(code, detail)| ReportStatus::Rejected { code, detail }),
+    ]
+}
+
+fn report() -> impl Strategy<Value = TaskReport> {
+    (
+        task_id(),
+        deployment(),
+        node(),
+        any::<u64>(),
+        report_status(),
+    )
+        .prop_map(|(task_id, deployment, node, at, status)| TaskReport {
+            task_id,
+            deployment,
+            node,
+            at: UnixMillis(at),
+            status,
+        })
+}
+
+fn heartbeat() -> impl Strategy<Value = Heartbeat> {
+    (
+        deployment(),
+        node(),
+        any::<u64>(),
+        any::<u64>(),
+        "[0-9.]{1,10}",
+        any::<u64>(),
+    )
+        .prop_map(
+            |(deployment, node, sequence, sent, version, config_version)| Heartbeat {
+                deployment,
+                node,
+                sequence,
+                sent_at: UnixMillis(sent),
+                warden_version: version,
+                config_version,
+            },
+        )
+}
+
+fn round_trip<T: Message + PartialEq + std::fmt::Debug>(body: &T) {
+    let envelope = Envelope::seal(MessageId::from_random([7; 16]), body).unwrap();
+    let bytes = envelope.encode().unwrap();
+    let decoded = Envelope::decode(&bytes).unwrap();
+    assert_eq!(decoded, envelope);
+    assert_eq!(&decoded.open::<T>().unwrap(), body);
+}
+
+fn signing_key(seed: u64) -> SigningKey {
+    SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+}
+
+fn signed_task_bytes(key: &SigningKey, task: &Task) -> Vec<u8> {
+    let envelope = Envelope::seal(MessageId::from_random([1; 16]), task).unwrap();
+    key.sign(&envelope).unwrap().encode().unwrap()
+}
+
+/// Decodes, verifies and opens a signed task the way a Warden does.
+fn accept(bytes: &[u8], keyring: &Keyring) -> Option<Task> {
+    let signed = SignedEnvelope::decode(bytes).ok()?;
+    let envelope = signed.verify(keyring).ok()?;
+    envelope.open::<Task>().ok()
+}
+
+proptest! {
+    #[test]
+    fn task_round_trips(task in task()) {
+        round_trip(&task);
+        prop_assert_eq!(task.action().unwrap().kind(), task.kind.as_str());
+    }
+
+    #[test]
+    fn report_round_trips(report in report()) {
+        round_trip(&report);
+    }
+
+    #[test]
+    fn heartbeat_round_trips(heartbeat in heartbeat()) {
+        round_trip(&heartbeat);
+    }
+
+    #[test]
+    fn action_round_trips(action in action()) {
+        let params = action.encode_params().unwrap();
+        prop_assert_eq!(TaskAction::from_parts(action.kind(), &params).unwrap(), action);
+    }
+
+    #[test]
+    fn signed_task_verifies(task in task(), seed in any::<u64>()) {
+        let key = signing_key(seed);
+        let keyring = Keyring::new([key.public_key()]);
+        prop_assert_eq!(accept(&signed_task_bytes(&key, &task), &keyring), Some(task));
+    }
+
+    #[test]
+    fn any_flipped_bit_is_rejected(task in task(), seed in any::<u64>(), position in any::<usize>(), bit in 0u8..8) {
+        let key = signing_key(seed);
+        let keyring = Keyring::new([key.public_key()]);
+        let mut bytes = signed_task_bytes(&key, &task);
+        let index = position % bytes.len();
+        bytes[index] ^= 1 << bit;
+        prop_assert_eq!(accept(&bytes, &keyring), None, "flipping bit {} of byte {} was accepted", bit, index);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let keyring = Keyring::new([signing_key(1).public_key()]);
+        let _ = accept(&bytes, &keyring);
+        if let Ok(envelope) = Envelope::decode(&bytes) {
+            let _ = envelope.open::<Task>();
+            let _ = envelope.open::<TaskReport>();
+            let _ = envelope.open::<Heartbeat>();
+        }
+        let _ = TaskAction::from_parts("apply_config", &bytes);
+    }
+}
+
+#[test]
+fn every_bit_of_one_signed_task_is_covered() {
+    let key = signing_key(42);
+    let keyring = Keyring::new([key.public_key()]);
+    let task = Task {
+        id: TaskId::from_random([9; 16]),
+        deployment: DeploymentId::new("prod").unwrap(),
+        node: NodeId::new("node-1").unwrap(),
+        issued_at: UnixMillis(1_000),
+        not_before: UnixMillis(1_000),
+        expires_at: UnixMillis(60_000),
+        kind: "apply_config".into(),
+        params: TaskAction::ApplyConfig(ApplyConfig {
+            version: 3,
+            content: "[system]\n".into(),
+        })
+        .encode_params()
+        .unwrap(),
+    };
+    let bytes = signed_task_bytes(&key, &task);
+    assert_eq!(accept(&bytes, &keyring), Some(task));
+    for index in 0..bytes.len() {
+        for bit in 0..8 {
+            let mut flipped = bytes.clone();
+            flipped[index] ^= 1 << bit;
+            assert_eq!(
+                accept(&flipped, &keyring),
+                None,
+                "bit {bit} of byte {index} flipped was accepted"
+            );
+        }
+    }
+}
+
+#[test]
+fn oversized_input_rejected_before_decoding() {
+    let bytes = vec![0u8; ENVELOPE_BYTES_MAX + 1];
+    assert!(matches!(
+        SignedEnvelope::decode(&bytes),
+        Err(WireError::TooLarge { .. })
+    ));
+    assert!(matches!(
+        Envelope::decode(&bytes),
+        Err(WireError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn truncated_signed_task_is_malformed() {
+    let key = signing_key(3);
+    let task_bytes = signed_task_bytes(
+        &key,
+        &Task {
+            id: TaskId::from_random([2; 16]),
+            deployment: DeploymentId::new("d").unwrap(),
+            node: NodeId::new("n").unwrap(),
+            issued_at: UnixMillis(0),
+            not_before: UnixMillis(0),
+            expires_at: UnixMillis(1),
+            kind: "collect_diagnostics".into(),
+            params: TaskAction::CollectDiagnostics.encode_params().unwrap(),
+        },
+    );
+    for length in 0..task_bytes.len() {
+        assert!(
+            SignedEnvelope::decode(&task_bytes[..length]).is_err(),
+            "prefix of {length} bytes decoded"
+        );
+    }
+}
+
+#[test]
+fn unknown_key_and_wrong_type_are_distinct_errors() {
+    let key = signing_key(5);
+    let other = signing_key(6);
+    let heartbeat = Heartbeat {
+        deployment: DeploymentId::new("d").unwrap(),
+        node: NodeId::new("n").unwrap(),
+        sequence: 1,
+        sent_at: UnixMillis(1),
+        warden_version: "0.1.0".into(),
+        config_version: 0,
+    };
+    let envelope = Envelope::seal(MessageId::from_random([3; 16]), &heartbeat).unwrap();
+    let signed = key.sign(&envelope).unwrap();
+
+    let unknown = signed
+        .verify(&Keyring::new([other.public_key()]))
+        .unwrap_err();
+    assert!(unknown.to_string().contains("unknown key"), "{unknown}");
+
+    let opened = signed.verify(&Keyring::new([key.public_key()])).unwrap();
+    assert!(matches!(
+        opened.open::<Task>(),
+        Err(WireError::WrongType { .. })
+    ));
+}
+
+#[test]
+fn unknown_reject_code_decodes_as_unrecognized() {
+    let bytes = rmp_serde::to_vec(&"some_future_check").unwrap();
+    let code: RejectCode = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(code, RejectCode::Unrecognized);
+}
+
+#[test]
+fn unknown_kind_is_reported_by_name() {
+    let error = TaskAction::from_parts("run_shell", &[0xc0]).unwrap_err();
+    assert!(
+        error
+            .to_string()
+            .contains("unknown task kind \"run_shell\""),
+        "{error}"
+    );
+}

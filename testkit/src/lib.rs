@@ -1,0 +1,288 @@
+//! Test support shared by the workspace's integration tests.
+//!
+//! - [`NatsServer`] starts a real `nats-server` (2.10 or newer) with JetStream on a free
+//!   loopback port, in its own temporary store directory, and stops it on drop.
+//! - [`Process`] runs a workspace binary with its output in a log file and kills it on drop.
+//! - [`wait_until`] polls a condition with a deadline.
+//!
+//! This crate panics with instructions when its environment is not usable, because it only
+//! runs inside tests.
+
+#![forbid(unsafe_code)]
+#![allow(clippy::panic, clippy::expect_used, clippy::unwrap_used)]
+
+use std::fs::File;
+use std::io::Read;
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// Minimum nats-server version: the KV and consumer APIs async-nats uses need 2.10.
+const NATS_VERSION_MIN: (u32, u32) = (2, 10);
+
+const INSTALL_HINT: &str = "install a current server with ./deploy/install-nats.sh \
+(it places nats-server in .tools/bin), or set NATS_SERVER_BIN to a nats-server 2.10 or newer";
+
+/// Root of the Cargo workspace.
+pub fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("testkit lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
+    listener
+        .local_addr()
+        .expect("read the bound address")
+        .port()
+}
+
+/// Polls `condition` every 50 ms until it returns true, panicking with `what` after `timeout`.
+pub fn wait_until(what: &str, timeout: Duration, mut condition: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while Instant::now() < deadline {
+        if condition() {
+            return;
+        }
+        thread::sleep(Duration::from_millis(50));
+    }
+    panic!("timed out after {timeout:?} waiting for {what}");
+}
+
+/// Finds the nats-server binary and checks that it is new enough.
+pub fn nats_server_binary() -> PathBuf {
+    let candidates = [
+        std::env::var_os("NATS_SERVER_BIN").map(PathBuf::from),
+        Some(workspace_root().join(".tools/bin/nats-server")),
+        Some(PathBuf::from("nats-server")),
+    ];
+    for candidate in candidates.into_iter().flatten() {
+        let Ok(output) = Command::new(&candidate).arg("--version").output() else {
+            continue;
+        };
+        let text = String::from_utf8_lossy(&output.stdout).to_string();
+        let version = parse_version(&text).unwrap_or_else(|| {
+            panic!("cannot read the version of {candidate:?} from {text:?}; {INSTALL_HINT}")
+        });
+        if version < NATS_VERSION_MIN {
+            panic!(
+                "{candidate:?} is nats-server {}.{}, older than the required {}.{}; {INSTALL_HINT}",
+                version.0, version.1, NATS_VERSION_MIN.0, NATS_VERSION_MIN.1
+            );
+        }
+        return candidate;
+    }
+    panic!("nats-server not found; {INSTALL_HINT}");
+}
+
+fn parse_version(text: &str) -> Option<(u32, u32)> {
+    let start = text.match_indices('v').map(|(at, _)| at + 1).find(|&at| {
+        text.get(at..at + 1)
+            .is_some_and(|next| next.chars().all(|c| c.is_ascii_digit()))
+    })?;
+    let mut parts = text.get(start..)?.split(|c: char| !c.is_ascii_digit());
+    let major = parts.next()?.parse().ok()?;
+    let minor = parts.next()?.parse().ok()?;
+    Some((major, minor))
+}
+
+/// A nats-server with JetStream on a free loopback port. Stopped on drop.
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    log_path: PathBuf,
+}
+
+impl NatsServer {
+    /// Starts a server and waits until it accepts connections.
+    pub fn start() -> Self {
+        let store = tempfile::tempdir().expect("create a JetStream store directory");
+        let log_path = store.path().join("nats-server.log");
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+            log_path,
+        };
+        server.spawn();
+        server
+    }
+
+    /// The client URL.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Stops the server, keeping its store.
+    pub fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts the server again on the same port with the same store.
+    pub fn restart(&mut self) {
+        self.stop();
+        self.spawn();
+    }
+
+    /// The server's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.log_path).unwrap_or_default()
+    }
+
+    fn spawn(&mut self) {
+        let binary = nats_server_binary();
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(&self.log_path)
+            .expect("open the nats-server log file");
+        let child = Command::new(binary)
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.store.path().join("jetstream"))
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .expect("start nats-server");
+        self.child = Some(child);
+        let port = self.port;
+        wait_until(
+            "nats-server to accept connections",
+            Duration::from_secs(10),
+            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
+        );
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// Finds a binary of this workspace in the target directory of the running test.
+///
+/// `cargo test --workspace` builds every binary of the workspace before it runs tests.
+pub fn workspace_binary(name: &str) -> PathBuf {
+    let test_executable = std::env::current_exe().expect("locate the test executable");
+    // Test executables live in target/<profile>/deps; binaries in target/<profile>.
+    let profile_dir = test_executable
+        .parent()
+        .and_then(Path::parent)
+        .expect("test executable is inside target/<profile>/deps");
+    let path = profile_dir.join(name);
+    if !path.exists() {
+        panic!("{path:?} not found; build the workspace binaries first with `cargo build --workspace --bins`");
+    }
+    path
+}
+
+/// A child process whose stdout and stderr go to a log file. Killed on drop.
+pub struct Process {
+    name: String,
+    child: Option<Child>,
+    log_path: PathBuf,
+}
+
+impl Process {
+    /// Starts `command` with its output in `log_path`.
+    pub fn spawn(name: &str, mut command: Command, log_path: &Path) -> Self {
+        let log = File::options()
+            .create(true)
+            .append(true)
+            .open(log_path)
+            .unwrap_or_else(|error| panic!("open log file {log_path:?}: {error}"));
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().expect("clone log handle"))
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|error| panic!("start {name}: {error}"));
+        Self {
+            name: name.to_owned(),
+            child: Some(child),
+            log_path: log_path.to_path_buf(),
+        }
+    }
+
+    /// Process id, if still running.
+    pub fn id(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// The output so far.
+    pub fn log(&self) -> String {
+        let mut text = String::new();
+        if let Ok(mut file) = File::open(&self.log_path) {
+            let _ = file.read_to_string(&mut text);
+        }
+        text
+    }
+
+    /// Kills the process with SIGKILL and waits for it.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Waits for the process to exit on its own, returning its exit code.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            let child = self.child.as_mut()?;
+            if let Ok(Some(status)) = child.try_wait() {
+                self.child = None;
+                return status.code();
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+        panic!(
+            "{} did not exit within {timeout:?}; log:\n{}",
+            self.name,
+            self.log()
+        );
+    }
+
+    /// Whether the process is still running.
+    pub fn is_running(&mut self) -> bool {
+        match self.child.as_mut() {
+            Some(child) => matches!(child.try_wait(), Ok(None)),
+            None => false,
+        }
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_nats_version() {
+        assert_eq!(parse_version("nats-server: v2.15.1\n"), Some((2, 15)));
+        assert_eq!(parse_version("nats-server: v2.9.10"), Some((2, 9)));
+        assert_eq!(parse_version("garbage"), None);
+    }
+}
