@@ -4,7 +4,8 @@
 //!   NATS itself: when the recipient's mailbox is full the message is dropped and counted.
 //! - [`PullBridge`] pulls from a durable consumer and hands over one delivery at a time,
 //!   waiting for the recipient to finish before it pulls again. The recipient acknowledges;
-//!   what it does not acknowledge comes back after the consumer's ack wait.
+//!   what it does not acknowledge comes back after the consumer's ack wait. A recipient that
+//!   returns an error stops the bridge with that error as the reason.
 //!
 //! Both stop with a reason when the bus fails, so their supervisor restarts them after a
 //! back-off.
@@ -121,7 +122,7 @@ pub struct PullSettings {
 /// Pulls from a durable consumer and hands each delivery to a recipient, one at a time.
 pub struct PullBridge<M>
 where
-    M: actix::Message<Result = ()> + From<Delivery> + Send + 'static,
+    M: actix::Message<Result = Result<(), String>> + From<Delivery> + Send + 'static,
 {
     bus: Arc<dyn Bus>,
     settings: PullSettings,
@@ -131,7 +132,7 @@ where
 
 impl<M> PullBridge<M>
 where
-    M: actix::Message<Result = ()> + From<Delivery> + Send + 'static,
+    M: actix::Message<Result = Result<(), String>> + From<Delivery> + Send + 'static,
 {
     /// Creates a bridge; start it with [`Actor::start`].
     pub fn new(
@@ -151,7 +152,7 @@ where
 
 impl<M> Actor for PullBridge<M>
 where
-    M: actix::Message<Result = ()> + From<Delivery> + Send + 'static,
+    M: actix::Message<Result = Result<(), String>> + From<Delivery> + Send + 'static,
 {
     type Context = Context<Self>;
 
@@ -176,7 +177,7 @@ where
                 for delivery in deliveries {
                     recipient.send(M::from(delivery)).await.map_err(|error| {
                         format!("handing a delivery to its recipient failed: {error}")
-                    })?;
+                    })??;
                 }
             }
         };

@@ -1,0 +1,127 @@
+//! The Warden's actor tree: a supervisor over the task pipeline and the heartbeat.
+//!
+//! ```text
+//! Supervisor "warden"
+//! ├── tasks: PullBridge (own durable consumer) → TaskRunner (WardenCore, sled, executor)
+//! └── heartbeat: Heartbeater (HeartbeatSchedule)
+//! ```
+
+pub mod heartbeat;
+pub mod tasks;
+
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::prelude::*;
+use warden_actors::bridge::{PullBridge, PullSettings};
+use warden_actors::clock::SharedClock;
+use warden_actors::{entropy, BackoffConfig, Supervisor};
+use warden_bus::subject::{task_consumer, TASK_STREAM};
+use warden_bus::{Bus, Subject, TelemetryKind};
+
+use crate::bootstrap::Bootstrap;
+use crate::core::heartbeat::HeartbeatSchedule;
+use crate::core::verify::Audience;
+use crate::executor::Executor;
+use crate::store::TaskStore;
+
+use self::heartbeat::Heartbeater;
+use self::tasks::{PulledTask, RunnerParts, TaskRunner};
+
+/// Restart back-off of the Warden's child actors.
+pub const RESTART_BACKOFF_BASE: Duration = Duration::from_millis(200);
+/// Maximum restart back-off.
+pub const RESTART_BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How long one pull request waits for a task.
+pub const PULL_WAIT: Duration = Duration::from_secs(5);
+
+/// What the actor tree is built from.
+pub struct WardenParts {
+    /// Validated bootstrap.
+    pub bootstrap: Bootstrap,
+    /// The broker connection.
+    pub bus: Arc<dyn Bus>,
+    /// Execution records.
+    pub store: TaskStore,
+    /// Wall clock.
+    pub clock: SharedClock,
+    /// Test-only crash point, honoured in debug builds.
+    pub failpoint: Option<String>,
+}
+
+/// Starts the supervised actor tree. Must be called inside an actix system.
+pub fn start(parts: WardenParts) -> Addr<Supervisor> {
+    let bootstrap = parts.bootstrap;
+    let config_version = Arc::new(AtomicU64::new(0));
+    let runner_parts = RunnerParts {
+        audience: Audience {
+            deployment: bootstrap.deployment.clone(),
+            node: bootstrap.node.clone(),
+            keyring: bootstrap.keyring.clone(),
+        },
+        clock_skew: bootstrap.clock_skew,
+        store: parts.store,
+        executor: Executor::new(
+            bootstrap.iggy_config_path.clone(),
+            bootstrap.state_dir.clone(),
+        ),
+        bus: parts.bus.clone(),
+        clock: parts.clock.clone(),
+        config_version: config_version.clone(),
+        failpoint: parts.failpoint,
+    };
+    let pull_settings = PullSettings {
+        stream: TASK_STREAM.to_owned(),
+        consumer: task_consumer(&bootstrap.deployment, &bootstrap.node),
+        batch: 1,
+        wait: PULL_WAIT,
+    };
+    let heartbeat_subject = Subject::telemetry(
+        &bootstrap.deployment,
+        &bootstrap.node,
+        TelemetryKind::Heartbeat,
+    );
+    let schedule = HeartbeatSchedule::new(
+        bootstrap.deployment.clone(),
+        bootstrap.node.clone(),
+        bootstrap.heartbeat_interval,
+        env!("CARGO_PKG_VERSION").to_owned(),
+    );
+    let backoff = BackoffConfig::new(RESTART_BACKOFF_BASE, RESTART_BACKOFF_MAX)
+        .unwrap_or_else(|_| unreachable!("the constants satisfy base > 0 and max >= base"));
+
+    let bus = parts.bus;
+    let clock = parts.clock;
+    let tasks_bus = bus.clone();
+    Supervisor::new("warden", backoff, entropy::from_os())
+        .child("tasks", move |mut guard| {
+            let runner = match TaskRunner::load(runner_parts.clone()) {
+                Ok(runner) => runner.start(),
+                Err(reason) => {
+                    guard.fail(format!("loading the task state failed: {reason}"));
+                    return;
+                }
+            };
+            PullBridge::<PulledTask>::new(
+                tasks_bus.clone(),
+                pull_settings.clone(),
+                runner.recipient(),
+                guard,
+            )
+            .start();
+        })
+        .child("heartbeat", move |guard| {
+            Heartbeater::new(
+                bus.clone(),
+                schedule.clone(),
+                heartbeat_subject.clone(),
+                clock.clone(),
+                entropy::from_os(),
+                config_version.clone(),
+                guard,
+            )
+            .start();
+        })
+        .start()
+}

@@ -1,0 +1,226 @@
+//! Carries out verified tasks on the node: writes the Iggy configuration and collects facts.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use warden_bus::messages::ApplyConfig;
+use warden_bus::TaskAction;
+
+use crate::core::verify::VerifiedTask;
+use crate::core::ExecutionOutcome;
+
+/// First line of a configuration file written by the Warden; the version follows it.
+const VERSION_HEADER: &str = "# Written by Warden; do not edit. config_version = ";
+
+/// Executes tasks on the local node.
+#[derive(Debug, Clone)]
+pub struct Executor {
+    config_path: PathBuf,
+    state_dir: PathBuf,
+    started: std::time::Instant,
+}
+
+/// Why the configuration version on disk could not be read.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to read the configuration version from {path}: {reason}")]
+pub struct ConfigVersionError {
+    path: PathBuf,
+    reason: String,
+}
+
+impl Executor {
+    /// Creates an executor writing the Iggy configuration to `config_path`.
+    pub fn new(config_path: PathBuf, state_dir: PathBuf) -> Self {
+        Self {
+            config_path,
+            state_dir,
+            started: std::time::Instant::now(),
+        }
+    }
+
+    /// Version of the configuration file on disk: 0 if there is none or it lacks the header.
+    pub fn config_version_on_disk(&self) -> Result<u64, ConfigVersionError> {
+        read_config_version(&self.config_path)
+    }
+
+    /// Executes a verified task. File I/O runs on the blocking thread pool.
+    pub async fn execute(&self, task: &VerifiedTask) -> ExecutionOutcome {
+        let action = task.action().clone();
+        let executor = self.clone();
+        tokio::task::spawn_blocking(move || match action {
+            TaskAction::ApplyConfig(config) => executor.apply_config(&config),
+            TaskAction::CollectDiagnostics => Ok(executor.diagnostics()),
+        })
+        .await
+        .unwrap_or_else(|error| Err(format!("execution thread failed: {error}")))
+    }
+
+    fn apply_config(&self, config: &ApplyConfig) -> ExecutionOutcome {
+        // A resumed task may find its own version already written; writing it again is harmless
+        // but reporting it keeps the history clear.
+        let on_disk = self
+            .config_version_on_disk()
+            .map_err(|error| error.to_string())?;
+        if on_disk == config.version {
+            return Ok(output_for(
+                &self.config_path,
+                config.version,
+                "already applied",
+            ));
+        }
+        let contents = format!("{VERSION_HEADER}{}\n{}", config.version, config.content);
+        write_atomically(&self.config_path, contents.as_bytes())
+            .map_err(|error| format!("failed to write {}: {error}", self.config_path.display()))?;
+        Ok(output_for(&self.config_path, config.version, "written"))
+    }
+
+    fn diagnostics(&self) -> BTreeMap<String, String> {
+        let mut facts = BTreeMap::new();
+        let read = |path: &str| std::fs::read_to_string(path).map(|text| text.trim().to_owned());
+        facts.insert(
+            "hostname".into(),
+            nix::unistd::gethostname()
+                .map(|name| name.to_string_lossy().into_owned())
+                .unwrap_or_else(|error| format!("unavailable: {error}")),
+        );
+        facts.insert("os".into(), os_name().unwrap_or_else(|| "unknown".into()));
+        facts.insert(
+            "kernel".into(),
+            read("/proc/sys/kernel/osrelease")
+                .unwrap_or_else(|error| format!("unavailable: {error}")),
+        );
+        facts.insert("warden_version".into(), env!("CARGO_PKG_VERSION").into());
+        facts.insert(
+            "warden_uptime_secs".into(),
+            self.started.elapsed().as_secs().to_string(),
+        );
+        if let Ok(uptime) = read("/proc/uptime") {
+            let seconds = uptime.split_whitespace().next().unwrap_or_default();
+            let whole = seconds.split('.').next().unwrap_or_default();
+            facts.insert("system_uptime_secs".into(), whole.to_owned());
+        }
+        match nix::sys::statvfs::statvfs(&self.state_dir) {
+            Ok(stats) => {
+                let free = stats
+                    .blocks_available()
+                    .saturating_mul(stats.fragment_size());
+                facts.insert("state_dir_free_bytes".into(), free.to_string());
+            }
+            Err(error) => {
+                facts.insert(
+                    "state_dir_free_bytes".into(),
+                    format!("unavailable: {error}"),
+                );
+            }
+        }
+        facts.insert("state_dir".into(), self.state_dir.display().to_string());
+        facts
+    }
+}
+
+fn output_for(path: &Path, version: u64, action: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("config_path".to_owned(), path.display().to_string()),
+        ("config_version".to_owned(), version.to_string()),
+        ("result".to_owned(), action.to_owned()),
+    ])
+}
+
+fn os_name() -> Option<String> {
+    let text = std::fs::read_to_string("/etc/os-release").ok()?;
+    let line = text.lines().find(|line| line.starts_with("PRETTY_NAME="))?;
+    Some(
+        line.trim_start_matches("PRETTY_NAME=")
+            .trim_matches('"')
+            .to_owned(),
+    )
+}
+
+/// Reads the version header of a configuration file written by [`Executor`].
+pub fn read_config_version(path: &Path) -> Result<u64, ConfigVersionError> {
+    let error = |reason: String| ConfigVersionError {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(io) if io.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(io) => return Err(error(io.to_string())),
+    };
+    let Some(rest) = text
+        .lines()
+        .next()
+        .and_then(|line| line.strip_prefix(VERSION_HEADER))
+    else {
+        tracing::warn!(path = %path.display(), "configuration file has no Warden version header; treating it as version 0");
+        return Ok(0);
+    };
+    rest.trim()
+        .parse()
+        .map_err(|parse| error(format!("version {rest:?} is not a number: {parse}")))
+}
+
+/// Replaces `path` with `contents` so that readers see the old file or the new one, never a
+/// mix: write a temporary file in the same directory, fsync it, rename it over the target and
+/// fsync the directory so the rename itself survives a crash.
+pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let directory = path
+        .parent()
+        .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
+    std::fs::create_dir_all(directory)?;
+    let file_name = path
+        .file_name()
+        .ok_or_else(|| std::io::Error::other("path has no file name"))?;
+    let temporary = directory.join(format!(
+        ".{}.tmp-{}",
+        file_name.to_string_lossy(),
+        std::process::id()
+    ));
+    let result = (|| {
+        let mut file = std::fs::File::create(&temporary)?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        std::fs::rename(&temporary, path)?;
+        std::fs::File::open(directory)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = std::fs::remove_file(&temporary);
+    }
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn version_header_round_trips() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iggy/server.toml");
+        assert_eq!(read_config_version(&path).unwrap(), 0);
+        write_atomically(&path, format!("{VERSION_HEADER}7\n[system]\n").as_bytes()).unwrap();
+        assert_eq!(read_config_version(&path).unwrap(), 7);
+        let leftovers: Vec<_> = std::fs::read_dir(dir.path().join("iggy"))
+            .unwrap()
+            .collect();
+        assert_eq!(leftovers.len(), 1, "the temporary file must be gone");
+    }
+
+    #[test]
+    fn file_without_header_is_version_zero() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, "[system]\n").unwrap();
+        assert_eq!(read_config_version(&path).unwrap(), 0);
+    }
+
+    #[test]
+    fn garbage_version_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("server.toml");
+        std::fs::write(&path, format!("{VERSION_HEADER}seven\n")).unwrap();
+        let error = read_config_version(&path).unwrap_err().to_string();
+        assert!(error.contains("\"seven\""), "{error}");
+    }
+}

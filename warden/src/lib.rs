@@ -1,0 +1,24 @@
+//! The Warden node agent.
+//!
+//! A Warden pulls signed tasks from its own durable consumer, verifies each one (trusted key,
+//! valid signature, this deployment and node, within its validity window, never executed),
+//! executes it at most once, records the outcome in sled before it acknowledges, and reports.
+//! It sends heartbeats on an interval with jitter. It opens no listening socket: every
+//! connection is an outbound connection to NATS.
+//!
+//! - [`core`]: the pure state machines that make every decision.
+//! - [`pipeline`]: runs the core's effects in order; shared with the simulator.
+//! - [`actors`]: the supervised actor tree that does the I/O.
+//! - [`bootstrap`], [`store`], [`executor`]: the bootstrap file, the record store, the effects.
+//!
+//! Trust: the Warden trusts only its bootstrap file and the keys listed in it. Messages from
+//! the broker are untrusted until verified.
+
+#![forbid(unsafe_code)]
+
+pub mod actors;
+pub mod bootstrap;
+pub mod core;
+pub mod executor;
+pub mod pipeline;
+pub mod store;
