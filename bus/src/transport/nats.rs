@@ -139,6 +139,29 @@ async fn with_deadline<T>(
         })
 }
 
+async fn collect_deliveries(
+    mut messages: consumer::pull::Batch,
+    operation: &str,
+) -> Result<Vec<Delivery>, BusError> {
+    let mut deliveries = Vec::new();
+    while let Some(message) = messages.next().await {
+        let message = message.map_err(|error| BusError::failed(operation, error))?;
+        let info = message
+            .info()
+            .map_err(|error| BusError::failed(operation, error))?;
+        let (stream_sequence, delivered) = (info.stream_sequence, info.delivered);
+        let (message, acker) = message.split();
+        deliveries.push(Delivery::new(
+            message.subject.to_string(),
+            message.payload,
+            stream_sequence,
+            u64::try_from(delivered).unwrap_or(0),
+            Box::new(NatsAcker(acker)),
+        ));
+    }
+    Ok(deliveries)
+}
+
 struct NatsAcker(jetstream::message::Acker);
 
 #[async_trait]
@@ -296,31 +319,27 @@ impl Bus for NatsBus {
     ) -> Result<Vec<Delivery>, BusError> {
         let handle = self.consumer(stream, consumer).await?;
         let operation = format!("pulling from consumer {consumer}");
+        // Take what is ready without waiting; if nothing is, wait for one message. A plain
+        // batch request would hold every message back until the batch fills or expires.
         let result = with_deadline(&operation, wait + OPERATION_TIMEOUT, async {
-            let mut messages = handle
-                .batch()
+            let ready = handle
+                .fetch()
                 .max_messages(batch)
+                .messages()
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            let deliveries = collect_deliveries(ready, &operation).await?;
+            if !deliveries.is_empty() {
+                return Ok(deliveries);
+            }
+            let next = handle
+                .batch()
+                .max_messages(1)
                 .expires(wait)
                 .messages()
                 .await
                 .map_err(|error| BusError::failed(&operation, error))?;
-            let mut deliveries = Vec::new();
-            while let Some(message) = messages.next().await {
-                let message = message.map_err(|error| BusError::failed(&operation, error))?;
-                let info = message
-                    .info()
-                    .map_err(|error| BusError::failed(&operation, error))?;
-                let (stream_sequence, delivered) = (info.stream_sequence, info.delivered);
-                let (message, acker) = message.split();
-                deliveries.push(Delivery::new(
-                    message.subject.to_string(),
-                    message.payload,
-                    stream_sequence,
-                    u64::try_from(delivered).unwrap_or(0),
-                    Box::new(NatsAcker(acker)),
-                ));
-            }
-            Ok(deliveries)
+            collect_deliveries(next, &operation).await
         })
         .await?;
         if result.is_err() {

@@ -1,0 +1,415 @@
+//! The operator HTTP API (actix-web). Every error is an RFC 7807 problem document that names the
+//! field at fault and the fix. Every route except `/v1/health` needs the admin API key as a
+//! bearer token.
+
+use actix_web::dev::Payload;
+use actix_web::error::InternalError;
+use actix_web::http::StatusCode;
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+use warden_bus::{DeploymentId, IdError, NodeId, TaskId};
+
+use crate::core::lifecycle::TaskStatus;
+use crate::service::{ControlPlane, NodeOptions, ServiceError, Target, TaskFilter};
+use crate::views::{
+    AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
+    Problem, TaskKeyView, TaskView,
+};
+
+/// Maximum size of a request body: a 128 KiB configuration plus JSON escaping.
+pub const REQUEST_BYTES_MAX: usize = 512 * 1024;
+
+/// Maximum number of tasks one listing returns.
+pub const TASK_LIST_LIMIT_MAX: usize = 1000;
+
+/// Shared state of the API handlers.
+#[derive(Clone)]
+pub struct ApiState {
+    /// The control plane.
+    pub control_plane: ControlPlane,
+    /// SHA-256 of the admin API key.
+    pub admin_key_hash: [u8; 32],
+}
+
+/// An API error rendered as `application/problem+json`.
+#[derive(Debug)]
+pub struct ApiError(pub Box<Problem>);
+
+impl std::fmt::Display for ApiError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.0.title, self.0.detail)
+    }
+}
+
+impl ResponseError for ApiError {
+    fn status_code(&self) -> StatusCode {
+        StatusCode::from_u16(self.0.status).unwrap_or(StatusCode::INTERNAL_SERVER_ERROR)
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        HttpResponse::build(self.status_code())
+            .content_type("application/problem+json")
+            .json(&*self.0)
+    }
+}
+
+fn problem(
+    status: StatusCode,
+    slug: &str,
+    title: &str,
+    detail: String,
+    field: Option<&str>,
+    fix: Option<&str>,
+) -> ApiError {
+    ApiError(Box::new(Problem {
+        problem_type: format!("urn:warden:problem:{slug}"),
+        title: title.into(),
+        status: status.as_u16(),
+        detail,
+        field: field.map(str::to_owned),
+        fix: fix.map(str::to_owned),
+    }))
+}
+
+fn invalid_field(field: &str, detail: String, fix: &str) -> ApiError {
+    problem(
+        StatusCode::BAD_REQUEST,
+        "invalid-field",
+        "Invalid request field",
+        detail,
+        Some(field),
+        Some(fix),
+    )
+}
+
+fn invalid_id(field: &str, error: &IdError) -> ApiError {
+    invalid_field(
+        field,
+        error.to_string(),
+        "use 1 to 63 characters of a-z, 0-9 and -, starting with a letter or digit",
+    )
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(error: ServiceError) -> Self {
+        match error {
+            ServiceError::NotFound { what, fix } => problem(
+                StatusCode::NOT_FOUND,
+                "not-found",
+                "Not found",
+                format!("{what} not found"),
+                None,
+                Some(&fix),
+            ),
+            ServiceError::Conflict { what, fix } => problem(
+                StatusCode::CONFLICT,
+                "conflict",
+                "Conflict",
+                what,
+                None,
+                Some(&fix),
+            ),
+            ServiceError::Invalid(field_error) => invalid_field(
+                field_error.field,
+                field_error.to_string(),
+                "correct the field and send the request again",
+            ),
+            ServiceError::Unavailable(reason) => {
+                tracing::error!(error = %reason, "request failed: broker unavailable");
+                problem(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    "Message broker unavailable",
+                    reason,
+                    None,
+                    Some("retry shortly; if it persists, check that nats-server is running"),
+                )
+            }
+        }
+    }
+}
+
+/// Proof that the request carried the admin API key.
+pub struct Admin;
+
+impl FromRequest for Admin {
+    type Error = ApiError;
+    type Future = std::future::Ready<Result<Self, ApiError>>;
+
+    fn from_request(request: &HttpRequest, _: &mut Payload) -> Self::Future {
+        std::future::ready(authorize(request))
+    }
+}
+
+fn authorize(request: &HttpRequest) -> Result<Admin, ApiError> {
+    let unauthorized = |detail: &str| {
+        problem(
+            StatusCode::UNAUTHORIZED,
+            "unauthorized",
+            "Unauthorized",
+            detail.into(),
+            Some("Authorization"),
+            Some("send `Authorization: Bearer <admin API key>`; the key was printed when the control plane first started"),
+        )
+    };
+    let Some(state) = request.app_data::<web::Data<ApiState>>() else {
+        return Err(unauthorized("the API is not configured"));
+    };
+    let header = request
+        .headers()
+        .get(actix_web::http::header::AUTHORIZATION)
+        .ok_or_else(|| unauthorized("the Authorization header is missing"))?;
+    let token = header
+        .to_str()
+        .ok()
+        .and_then(|value| value.strip_prefix("Bearer "))
+        .ok_or_else(|| unauthorized("the Authorization header is not a bearer token"))?;
+    let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
+    if bool::from(presented.ct_eq(&state.admin_key_hash)) {
+        Ok(Admin)
+    } else {
+        tracing::warn!(peer = ?request.peer_addr(), "rejected request with a wrong API key");
+        Err(unauthorized("the API key is not valid"))
+    }
+}
+
+/// Registers the routes and the JSON and query error handlers.
+pub fn configure(config: &mut web::ServiceConfig) {
+    let json = web::JsonConfig::default()
+        .limit(REQUEST_BYTES_MAX)
+        .error_handler(|error, _| {
+            let message = error.to_string();
+            let field = named_field(&message);
+            let api_error = invalid_field(
+                field.as_deref().unwrap_or("body"),
+                format!("invalid JSON body: {message}"),
+                "send a JSON body with the documented fields",
+            );
+            InternalError::from_response(error, api_error.error_response()).into()
+        });
+    let query = web::QueryConfig::default().error_handler(|error, _| {
+        let message = error.to_string();
+        let api_error = invalid_field(
+            named_field(&message).as_deref().unwrap_or("query"),
+            format!("invalid query string: {message}"),
+            "check the query parameters",
+        );
+        InternalError::from_response(error, api_error.error_response()).into()
+    });
+    config
+        .app_data(json)
+        .app_data(query)
+        .route("/v1/health", web::get().to(health))
+        .route("/v1/trust", web::get().to(trust))
+        .route("/v1/deployments", web::post().to(create_deployment))
+        .route("/v1/deployments", web::get().to(list_deployments))
+        .route(
+            "/v1/deployments/{deployment}/nodes",
+            web::post().to(add_node),
+        )
+        .route(
+            "/v1/deployments/{deployment}/nodes",
+            web::get().to(list_nodes),
+        )
+        .route(
+            "/v1/deployments/{deployment}/tasks",
+            web::post().to(issue_tasks),
+        )
+        .route("/v1/tasks", web::get().to(list_tasks))
+        .route("/v1/tasks/{task}", web::get().to(get_task))
+        .default_service(web::to(not_found));
+}
+
+/// Pulls a field name out of a serde message such as "missing field `id`".
+fn named_field(message: &str) -> Option<String> {
+    let start = message.find('`')? + 1;
+    let end = start + message.get(start..)?.find('`')?;
+    message.get(start..end).map(str::to_owned)
+}
+
+async fn not_found(request: HttpRequest) -> HttpResponse {
+    problem(
+        StatusCode::NOT_FOUND,
+        "not-found",
+        "Not found",
+        format!("no route for {} {}", request.method(), request.path()),
+        None,
+        Some("see the README for the API routes"),
+    )
+    .error_response()
+}
+
+async fn health() -> HttpResponse {
+    HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
+}
+
+async fn trust(_: Admin, state: web::Data<ApiState>) -> HttpResponse {
+    let key = state.control_plane.task_public_key();
+    HttpResponse::Ok().json(vec![TaskKeyView {
+        key_id: key.id().to_string(),
+        public_key: key.to_hex(),
+    }])
+}
+
+fn deployment_id(text: &str) -> Result<DeploymentId, ApiError> {
+    DeploymentId::new(text).map_err(|error| invalid_id("deployment", &error))
+}
+
+async fn create_deployment(
+    _: Admin,
+    state: web::Data<ApiState>,
+    body: web::Json<CreateDeployment>,
+) -> Result<HttpResponse, ApiError> {
+    let body = body.into_inner();
+    let id = DeploymentId::new(body.id).map_err(|error| invalid_id("id", &error))?;
+    let record = state
+        .control_plane
+        .create_deployment(id, body.description)
+        .await?;
+    Ok(HttpResponse::Created().json(DeploymentView::from(record)))
+}
+
+async fn list_deployments(_: Admin, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let deployments = state.control_plane.list_deployments().await?;
+    Ok(HttpResponse::Ok().json(
+        deployments
+            .into_iter()
+            .map(DeploymentView::from)
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn add_node(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<AddNode>,
+) -> Result<HttpResponse, ApiError> {
+    let deployment = deployment_id(&path)?;
+    let body = body.into_inner();
+    let node = NodeId::new(body.id).map_err(|error| invalid_id("id", &error))?;
+    let options = NodeOptions {
+        state_dir: body.state_dir.into(),
+        heartbeat_interval_secs: body.heartbeat_interval_secs,
+    };
+    let (record, bootstrap) = state
+        .control_plane
+        .add_node(deployment, node, options)
+        .await?;
+    Ok(HttpResponse::Created().json(AddedNode {
+        node: NodeView::from(record),
+        bootstrap,
+    }))
+}
+
+async fn list_nodes(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let deployment = deployment_id(&path)?;
+    let nodes = state.control_plane.list_nodes(&deployment).await?;
+    Ok(HttpResponse::Ok().json(nodes.into_iter().map(NodeView::from).collect::<Vec<_>>()))
+}
+
+async fn issue_tasks(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<IssueTasks>,
+) -> Result<HttpResponse, ApiError> {
+    let deployment = deployment_id(&path)?;
+    let body = body.into_inner();
+    let target = match (body.node, body.all_nodes) {
+        (Some(node), false) => {
+            Target::Node(NodeId::new(node).map_err(|error| invalid_id("node", &error))?)
+        }
+        (None, true) => Target::AllNodes,
+        (Some(_), true) => {
+            return Err(invalid_field(
+                "all_nodes",
+                "both node and all_nodes are set".into(),
+                "set either node or all_nodes, not both",
+            ))
+        }
+        (None, false) => {
+            return Err(invalid_field(
+                "node",
+                "no target: node is missing and all_nodes is false".into(),
+                "set node to a node id, or all_nodes to true",
+            ))
+        }
+    };
+    let tasks = state
+        .control_plane
+        .issue(deployment, target, body.action, body.ttl_secs)
+        .await?;
+    Ok(HttpResponse::Created().json(IssuedTasks {
+        tasks: tasks.into_iter().map(TaskView::from).collect(),
+    }))
+}
+
+/// Query of `GET /v1/tasks`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TaskQuery {
+    deployment: Option<String>,
+    node: Option<String>,
+    status: Option<String>,
+    limit: Option<usize>,
+}
+
+async fn list_tasks(
+    _: Admin,
+    state: web::Data<ApiState>,
+    query: web::Query<TaskQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let filter = TaskFilter {
+        deployment: query.deployment.as_deref().map(deployment_id).transpose()?,
+        node: query
+            .node
+            .map(NodeId::new)
+            .transpose()
+            .map_err(|error| invalid_id("node", &error))?,
+        status: query
+            .status
+            .map(|text| text.parse::<TaskStatus>())
+            .transpose()
+            .map_err(|reason| invalid_field("status", reason, "use one of the listed statuses"))?,
+        limit: Some(
+            query
+                .limit
+                .unwrap_or(TASK_LIST_LIMIT_MAX)
+                .min(TASK_LIST_LIMIT_MAX),
+        ),
+    };
+    let tasks = state.control_plane.list_tasks(&filter).await?;
+    Ok(HttpResponse::Ok().json(tasks.into_iter().map(TaskView::from).collect::<Vec<_>>()))
+}
+
+async fn get_task(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let id = TaskId::new(path.into_inner()).map_err(|error| invalid_id("task", &error))?;
+    let task = state.control_plane.get_task(&id).await?;
+    Ok(HttpResponse::Ok().json(TaskView::from(task)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn field_named_in_serde_message() {
+        assert_eq!(
+            named_field("Json deserialize error: missing field `id` at line 1").as_deref(),
+            Some("id")
+        );
+        assert_eq!(named_field("no backticks"), None);
+    }
+}

@@ -1,0 +1,5 @@
+//! The control plane's decisions, free of I/O: task life, node health, task issuing.
+
+pub mod health;
+pub mod issue;
+pub mod lifecycle;

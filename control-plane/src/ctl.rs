@@ -1,0 +1,292 @@
+//! The `wardenctl` client: HTTP calls to the operator API and their rendering as tables or
+//! JSON.
+
+use std::time::Duration;
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+
+use crate::views::{DeploymentView, NodeView, Problem, TaskView};
+
+/// Timeout of one API request.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a `wardenctl` command failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CtlError {
+    /// The API could not be reached.
+    #[error("failed to reach the control plane at {url}: {reason}; check --api and that the control plane is running")]
+    Connect {
+        /// The API URL.
+        url: String,
+        /// The client's message.
+        reason: String,
+    },
+    /// The API returned a problem document.
+    #[error("{}", render_problem(.0))]
+    Problem(Box<Problem>),
+    /// The API returned something that is not the expected JSON.
+    #[error("unexpected response from {url} (HTTP {status}): {reason}")]
+    Response {
+        /// The request URL.
+        url: String,
+        /// HTTP status.
+        status: u16,
+        /// What is wrong.
+        reason: String,
+    },
+    /// A local file or value is wrong.
+    #[error("{0}")]
+    Local(String),
+}
+
+fn render_problem(problem: &Problem) -> String {
+    let mut text = format!(
+        "{} (HTTP {}): {}",
+        problem.title, problem.status, problem.detail
+    );
+    if let Some(field) = &problem.field {
+        text.push_str(&format!("\n  field: {field}"));
+    }
+    if let Some(fix) = &problem.fix {
+        text.push_str(&format!("\n  fix: {fix}"));
+    }
+    text
+}
+
+/// A client of the operator API.
+pub struct Client {
+    base: String,
+    api_key: Option<String>,
+    http: reqwest::blocking::Client,
+}
+
+impl Client {
+    /// Creates a client for the API at `base` (such as `http://127.0.0.1:8080`).
+    pub fn new(base: &str, api_key: Option<String>) -> Result<Self, CtlError> {
+        let http = reqwest::blocking::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()
+            .map_err(|error| {
+                CtlError::Local(format!("failed to create the HTTP client: {error}"))
+            })?;
+        Ok(Self {
+            base: base.trim_end_matches('/').to_owned(),
+            api_key,
+            http,
+        })
+    }
+
+    /// Sends a GET and decodes the JSON response.
+    pub fn get<T: DeserializeOwned>(&self, path: &str) -> Result<T, CtlError> {
+        self.send(self.http.get(self.url(path)), path)
+    }
+
+    /// Sends a POST with a JSON body and decodes the JSON response.
+    pub fn post<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CtlError> {
+        self.send(self.http.post(self.url(path)).json(body), path)
+    }
+
+    fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    fn send<T: DeserializeOwned>(
+        &self,
+        mut request: reqwest::blocking::RequestBuilder,
+        path: &str,
+    ) -> Result<T, CtlError> {
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let url = self.url(path);
+        let response = request.send().map_err(|error| CtlError::Connect {
+            url: self.base.clone(),
+            reason: error.to_string(),
+        })?;
+        let status = response.status();
+        let body = response.bytes().map_err(|error| CtlError::Response {
+            url: url.clone(),
+            status: status.as_u16(),
+            reason: error.to_string(),
+        })?;
+        if !status.is_success() {
+            return Err(match serde_json::from_slice::<Problem>(&body) {
+                Ok(problem) => CtlError::Problem(Box::new(problem)),
+                Err(_) => CtlError::Response {
+                    url,
+                    status: status.as_u16(),
+                    reason: String::from_utf8_lossy(&body).chars().take(500).collect(),
+                },
+            });
+        }
+        serde_json::from_slice(&body).map_err(|error| CtlError::Response {
+            url,
+            status: status.as_u16(),
+            reason: error.to_string(),
+        })
+    }
+}
+
+/// Renders rows as a table with a header and columns padded to their widest cell.
+pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
+    let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let padded: Vec<String> = cells
+            .zip(&widths)
+            .map(|(cell, width)| format!("{cell:<width$}"))
+            .collect();
+        out.push_str(padded.join("  ").trim_end());
+        out.push('\n');
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+    out
+}
+
+/// Table of deployments.
+pub fn deployments_table(deployments: &[DeploymentView]) -> String {
+    let rows: Vec<Vec<String>> = deployments
+        .iter()
+        .map(|d| vec![d.id.clone(), d.created_at.clone(), d.description.clone()])
+        .collect();
+    table(&["DEPLOYMENT", "CREATED", "DESCRIPTION"], &rows)
+}
+
+/// Table of nodes.
+pub fn nodes_table(nodes: &[NodeView]) -> String {
+    let rows: Vec<Vec<String>> = nodes
+        .iter()
+        .map(|n| {
+            vec![
+                n.node.clone(),
+                n.health.clone(),
+                n.last_heartbeat_at
+                    .clone()
+                    .unwrap_or_else(|| "never".into()),
+                n.config_version.to_string(),
+                n.warden_version.clone().unwrap_or_else(|| "-".into()),
+            ]
+        })
+        .collect();
+    table(
+        &["NODE", "HEALTH", "LAST HEARTBEAT", "CONFIG", "WARDEN"],
+        &rows,
+    )
+}
+
+/// Table of tasks.
+pub fn tasks_table(tasks: &[TaskView]) -> String {
+    let rows: Vec<Vec<String>> = tasks
+        .iter()
+        .map(|t| {
+            vec![
+                t.id.clone(),
+                t.node.clone(),
+                t.kind.clone(),
+                t.status.clone(),
+                t.reject_code
+                    .clone()
+                    .or_else(|| t.reason.clone())
+                    .unwrap_or_default(),
+                t.issued_at.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &["TASK", "NODE", "KIND", "STATUS", "REASON", "ISSUED"],
+        &rows,
+    )
+}
+
+/// Detailed view of one task.
+pub fn task_detail(task: &TaskView) -> String {
+    let mut out = String::new();
+    let mut field = |name: &str, value: &str| out.push_str(&format!("{name:<12} {value}\n"));
+    field("task", &task.id);
+    field("deployment", &task.deployment);
+    field("node", &task.node);
+    field("kind", &task.kind);
+    field("status", &task.status);
+    if let Some(code) = &task.reject_code {
+        field("reject code", code);
+    }
+    if let Some(reason) = &task.reason {
+        field("reason", reason);
+    }
+    field("issued", &task.issued_at);
+    field("expires", &task.expires_at);
+    for (key, value) in &task.summary {
+        field(key, value);
+    }
+    if !task.output.is_empty() {
+        out.push_str("output:\n");
+        for (key, value) in &task.output {
+            out.push_str(&format!("  {key:<24} {value}\n"));
+        }
+    }
+    out.push_str("history:\n");
+    for entry in &task.history {
+        let mut line = format!("  {}  {}", entry.at, entry.status);
+        if let Some(code) = &entry.code {
+            line.push_str(&format!(" ({code})"));
+        }
+        if !entry.applied {
+            line.push_str(" [not applied]");
+        }
+        if let Some(detail) = &entry.detail {
+            line.push_str(&format!(": {detail}"));
+        }
+        out.push_str(&line);
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_pads_columns() {
+        let text = table(
+            &["A", "BB"],
+            &[
+                vec!["long-value".into(), "x".into()],
+                vec!["s".into(), "yyy".into()],
+            ],
+        );
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines[0], "A           BB");
+        assert_eq!(lines[1], "long-value  x");
+        assert_eq!(lines[2], "s           yyy");
+    }
+
+    #[test]
+    fn problem_rendering_names_field_and_fix() {
+        let text = render_problem(&Problem {
+            problem_type: "urn:warden:problem:invalid-field".into(),
+            title: "Invalid request field".into(),
+            status: 400,
+            detail: "field version is invalid".into(),
+            field: Some("version".into()),
+            fix: Some("use 1 or higher".into()),
+        });
+        assert!(text.contains("HTTP 400"));
+        assert!(text.contains("field: version"));
+        assert!(text.contains("fix: use 1 or higher"));
+    }
+}

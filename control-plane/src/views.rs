@@ -1,0 +1,252 @@
+//! JSON shapes of the operator API, shared by the server and `wardenctl`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use warden::bootstrap::BootstrapFile;
+
+use crate::core::health::NodeRecord;
+use crate::core::issue::ActionRequest;
+use crate::core::lifecycle::TaskRecord;
+use crate::store::DeploymentRecord;
+
+/// An RFC 7807 problem document. `field` and `fix` are extension members that name the
+/// offending request field and what to do.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Problem {
+    /// URI identifying the problem type.
+    #[serde(rename = "type")]
+    pub problem_type: String,
+    /// Short summary of the problem type.
+    pub title: String,
+    /// HTTP status code.
+    pub status: u16,
+    /// What went wrong in this request.
+    pub detail: String,
+    /// The request field at fault, if one is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+    /// What to do about it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fix: Option<String>,
+}
+
+/// Body of `POST /v1/deployments`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CreateDeployment {
+    /// Deployment id.
+    pub id: String,
+    /// Free text.
+    #[serde(default)]
+    pub description: String,
+}
+
+/// A deployment.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeploymentView {
+    /// Deployment id.
+    pub id: String,
+    /// Free text.
+    pub description: String,
+    /// Creation time, RFC 3339.
+    pub created_at: String,
+}
+
+impl From<DeploymentRecord> for DeploymentView {
+    fn from(record: DeploymentRecord) -> Self {
+        Self {
+            id: record.id.to_string(),
+            description: record.description,
+            created_at: record.created_at.to_string(),
+        }
+    }
+}
+
+/// Body of `POST /v1/deployments/{deployment}/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AddNode {
+    /// Node id.
+    pub id: String,
+    /// State directory on the node.
+    pub state_dir: String,
+    /// Heartbeat interval in seconds, if not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_secs: Option<u64>,
+}
+
+/// Response of `POST /v1/deployments/{deployment}/nodes`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct AddedNode {
+    /// The node.
+    pub node: NodeView,
+    /// The bootstrap file to install on the node.
+    pub bootstrap: BootstrapFile,
+}
+
+/// A health transition.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TransitionView {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Health before.
+    pub from: String,
+    /// Health after.
+    pub to: String,
+    /// Why.
+    pub reason: String,
+}
+
+/// A node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct NodeView {
+    /// Deployment id.
+    pub deployment: String,
+    /// Node id.
+    pub node: String,
+    /// pending, healthy or unreachable.
+    pub health: String,
+    /// Last heartbeat received, RFC 3339.
+    pub last_heartbeat_at: Option<String>,
+    /// Warden version from the last heartbeat.
+    pub warden_version: Option<String>,
+    /// Applied configuration version from the last heartbeat.
+    pub config_version: u64,
+    /// When the node was added, RFC 3339.
+    pub registered_at: String,
+    /// Recent health transitions, oldest first.
+    pub transitions: Vec<TransitionView>,
+}
+
+impl From<NodeRecord> for NodeView {
+    fn from(record: NodeRecord) -> Self {
+        Self {
+            deployment: record.deployment.to_string(),
+            node: record.node.to_string(),
+            health: record.health.as_str().into(),
+            last_heartbeat_at: record.last_heartbeat_at.map(|at| at.to_string()),
+            warden_version: record.warden_version,
+            config_version: record.config_version,
+            registered_at: record.registered_at.to_string(),
+            transitions: record
+                .transitions
+                .into_iter()
+                .map(|transition| TransitionView {
+                    at: transition.at.to_string(),
+                    from: transition.from.as_str().into(),
+                    to: transition.to.as_str().into(),
+                    reason: transition.reason,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// Body of `POST /v1/deployments/{deployment}/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IssueTasks {
+    /// One target node; give this or `all_nodes`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
+    /// Target every node of the deployment.
+    #[serde(default)]
+    pub all_nodes: bool,
+    /// Validity in seconds, 1 to 3600; 900 if absent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_secs: Option<u64>,
+    /// What to do.
+    pub action: ActionRequest,
+}
+
+/// Response of `POST /v1/deployments/{deployment}/tasks`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct IssuedTasks {
+    /// One task per target node.
+    pub tasks: Vec<TaskView>,
+}
+
+/// An event in a task's life.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct HistoryView {
+    /// When, RFC 3339.
+    pub at: String,
+    /// Status reported or reached.
+    pub status: String,
+    /// Rejection code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+    /// Reason or detail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub detail: Option<String>,
+    /// Whether it changed the task's status.
+    pub applied: bool,
+}
+
+/// A task.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskView {
+    /// Task id.
+    pub id: String,
+    /// Deployment id.
+    pub deployment: String,
+    /// Node id.
+    pub node: String,
+    /// Action kind.
+    pub kind: String,
+    /// Short facts about the parameters.
+    pub summary: BTreeMap<String, String>,
+    /// Status.
+    pub status: String,
+    /// Rejection code, when rejected.
+    pub reject_code: Option<String>,
+    /// Failure, rejection or expiry reason.
+    pub reason: Option<String>,
+    /// Issue time, RFC 3339.
+    pub issued_at: String,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+    /// Output of a successful execution.
+    pub output: BTreeMap<String, String>,
+    /// Events in order.
+    pub history: Vec<HistoryView>,
+}
+
+impl From<TaskRecord> for TaskView {
+    fn from(record: TaskRecord) -> Self {
+        Self {
+            id: record.id.to_string(),
+            deployment: record.deployment.to_string(),
+            node: record.node.to_string(),
+            kind: record.kind,
+            summary: record.summary,
+            status: record.status.as_str().into(),
+            reject_code: record.reject_code,
+            reason: record.reason,
+            issued_at: record.issued_at.to_string(),
+            expires_at: record.expires_at.to_string(),
+            output: record.output,
+            history: record
+                .history
+                .into_iter()
+                .map(|entry| HistoryView {
+                    at: entry.at.to_string(),
+                    status: entry.status.as_str().into(),
+                    code: entry.code,
+                    detail: entry.detail,
+                    applied: entry.applied,
+                })
+                .collect(),
+        }
+    }
+}
+
+/// A task-signing key the control plane uses.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TaskKeyView {
+    /// Key id.
+    pub key_id: String,
+    /// Ed25519 public key, hex.
+    pub public_key: String,
+}
