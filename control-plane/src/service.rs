@@ -35,8 +35,8 @@ pub const TASK_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 pub const REPORT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// Window in which the broker drops a repeated message id.
 pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
-/// Time a node has to acknowledge a task before the broker redelivers it.
-pub const TASK_ACK_WAIT: Duration = Duration::from_secs(30);
+/// Default time a node has to acknowledge a task before the broker redelivers it.
+pub const TASK_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Time a replica has to acknowledge a report before the broker redelivers it.
 pub const REPORT_ACK_WAIT: Duration = Duration::from_secs(30);
 /// A pending task not yet in the stream this long after issue is published by the sweeper.
@@ -56,6 +56,9 @@ pub struct Settings {
     pub unreachable_after: Duration,
     /// Wait after a task's expiry before marking it expired.
     pub expiry_grace: Duration,
+    /// Time a node has to acknowledge a task before it is redelivered; applies to consumers
+    /// created from now on.
+    pub task_ack_wait: Duration,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
 }
@@ -370,7 +373,7 @@ impl ControlPlane {
                 stream: TASK_STREAM.into(),
                 name: task_consumer(&deployment, &node),
                 filter: Subject::tasks(&deployment, &node),
-                ack_wait: TASK_ACK_WAIT,
+                ack_wait: self.inner.settings.task_ack_wait,
             })
             .await?;
         tracing::info!(deployment_id = %deployment, node_id = %node, "node added");

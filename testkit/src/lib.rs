@@ -275,9 +275,77 @@ impl Drop for Process {
     }
 }
 
+/// Lists the listening sockets a process owns: TCP and UDP sockets bound for incoming traffic
+/// (IPv4 and IPv6) and listening Unix sockets, one description per socket.
+///
+/// Reads the socket inodes from `/proc/<pid>/fd` and matches them against the kernel's socket
+/// tables, which list every socket of the network namespace.
+pub fn listening_sockets(pid: u32) -> Vec<String> {
+    let mut inodes = std::collections::BTreeSet::new();
+    let fd_dir = format!("/proc/{pid}/fd");
+    for entry in std::fs::read_dir(&fd_dir)
+        .unwrap_or_else(|error| panic!("read {fd_dir}: {error}"))
+        .flatten()
+    {
+        if let Ok(target) = std::fs::read_link(entry.path()) {
+            let text = target.to_string_lossy().to_string();
+            if let Some(inode) = text
+                .strip_prefix("socket:[")
+                .and_then(|rest| rest.strip_suffix(']'))
+            {
+                inodes.insert(inode.to_owned());
+            }
+        }
+    }
+    let mut found = Vec::new();
+    // TCP state 0A is LISTEN; a UDP socket with no remote address (state 07) receives from anyone.
+    for (table, listening_state) in [("tcp", "0A"), ("tcp6", "0A"), ("udp", "07"), ("udp6", "07")] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) =
+                (fields.get(1), fields.get(3), fields.get(9))
+            else {
+                continue;
+            };
+            if *state == listening_state && inodes.contains(*inode) {
+                found.push(format!("{table} {local} inode {inode}"));
+            }
+        }
+    }
+    // In /proc/net/unix, flag 00010000 (__SO_ACCEPTCON) marks a listening socket.
+    let text = std::fs::read_to_string(format!("/proc/{pid}/net/unix")).unwrap_or_default();
+    for line in text.lines().skip(1) {
+        let fields: Vec<&str> = line.split_whitespace().collect();
+        let (Some(flags), Some(inode)) = (fields.get(3), fields.get(6)) else {
+            continue;
+        };
+        if *flags == "00010000" && inodes.contains(*inode) {
+            found.push(format!(
+                "unix {} inode {inode}",
+                fields.get(7).unwrap_or(&"(unnamed)")
+            ));
+        }
+    }
+    found
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn finds_a_listening_socket() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let sockets = listening_sockets(std::process::id());
+        let expected = format!(":{port:04X}");
+        assert!(
+            sockets.iter().any(|socket| socket.contains(&expected)),
+            "{sockets:?} lacks port {port}"
+        );
+        drop(listener);
+    }
 
     #[test]
     fn reads_nats_version() {

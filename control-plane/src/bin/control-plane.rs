@@ -13,7 +13,9 @@ use warden_actors::{clock, entropy, Backoff, BackoffConfig};
 use warden_bus::transport::nats::NatsBus;
 use warden_control_plane::api::{self, ApiState};
 use warden_control_plane::core::health::UNREACHABLE_AFTER_DEFAULT;
-use warden_control_plane::service::{ControlPlane, Settings, EXPIRY_GRACE_DEFAULT};
+use warden_control_plane::service::{
+    ControlPlane, Settings, EXPIRY_GRACE_DEFAULT, TASK_ACK_WAIT_DEFAULT,
+};
 use warden_control_plane::{actors, keys};
 
 /// One replica of the Warden control plane.
@@ -44,6 +46,9 @@ struct Args {
     /// Seconds after a task's expiry before it is marked expired without an outcome.
     #[arg(long, default_value_t = EXPIRY_GRACE_DEFAULT.as_secs())]
     expiry_grace_secs: u64,
+    /// Seconds a node has to acknowledge a task before it is redelivered (for new nodes).
+    #[arg(long, default_value_t = TASK_ACK_WAIT_DEFAULT.as_secs())]
+    task_ack_wait_secs: u64,
     /// Write the admin API key to this file (mode 0600) instead of printing it, when this
     /// replica creates it.
     #[arg(long)]
@@ -58,6 +63,12 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&args.log_format);
     if args.unreachable_after_secs == 0 {
         anyhow::bail!("--unreachable-after-secs must be above 0");
+    }
+    if !(1..=3600).contains(&args.task_ack_wait_secs) {
+        anyhow::bail!(
+            "--task-ack-wait-secs {} is outside 1 to 3600",
+            args.task_ack_wait_secs
+        );
     }
     if !(100..=600_000).contains(&args.sweep_interval_ms) {
         anyhow::bail!(
@@ -82,6 +93,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| args.nats_url.clone()),
         unreachable_after: Duration::from_secs(args.unreachable_after_secs),
         expiry_grace: Duration::from_secs(args.expiry_grace_secs),
+        task_ack_wait: Duration::from_secs(args.task_ack_wait_secs),
         failpoint: std::env::var("WARDEN_FAILPOINT").ok(),
     };
 

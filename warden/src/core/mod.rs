@@ -129,6 +129,12 @@ impl WardenCore {
                 );
             }
             if let RecordState::Finished(status) = &record.state {
+                tracing::info!(
+                    node_id = %self.audience.node,
+                    task_id = %task.id,
+                    stream_sequence = pulled.stream_sequence,
+                    "task redelivered; reporting its recorded outcome again without executing"
+                );
                 let report = self.report(&task.id, status.clone(), now);
                 return vec![Effect::Report(report), Effect::Ack];
             }

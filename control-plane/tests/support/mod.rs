@@ -1,0 +1,360 @@
+//! A local cluster for end-to-end tests: a real nats-server, the control-plane binary and Warden
+//! binaries as separate processes, each test with its own ports and directories.
+
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::Arc;
+use std::time::Duration;
+
+use base64::Engine;
+use warden_bus::transport::nats::NatsBus;
+use warden_bus::{
+    Bus, DeploymentId, Envelope, MessageId, NodeId, SigningKey, Subject, Task, TaskAction, TaskId,
+    UnixMillis,
+};
+use warden_control_plane::core::issue::ActionRequest;
+use warden_control_plane::core::lifecycle::TaskRecord;
+use warden_control_plane::ctl::Client;
+use warden_control_plane::store::Store;
+use warden_control_plane::views::{
+    AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
+    TaskView,
+};
+use warden_testkit::{free_port, wait_until, workspace_binary, NatsServer, Process};
+
+pub const DEPLOYMENT: &str = "test";
+pub const CONFIG: &str = "[system]\npath = \"local_data\"\n";
+
+pub struct Cluster {
+    pub nats: NatsServer,
+    pub dir: tempfile::TempDir,
+    pub api: String,
+    pub api_key: String,
+    control_plane: Option<Process>,
+    control_plane_runs: u32,
+    wardens: BTreeMap<String, Process>,
+    warden_runs: BTreeMap<String, u32>,
+    runtime: tokio::runtime::Runtime,
+    bus: NatsBus,
+}
+
+impl Cluster {
+    /// Starts nats-server and the control plane, and creates the test deployment.
+    pub fn start() -> Self {
+        let nats = NatsServer::start();
+        let dir = tempfile::tempdir().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bus = runtime
+            .block_on(NatsBus::connect(&nats.url(), "e2e-test"))
+            .unwrap();
+        let api = format!("http://127.0.0.1:{}", free_port());
+        let mut cluster = Self {
+            nats,
+            dir,
+            api,
+            api_key: String::new(),
+            control_plane: None,
+            control_plane_runs: 0,
+            wardens: BTreeMap::new(),
+            warden_runs: BTreeMap::new(),
+            runtime,
+            bus,
+        };
+        cluster.start_control_plane(&[]);
+        let _: DeploymentView = cluster
+            .client()
+            .post(
+                "/v1/deployments",
+                &CreateDeployment {
+                    id: DEPLOYMENT.into(),
+                    description: String::new(),
+                },
+            )
+            .unwrap();
+        cluster
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn client(&self) -> Client {
+        Client::new(&self.api, Some(self.api_key.clone())).unwrap()
+    }
+
+    /// Starts (or restarts) the control plane with optional environment variables.
+    pub fn start_control_plane(&mut self, env: &[(&str, &str)]) {
+        self.control_plane_runs += 1;
+        let port = self.api.rsplit(':').next().unwrap().to_owned();
+        let mut command = Command::new(workspace_binary("control-plane"));
+        command
+            .args([
+                "--nats-url",
+                &self.nats.url(),
+                "--listen",
+                &format!("127.0.0.1:{port}"),
+            ])
+            .arg("--state-dir")
+            .arg(self.path("control-plane"))
+            .arg("--admin-key-out")
+            .arg(self.path("admin-key"))
+            .args([
+                "--unreachable-after-secs",
+                "3",
+                "--sweep-interval-ms",
+                "200",
+                "--task-ack-wait-secs",
+                "2",
+            ])
+            .env("RUST_LOG", "info");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        let log = self.path(&format!("control-plane-{}.log", self.control_plane_runs));
+        self.control_plane = Some(Process::spawn("control-plane", command, &log));
+        let key_path = self.path("admin-key");
+        wait_until("the admin API key file", Duration::from_secs(20), || {
+            key_path.exists()
+        });
+        self.api_key = std::fs::read_to_string(&key_path)
+            .unwrap()
+            .trim()
+            .to_owned();
+        let client = self.client();
+        wait_until("the control plane API", Duration::from_secs(20), || {
+            client.get::<Vec<DeploymentView>>("/v1/deployments").is_ok()
+        });
+    }
+
+    pub fn kill_control_plane(&mut self) {
+        if let Some(mut process) = self.control_plane.take() {
+            process.kill();
+        }
+    }
+
+    pub fn control_plane(&mut self) -> &mut Process {
+        self.control_plane.as_mut().expect("control plane started")
+    }
+
+    pub fn control_plane_log(&self) -> String {
+        (1..=self.control_plane_runs)
+            .map(|run| {
+                std::fs::read_to_string(self.path(&format!("control-plane-{run}.log")))
+                    .unwrap_or_default()
+            })
+            .collect()
+    }
+
+    /// Registers a node and returns its bootstrap file path.
+    pub fn add_node(&self, node: &str) -> PathBuf {
+        let body = AddNode {
+            id: node.into(),
+            state_dir: self.path(node).to_string_lossy().into_owned(),
+            heartbeat_interval_secs: Some(1),
+        };
+        let added: AddedNode = self
+            .client()
+            .post(&format!("/v1/deployments/{DEPLOYMENT}/nodes"), &body)
+            .unwrap();
+        let path = self.path(&format!("{node}.toml"));
+        std::fs::write(&path, toml::to_string(&added.bootstrap).unwrap()).unwrap();
+        path
+    }
+
+    /// Starts (or restarts) a node's Warden with optional environment variables.
+    pub fn start_warden(&mut self, node: &str, env: &[(&str, &str)]) {
+        let run = self.warden_runs.entry(node.to_owned()).or_insert(0);
+        *run += 1;
+        let log = self.dir.path().join(format!("{node}-{run}.log"));
+        let mut command = Command::new(workspace_binary("warden"));
+        command
+            .arg("--bootstrap")
+            .arg(self.path(&format!("{node}.toml")))
+            .env("RUST_LOG", "info");
+        for (name, value) in env {
+            command.env(name, value);
+        }
+        self.wardens
+            .insert(node.to_owned(), Process::spawn(node, command, &log));
+    }
+
+    pub fn warden(&mut self, node: &str) -> &mut Process {
+        self.wardens.get_mut(node).expect("warden started")
+    }
+
+    pub fn kill_warden(&mut self, node: &str) {
+        if let Some(mut process) = self.wardens.remove(node) {
+            process.kill();
+        }
+    }
+
+    /// Every log of a node's Warden runs, concatenated.
+    pub fn warden_log(&self, node: &str) -> String {
+        let runs = self.warden_runs.get(node).copied().unwrap_or(0);
+        (1..=runs)
+            .map(|run| {
+                std::fs::read_to_string(self.path(&format!("{node}-{run}.log"))).unwrap_or_default()
+            })
+            .collect()
+    }
+
+    pub fn issue(&self, node: Option<&str>, action: ActionRequest) -> Vec<TaskView> {
+        let body = IssueTasks {
+            node: node.map(str::to_owned),
+            all_nodes: node.is_none(),
+            ttl_secs: None,
+            action,
+        };
+        let issued: IssuedTasks = self
+            .client()
+            .post(&format!("/v1/deployments/{DEPLOYMENT}/tasks"), &body)
+            .unwrap();
+        issued.tasks
+    }
+
+    pub fn apply_config(&self, node: Option<&str>, version: u64) -> Vec<TaskView> {
+        self.issue(
+            node,
+            ActionRequest::ApplyConfig {
+                version,
+                content: CONFIG.into(),
+            },
+        )
+    }
+
+    pub fn task(&self, id: &str) -> TaskView {
+        self.client().get(&format!("/v1/tasks/{id}")).unwrap()
+    }
+
+    pub fn nodes(&self) -> Vec<NodeView> {
+        self.client()
+            .get(&format!("/v1/deployments/{DEPLOYMENT}/nodes"))
+            .unwrap()
+    }
+
+    /// Waits until the task has `status`, then returns it.
+    pub fn wait_status(&self, id: &str, status: &str) -> TaskView {
+        let mut last = None;
+        let found = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(
+                &format!("task {id} to be {status}"),
+                Duration::from_secs(30),
+                || {
+                    let task = self.task(id);
+                    let done = task.status == status;
+                    last = Some(task);
+                    done
+                },
+            )
+        }));
+        if found.is_err() {
+            panic!(
+                "task {id} did not become {status}; last seen: {last:#?}\ncontrol plane log:\n{}",
+                self.control_plane_log()
+            );
+        }
+        self.task(id)
+    }
+
+    /// Waits until the task's history has an entry with this rejection code.
+    pub fn wait_history_code(&self, id: &str, code: &str) -> TaskView {
+        wait_until(
+            &format!("task {id} history to show {code}"),
+            Duration::from_secs(30),
+            || {
+                self.task(id)
+                    .history
+                    .iter()
+                    .any(|entry| entry.code.as_deref() == Some(code))
+            },
+        );
+        self.task(id)
+    }
+
+    /// The control plane's task-signing key, read from its key file.
+    pub fn task_key(&self) -> SigningKey {
+        let text = std::fs::read_to_string(self.path("control-plane/task-key")).unwrap();
+        let seed: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
+        SigningKey::from_seed(seed)
+    }
+
+    /// A task body for `node` of the test deployment, valid for an hour from now.
+    pub fn task_body(&self, node: &str, action: &TaskAction) -> Task {
+        let now = warden_bus::Clock::now(&warden_bus::SystemClock);
+        let mut id = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut id);
+        Task {
+            id: TaskId::from_random(id),
+            deployment: DeploymentId::new(DEPLOYMENT).unwrap(),
+            node: NodeId::new(node).unwrap(),
+            issued_at: now,
+            not_before: now,
+            expires_at: UnixMillis(now.0 + 3_600_000),
+            kind: action.kind().to_owned(),
+            params: action.encode_params().unwrap(),
+        }
+    }
+
+    /// Signs `task` with `key`, records it for `record_node` as the control plane would, and
+    /// leaves it on `record_node`'s task subject. Models a forged or tampered task on the wire.
+    pub fn inject(&self, record_node: &str, task: &Task, key: &SigningKey) -> String {
+        let envelope = Envelope::seal(MessageId::from_random([5; 16]), task).unwrap();
+        let bytes = key.sign(&envelope).unwrap().encode().unwrap();
+        let record = TaskRecord::pending(
+            task.id.clone(),
+            DeploymentId::new(DEPLOYMENT).unwrap(),
+            NodeId::new(record_node).unwrap(),
+            task.kind.clone(),
+            BTreeMap::new(),
+            task.issued_at,
+            task.expires_at,
+            base64::engine::general_purpose::STANDARD.encode(&bytes),
+        );
+        let store = Store::new(Arc::new(self.bus.clone()));
+        self.runtime.block_on(store.create(&record)).unwrap();
+        self.publish_task_bytes(record_node, bytes);
+        task.id.to_string()
+    }
+
+    /// The signed task bytes (base64) kept in a task's record.
+    pub fn signed_task(&self, id: &str) -> String {
+        let store = Store::new(Arc::new(self.bus.clone()));
+        let (record, _) = self
+            .runtime
+            .block_on(store.get::<TaskRecord>(id))
+            .unwrap()
+            .expect("task record exists");
+        record.signed_task
+    }
+
+    /// Stores raw bytes on a node's task subject, as anyone with publish rights could.
+    pub fn publish_task_bytes(&self, node: &str, bytes: Vec<u8>) {
+        let subject = Subject::tasks(
+            &DeploymentId::new(DEPLOYMENT).unwrap(),
+            &NodeId::new(node).unwrap(),
+        );
+        self.runtime
+            .block_on(self.bus.persist(&subject, bytes.into(), None))
+            .unwrap();
+    }
+}
+
+/// Counts the lines of `log` that contain `needle`.
+pub fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|line| line.contains(needle)).count()
+}
