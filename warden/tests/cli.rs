@@ -1,6 +1,11 @@
 //! The warden binary's start-up: bad input gets a clear error, a missing broker a retry.
 
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, clippy::indexing_slicing)]
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
 
 use std::process::Command;
 use std::time::Duration;
@@ -20,13 +25,23 @@ fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
         iggy_config_path: None,
         heartbeat_interval_secs: None,
         clock_skew_secs: None,
-        trusted_task_keys: vec![TrustedKey { key_id: key.id().to_string(), public_key: key.to_hex() }],
+        trusted_task_keys: vec![TrustedKey {
+            key_id: key.id().to_string(),
+            public_key: key.to_hex(),
+        }],
     }
 }
 
 fn run_to_exit(path: &std::path::Path) -> (Option<i32>, String) {
-    let output = Command::new(env!("CARGO_BIN_EXE_warden")).arg("--bootstrap").arg(path).output().unwrap();
-    (output.status.code(), String::from_utf8_lossy(&output.stderr).into_owned())
+    let output = Command::new(env!("CARGO_BIN_EXE_warden"))
+        .arg("--bootstrap")
+        .arg(path)
+        .output()
+        .unwrap();
+    (
+        output.status.code(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
 }
 
 #[test]
@@ -58,7 +73,10 @@ fn damaged_store_refuses_to_start() {
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
     {
         let db = sled::open(file.state_dir.join("db")).unwrap();
-        db.open_tree("tasks").unwrap().insert(b"broken", b"\x01not a record".to_vec()).unwrap();
+        db.open_tree("tasks")
+            .unwrap()
+            .insert(b"broken", b"\x01not a record".to_vec())
+            .unwrap();
         db.flush().unwrap();
     }
     let (code, stderr) = run_to_exit(&path);
@@ -76,11 +94,22 @@ fn unreachable_broker_retried_without_listening() {
     command.arg("--bootstrap").arg(&path);
     let mut warden = Process::spawn("warden", command, &dir.path().join("warden.log"));
     wait_until("two connection retries", Duration::from_secs(20), || {
-        warden.log().matches("failed to connect to NATS; retrying").count() >= 2
+        warden
+            .log()
+            .matches("failed to connect to NATS; retrying")
+            .count()
+            >= 2
     });
     assert!(warden.is_running());
-    assert_eq!(listening_sockets(warden.id().unwrap()), Vec::<String>::new());
+    assert_eq!(
+        listening_sockets(warden.id().unwrap()),
+        Vec::<String>::new()
+    );
     use std::os::unix::fs::PermissionsExt;
-    let mode = std::fs::metadata(&file.state_dir).unwrap().permissions().mode() & 0o777;
+    let mode = std::fs::metadata(&file.state_dir)
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
     assert_eq!(mode, 0o700, "the state directory must be private");
 }

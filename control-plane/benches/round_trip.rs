@@ -1,0 +1,242 @@
+//! Task round trip: from the control plane issuing a task to the control plane recording its
+//! outcome, over a real nats-server, with the release control-plane and Warden binaries as
+//! separate processes.
+//!
+//! Build the binaries first, then run:
+//!
+//! ```text
+//! cargo build --release --bins
+//! cargo bench -p warden-control-plane --bench round_trip -- [--nodes 1,100] [--rounds-one 300] [--rounds-many 20]
+//! ```
+//!
+//! The round trip of a task is the time of its `succeeded` history entry minus its issue
+//! time, both read from the control plane's clock with millisecond resolution. Each task is an
+//! ApplyConfig, so it includes the Warden's two flushed sled writes and the fsynced
+//! configuration file.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing,
+    missing_docs
+)]
+
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use warden_bus::transport::nats::NatsBus;
+use warden_control_plane::core::issue::ActionRequest;
+use warden_control_plane::core::lifecycle::{TaskRecord, TaskStatus};
+use warden_control_plane::ctl::Client;
+use warden_control_plane::store::Store;
+use warden_control_plane::views::{
+    AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
+    TaskView,
+};
+use warden_testkit::{free_port, wait_until, workspace_binary, NatsServer, Process};
+
+struct Options {
+    nodes: Vec<usize>,
+    rounds_one: usize,
+    rounds_many: usize,
+}
+
+fn options() -> Options {
+    let mut options = Options {
+        nodes: vec![1, 100],
+        rounds_one: 300,
+        rounds_many: 20,
+    };
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        match arg.as_str() {
+            "--nodes" => {
+                options.nodes = args
+                    .next()
+                    .unwrap()
+                    .split(',')
+                    .map(|n| n.parse().unwrap())
+                    .collect()
+            }
+            "--rounds-one" => options.rounds_one = args.next().unwrap().parse().unwrap(),
+            "--rounds-many" => options.rounds_many = args.next().unwrap().parse().unwrap(),
+            "--bench" => {}
+            other => panic!("unknown argument {other}; use --nodes, --rounds-one or --rounds-many"),
+        }
+    }
+    options
+}
+
+fn percentile(sorted: &[u64], fraction: f64) -> u64 {
+    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+    sorted[index]
+}
+
+fn main() {
+    let options = options();
+    let dir = tempfile::tempdir().unwrap();
+    let nats = NatsServer::start();
+    let api = format!("http://127.0.0.1:{}", free_port());
+    let mut command = Command::new(workspace_binary("control-plane"));
+    command
+        .args([
+            "--nats-url",
+            &nats.url(),
+            "--listen",
+            api.trim_start_matches("http://"),
+        ])
+        .arg("--state-dir")
+        .arg(dir.path().join("cp"))
+        .arg("--admin-key-out")
+        .arg(dir.path().join("admin-key"))
+        .env("RUST_LOG", "warn");
+    let _control_plane = Process::spawn("control-plane", command, &dir.path().join("cp.log"));
+    let key_path = dir.path().join("admin-key");
+    wait_until("the admin key", Duration::from_secs(30), || {
+        key_path.exists()
+    });
+    let client = Client::new(
+        &api,
+        Some(
+            std::fs::read_to_string(&key_path)
+                .unwrap()
+                .trim()
+                .to_owned(),
+        ),
+    )
+    .unwrap();
+    wait_until("the API", Duration::from_secs(30), || {
+        client.get::<Vec<DeploymentView>>("/v1/deployments").is_ok()
+    });
+
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let store = Store::new(Arc::new(
+        runtime
+            .block_on(NatsBus::connect(&nats.url(), "bench"))
+            .unwrap(),
+    ));
+
+    println!(
+        "task round trip, issue to outcome recorded (ms); host: {} cores",
+        std::thread::available_parallelism().map_or(0, |n| n.get())
+    );
+    for &count in &options.nodes {
+        let deployment = format!("bench-{count}");
+        let _: DeploymentView = client
+            .post(
+                "/v1/deployments",
+                &CreateDeployment {
+                    id: deployment.clone(),
+                    description: String::new(),
+                },
+            )
+            .unwrap();
+        let mut wardens = Vec::new();
+        for index in 0..count {
+            let node = format!("n{index}");
+            let body = AddNode {
+                id: node.clone(),
+                state_dir: dir
+                    .path()
+                    .join(&deployment)
+                    .join(&node)
+                    .to_string_lossy()
+                    .into_owned(),
+                heartbeat_interval_secs: None,
+            };
+            let added: AddedNode = client
+                .post(&format!("/v1/deployments/{deployment}/nodes"), &body)
+                .unwrap();
+            let path = dir.path().join(format!("{deployment}-{node}.toml"));
+            std::fs::write(&path, toml::to_string(&added.bootstrap).unwrap()).unwrap();
+            let mut command = Command::new(workspace_binary("warden"));
+            command
+                .arg("--bootstrap")
+                .arg(&path)
+                .env("RUST_LOG", "warn");
+            wardens.push(Process::spawn(
+                &node,
+                command,
+                &dir.path().join(format!("{deployment}-{node}.log")),
+            ));
+        }
+        wait_until("every node healthy", Duration::from_secs(120), || {
+            client
+                .get::<Vec<NodeView>>(&format!("/v1/deployments/{deployment}/nodes"))
+                .unwrap()
+                .iter()
+                .all(|n| n.health == "healthy")
+        });
+
+        let rounds = if count == 1 {
+            options.rounds_one
+        } else {
+            options.rounds_many
+        };
+        let mut ids = Vec::new();
+        let started = Instant::now();
+        for round in 0..rounds {
+            let body = IssueTasks {
+                node: None,
+                all_nodes: true,
+                ttl_secs: None,
+                action: ActionRequest::ApplyConfig {
+                    version: round as u64 + 1,
+                    content: "[system]\npath = \"local_data\"\n".into(),
+                },
+            };
+            let issued: IssuedTasks = client
+                .post(&format!("/v1/deployments/{deployment}/tasks"), &body)
+                .unwrap();
+            let round_ids: Vec<String> = issued.tasks.iter().map(|task| task.id.clone()).collect();
+            wait_until("the round's outcomes", Duration::from_secs(120), || {
+                round_ids.iter().all(|id| {
+                    client
+                        .get::<TaskView>(&format!("/v1/tasks/{id}"))
+                        .unwrap()
+                        .status
+                        != "pending"
+                        && client
+                            .get::<TaskView>(&format!("/v1/tasks/{id}"))
+                            .unwrap()
+                            .status
+                            != "delivered"
+                })
+            });
+            ids.extend(round_ids);
+        }
+        let elapsed = started.elapsed();
+
+        let mut samples = Vec::new();
+        for id in &ids {
+            let (record, _) = runtime
+                .block_on(store.get::<TaskRecord>(id))
+                .unwrap()
+                .unwrap();
+            assert_eq!(
+                record.status,
+                TaskStatus::Succeeded,
+                "task {id} did not succeed: {record:?}"
+            );
+            let done = record
+                .history
+                .iter()
+                .find(|entry| entry.status == TaskStatus::Succeeded)
+                .unwrap();
+            samples.push(done.at.0 - record.issued_at.0);
+        }
+        samples.sort_unstable();
+        println!(
+            "nodes={count:<4} tasks={:<5} p50={:<4} p90={:<4} p99={:<4} max={:<4} wall={:.1}s",
+            samples.len(),
+            percentile(&samples, 0.50),
+            percentile(&samples, 0.90),
+            percentile(&samples, 0.99),
+            samples.last().unwrap(),
+            elapsed.as_secs_f64()
+        );
+        drop(wardens);
+    }
+}
