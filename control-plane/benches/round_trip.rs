@@ -69,8 +69,9 @@ fn options() -> Options {
     options
 }
 
-fn percentile(sorted: &[u64], fraction: f64) -> u64 {
-    let index = ((sorted.len() as f64 - 1.0) * fraction).round() as usize;
+/// Nearest-rank percentile of sorted samples, `percent` in 0 to 100.
+fn percentile(sorted: &[u64], percent: usize) -> u64 {
+    let index = (sorted.len() - 1) * percent / 100;
     sorted[index]
 }
 
@@ -231,9 +232,9 @@ fn main() {
         println!(
             "nodes={count:<4} tasks={:<5} p50={:<4} p90={:<4} p99={:<4} max={:<4} wall={:.1}s",
             samples.len(),
-            percentile(&samples, 0.50),
-            percentile(&samples, 0.90),
-            percentile(&samples, 0.99),
+            percentile(&samples, 50),
+            percentile(&samples, 90),
+            percentile(&samples, 99),
             samples.last().unwrap(),
             elapsed.as_secs_f64()
         );
