@@ -27,6 +27,8 @@ pub enum MessageType {
     TaskReport,
     /// A [`crate::messages::Heartbeat`].
     Heartbeat,
+    /// A [`crate::messages::EnrollRequest`].
+    EnrollRequest,
 }
 
 /// A message body type and the envelope type that carries it.

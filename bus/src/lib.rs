@@ -20,13 +20,14 @@ pub mod signed;
 pub mod subject;
 pub mod time;
 pub mod transport;
+pub mod trust;
 
 pub use envelope::{Envelope, Message, MessageType, WireError, ENVELOPE_BYTES_MAX};
 pub use ids::{DeploymentId, IdError, KeyId, MessageId, NodeId, TaskId};
 pub use messages::{
     ApplyConfig, Heartbeat, RejectCode, ReportStatus, Task, TaskAction, TaskReport,
 };
-pub use signed::{Keyring, PublicKey, SignedEnvelope, SigningKey};
+pub use signed::{KeySignature, Keyring, PublicKey, SignedEnvelope, SigningKey};
 pub use subject::{NodeSubject, Subject, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use transport::{Bus, BusError, Delivery, Inbound, KvEntry};

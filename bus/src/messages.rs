@@ -6,7 +6,7 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{decode, encode, Message, MessageType, WireError};
-use crate::ids::{DeploymentId, NodeId, TaskId};
+use crate::ids::{DeploymentId, KeyId, NodeId, TaskId};
 use crate::time::UnixMillis;
 
 /// Maximum size of an Iggy configuration document carried by [`ApplyConfig`], in bytes.
@@ -33,6 +33,8 @@ pub struct Task {
     pub not_before: UnixMillis,
     /// Time after which the node must reject the task.
     pub expires_at: UnixMillis,
+    /// Id of the key that signs the task; must match the signed envelope's key id.
+    pub key_id: KeyId,
     /// Name of the action, one of [`TaskAction::kind`].
     pub kind: String,
     /// MessagePack encoding of the action's parameters.
@@ -51,11 +53,28 @@ impl Task {
     }
 }
 
-/// The closed set of actions a task can ask for. None of them carries a command to run.
+/// The closed set of actions a task can ask for. None carries a command, script or path to
+/// execute: every parameter is typed data that the Warden validates.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TaskAction {
     /// Write the Iggy server configuration file.
     ApplyConfig(ApplyConfig),
+    /// Start a supervised component.
+    StartComponent(ComponentTarget),
+    /// Stop a supervised component.
+    StopComponent(ComponentTarget),
+    /// Restart a supervised component.
+    RestartComponent(ComponentTarget),
+    /// Restart a component with the configuration of a given version.
+    ReconfigureComponent(Reconfigure),
+    /// Install and start a signed release of a component.
+    UpgradeComponent(Upgrade),
+    /// Replace the node's access rules.
+    ApplyAccessRules(AccessRules),
+    /// Renew the node's TLS certificate now.
+    RotateCertificate,
+    /// Replace the trust document with a newer root-signed one.
+    UpdateTrust(UpdateTrust),
     /// Report facts about the node.
     CollectDiagnostics,
 }
@@ -77,6 +96,114 @@ impl fmt::Debug for ApplyConfig {
             .finish()
     }
 }
+
+/// Components a Warden manages.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Component {
+    /// The Iggy server.
+    Iggy,
+    /// The Iggy connectors runtime.
+    Connectors,
+    /// The Warden itself; only upgrades may name it.
+    Warden,
+}
+
+/// Parameters of start, stop and restart.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentTarget {
+    /// The component; `warden` is not allowed.
+    pub component: Component,
+}
+
+/// Parameters of [`TaskAction::ReconfigureComponent`].
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Reconfigure {
+    /// The component; `warden` is not allowed.
+    pub component: Component,
+    /// Version of the configuration to run with.
+    pub config_version: u64,
+    /// A data encryption key sealed to the node's key, if the task sets one.
+    #[serde(default, with = "serde_bytes")]
+    pub sealed_encryption_key: Option<Vec<u8>>,
+}
+
+impl fmt::Debug for Reconfigure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Reconfigure")
+            .field("component", &self.component)
+            .field("config_version", &self.config_version)
+            .field("sets_encryption_key", &self.sealed_encryption_key.is_some())
+            .finish()
+    }
+}
+
+/// Parameters of [`TaskAction::UpgradeComponent`]; the release manifest must name the same
+/// digest, so the control plane and the release key have to agree.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Upgrade {
+    /// The component, `warden` included.
+    pub component: Component,
+    /// Release version, such as `0.8.1`.
+    pub version: String,
+    /// SHA-256 of the artifact.
+    #[serde(with = "serde_bytes")]
+    pub sha256: Vec<u8>,
+    /// Monotonic release counter from the manifest.
+    pub release_counter: u64,
+}
+
+/// Protocols an access rule can open.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Protocol {
+    /// Iggy TCP.
+    Tcp,
+    /// Iggy QUIC.
+    Quic,
+    /// Iggy HTTP.
+    Http,
+    /// Iggy WebSocket.
+    Websocket,
+}
+
+/// One allowed source.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRule {
+    /// Source network in CIDR notation, IPv4 or IPv6.
+    pub cidr: String,
+    /// What it may reach.
+    pub protocol: Protocol,
+    /// When the rule closes by itself, if ever.
+    #[serde(default)]
+    pub expires_at: Option<UnixMillis>,
+}
+
+/// Parameters of [`TaskAction::ApplyAccessRules`]: the whole rule set, versioned.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AccessRules {
+    /// Version of the rule set; a node applies only versions above the one it has.
+    pub version: u64,
+    /// The rules.
+    pub rules: Vec<AccessRule>,
+}
+
+/// Parameters of [`TaskAction::UpdateTrust`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UpdateTrust {
+    /// The new root-signed trust document.
+    pub document: crate::trust::SignedDocument,
+}
+
+/// Largest document version accepted: 2^53 - 1, so versions survive JSON and JavaScript, and
+/// a typo cannot push a node's version to the end of the range where no later version fits.
+pub const DOCUMENT_VERSION_MAX: u64 = (1 << 53) - 1;
+
+/// Maximum number of access rules in one rule set.
+pub const ACCESS_RULES_MAX: usize = 256;
+
+/// Maximum size of a sealed encryption key, in bytes.
+pub const SEALED_KEY_BYTES_MAX: usize = 512;
 
 /// Why a task's action could not be decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -100,58 +227,221 @@ pub enum ActionError {
 
 impl TaskAction {
     /// Kind names of every action, in the order of the enum.
-    pub const KINDS: &'static [&'static str] = &["apply_config", "collect_diagnostics"];
+    pub const KINDS: &'static [&'static str] = &[
+        "apply_config",
+        "start_component",
+        "stop_component",
+        "restart_component",
+        "reconfigure_component",
+        "upgrade_component",
+        "apply_access_rules",
+        "rotate_certificate",
+        "update_trust",
+        "collect_diagnostics",
+    ];
 
     /// The kind name carried in [`Task::kind`].
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ApplyConfig(_) => "apply_config",
+            Self::StartComponent(_) => "start_component",
+            Self::StopComponent(_) => "stop_component",
+            Self::RestartComponent(_) => "restart_component",
+            Self::ReconfigureComponent(_) => "reconfigure_component",
+            Self::UpgradeComponent(_) => "upgrade_component",
+            Self::ApplyAccessRules(_) => "apply_access_rules",
+            Self::RotateCertificate => "rotate_certificate",
+            Self::UpdateTrust(_) => "update_trust",
             Self::CollectDiagnostics => "collect_diagnostics",
+        }
+    }
+
+    /// Whether the action needs a customer approval signature on deployments that pin an
+    /// approval key: access rules, and anything that sets an encryption key.
+    pub fn needs_approval(&self) -> bool {
+        match self {
+            Self::ApplyAccessRules(_) => true,
+            Self::ReconfigureComponent(reconfigure) => reconfigure.sealed_encryption_key.is_some(),
+            _ => false,
         }
     }
 
     /// Encodes the parameters carried in [`Task::params`].
     pub fn encode_params(&self) -> Result<Vec<u8>, WireError> {
+        let what = "task parameters";
         match self {
-            Self::ApplyConfig(params) => encode("apply_config parameters", params),
-            Self::CollectDiagnostics => encode("collect_diagnostics parameters", &()),
+            Self::ApplyConfig(params) => encode(what, params),
+            Self::StartComponent(params)
+            | Self::StopComponent(params)
+            | Self::RestartComponent(params) => encode(what, params),
+            Self::ReconfigureComponent(params) => encode(what, params),
+            Self::UpgradeComponent(params) => encode(what, params),
+            Self::ApplyAccessRules(params) => encode(what, params),
+            Self::UpdateTrust(params) => encode(what, params),
+            Self::RotateCertificate | Self::CollectDiagnostics => encode(what, &()),
         }
     }
 
     /// Decodes and validates an action from its kind name and parameters.
     pub fn from_parts(kind: &str, params: &[u8]) -> Result<Self, ActionError> {
-        match kind {
+        let Some(kind) = Self::KINDS.iter().copied().find(|known| *known == kind) else {
+            return Err(ActionError::UnknownKind {
+                kind: truncate(kind, 64),
+            });
+        };
+        let invalid = |reason: String| ActionError::InvalidParams { kind, reason };
+        let what = "task parameters";
+        let action = match kind {
             "apply_config" => {
-                let invalid = |reason: String| ActionError::InvalidParams {
-                    kind: "apply_config",
-                    reason,
-                };
-                let params: ApplyConfig = decode("apply_config parameters", params)
-                    .map_err(|e| invalid(e.to_string()))?;
-                params.validate().map_err(invalid)?;
-                Ok(Self::ApplyConfig(params))
+                Self::ApplyConfig(decode(what, params).map_err(|e| invalid(e.to_string()))?)
             }
-            "collect_diagnostics" => {
-                decode::<()>("collect_diagnostics parameters", params).map_err(|error| {
-                    ActionError::InvalidParams {
-                        kind: "collect_diagnostics",
-                        reason: error.to_string(),
+            "start_component" => {
+                Self::StartComponent(decode(what, params).map_err(|e| invalid(e.to_string()))?)
+            }
+            "stop_component" => {
+                Self::StopComponent(decode(what, params).map_err(|e| invalid(e.to_string()))?)
+            }
+            "restart_component" => {
+                Self::RestartComponent(decode(what, params).map_err(|e| invalid(e.to_string()))?)
+            }
+            "reconfigure_component" => Self::ReconfigureComponent(
+                decode(what, params).map_err(|e| invalid(e.to_string()))?,
+            ),
+            "upgrade_component" => {
+                Self::UpgradeComponent(decode(what, params).map_err(|e| invalid(e.to_string()))?)
+            }
+            "apply_access_rules" => {
+                Self::ApplyAccessRules(decode(what, params).map_err(|e| invalid(e.to_string()))?)
+            }
+            "update_trust" => {
+                Self::UpdateTrust(decode(what, params).map_err(|e| invalid(e.to_string()))?)
+            }
+            "rotate_certificate" => {
+                decode::<()>(what, params).map_err(|e| invalid(e.to_string()))?;
+                Self::RotateCertificate
+            }
+            _ => {
+                decode::<()>(what, params).map_err(|e| invalid(e.to_string()))?;
+                Self::CollectDiagnostics
+            }
+        };
+        action.validate().map_err(invalid)?;
+        Ok(action)
+    }
+
+    /// Checks the parameters beyond their types.
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            Self::ApplyConfig(config) => config.validate(),
+            Self::StartComponent(target)
+            | Self::StopComponent(target)
+            | Self::RestartComponent(target) => runtime_component(target.component),
+            Self::ReconfigureComponent(reconfigure) => {
+                runtime_component(reconfigure.component)?;
+                if reconfigure.config_version == 0
+                    || reconfigure.config_version > DOCUMENT_VERSION_MAX
+                {
+                    return Err(format!(
+                        "config_version must be 1 to {DOCUMENT_VERSION_MAX}"
+                    ));
+                }
+                match &reconfigure.sealed_encryption_key {
+                    Some(key) if key.is_empty() || key.len() > SEALED_KEY_BYTES_MAX => {
+                        Err(format!(
+                        "sealed_encryption_key of {} bytes is outside 1 to {SEALED_KEY_BYTES_MAX}",
+                        key.len()
+                    ))
                     }
-                })?;
-                Ok(Self::CollectDiagnostics)
+                    _ => Ok(()),
+                }
             }
-            other => Err(ActionError::UnknownKind {
-                kind: truncate(other, 64),
-            }),
+            Self::UpgradeComponent(upgrade) => {
+                if upgrade.sha256.len() != 32 {
+                    return Err(format!(
+                        "sha256 has {} bytes; expected 32",
+                        upgrade.sha256.len()
+                    ));
+                }
+                let valid_version = !upgrade.version.is_empty()
+                    && upgrade.version.len() <= 64
+                    && upgrade
+                        .version
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
+                if !valid_version {
+                    return Err(format!(
+                        "version {:?} must be 1 to 64 characters of a-z, 0-9, '.', '-' and '+'",
+                        truncate(&upgrade.version, 80)
+                    ));
+                }
+                Ok(())
+            }
+            Self::ApplyAccessRules(rules) => {
+                if rules.version == 0 || rules.version > DOCUMENT_VERSION_MAX {
+                    return Err(format!("version must be 1 to {DOCUMENT_VERSION_MAX}"));
+                }
+                if rules.rules.len() > ACCESS_RULES_MAX {
+                    return Err(format!(
+                        "{} rules is over the maximum of {ACCESS_RULES_MAX}",
+                        rules.rules.len()
+                    ));
+                }
+                for rule in &rules.rules {
+                    validate_cidr(&rule.cidr)?;
+                }
+                Ok(())
+            }
+            Self::UpdateTrust(update) => {
+                let document = update
+                    .document
+                    .document_unverified()
+                    .map_err(|error| error.to_string())?;
+                document.validate().map_err(|error| error.to_string())
+            }
+            Self::RotateCertificate | Self::CollectDiagnostics => Ok(()),
         }
     }
 }
 
+fn runtime_component(component: Component) -> Result<(), String> {
+    if component == Component::Warden {
+        return Err("component warden can only be upgraded; use iggy or connectors".into());
+    }
+    Ok(())
+}
+
+/// Checks an IPv4 or IPv6 network in CIDR notation, such as `10.0.0.0/8` or `2001:db8::/32`.
+pub fn validate_cidr(cidr: &str) -> Result<(), String> {
+    let invalid = || {
+        format!(
+            "{:?} is not a CIDR such as 10.0.0.0/8 or 2001:db8::/32",
+            truncate(cidr, 80)
+        )
+    };
+    let (address, prefix) = cidr.split_once('/').ok_or_else(invalid)?;
+    let address: std::net::IpAddr = address.parse().map_err(|_| invalid())?;
+    let prefix: u8 = prefix.parse().map_err(|_| invalid())?;
+    let max = if address.is_ipv4() { 32 } else { 128 };
+    if prefix > max {
+        return Err(format!(
+            "prefix /{prefix} of {:?} is over /{max}",
+            truncate(cidr, 80)
+        ));
+    }
+    Ok(())
+}
+
 impl ApplyConfig {
-    /// Checks the size cap and that the content is TOML text without NUL bytes.
+    /// Checks the size cap and that the content has no NUL bytes.
     pub fn validate(&self) -> Result<(), String> {
         if self.version == 0 {
             return Err("version 0 is reserved for 'no configuration'; use 1 or higher".into());
+        }
+        if self.version > DOCUMENT_VERSION_MAX {
+            return Err(format!(
+                "version {} is over the maximum of {DOCUMENT_VERSION_MAX}",
+                self.version
+            ));
         }
         if self.content.len() > CONFIG_BYTES_MAX {
             return Err(format!(
@@ -236,10 +526,14 @@ impl ReportStatus {
 pub enum RejectCode {
     /// The message could not be decoded.
     Malformed,
-    /// Signed by a key the node does not trust.
+    /// The message is over the size cap.
+    Oversized,
+    /// Signed by a key the trust document does not list.
     UnknownKey,
     /// The signature does not verify.
     BadSignature,
+    /// Signed by a listed key outside its validity window.
+    KeyOutsideWindow,
     /// Addressed to another deployment.
     WrongDeployment,
     /// Addressed to another node.
@@ -248,14 +542,30 @@ pub enum RejectCode {
     Expired,
     /// Before its not-before time.
     NotYetValid,
+    /// Valid for longer than the node allows.
+    ValidityTooLong,
     /// A task with this id was already executed, from another message.
     Replayed,
     /// The kind is not in the vocabulary.
     UnknownKind,
+    /// The kind is in the vocabulary but this Warden cannot carry it out yet.
+    Unsupported,
     /// The parameters are invalid.
     InvalidParams,
     /// The document version is not above the applied one.
     StaleVersion,
+    /// A trust document whose version is not above the current one.
+    TrustDowngrade,
+    /// A trust document not signed by the current root (and by a new root it introduces).
+    TrustNotRootSigned,
+    /// The node's trust document has expired; only a trust update is accepted.
+    TrustExpired,
+    /// The task needs the deployment's approval signature and lacks it.
+    ApprovalMissing,
+    /// An approval signature does not verify with the deployment's approval key.
+    ApprovalInvalid,
+    /// The node's clock is behind the latest time it recorded, so expiry cannot be judged.
+    ClockRegressed,
     /// A code from a newer build that this build does not know.
     #[serde(other)]
     Unrecognized,
@@ -266,16 +576,26 @@ impl RejectCode {
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",
+            Self::Oversized => "oversized",
             Self::UnknownKey => "unknown_key",
             Self::BadSignature => "bad_signature",
+            Self::KeyOutsideWindow => "key_outside_window",
             Self::WrongDeployment => "wrong_deployment",
             Self::WrongNode => "wrong_node",
             Self::Expired => "expired",
             Self::NotYetValid => "not_yet_valid",
+            Self::ValidityTooLong => "validity_too_long",
             Self::Replayed => "replayed",
             Self::UnknownKind => "unknown_kind",
+            Self::Unsupported => "unsupported",
             Self::InvalidParams => "invalid_params",
             Self::StaleVersion => "stale_version",
+            Self::TrustDowngrade => "trust_downgrade",
+            Self::TrustNotRootSigned => "trust_not_root_signed",
+            Self::TrustExpired => "trust_expired",
+            Self::ApprovalMissing => "approval_missing",
+            Self::ApprovalInvalid => "approval_invalid",
+            Self::ClockRegressed => "clock_regressed",
             Self::Unrecognized => "unrecognized",
         }
     }
@@ -306,6 +626,37 @@ pub struct Heartbeat {
 
 impl Message for Heartbeat {
     const TYPE: MessageType = MessageType::Heartbeat;
+}
+
+/// A node's first message: it presents its one-time enrollment token and the public key it
+/// generated. It travels signed by that key, which proves the node holds the private half.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EnrollRequest {
+    /// Deployment of the node.
+    pub deployment: DeploymentId,
+    /// The node.
+    pub node: NodeId,
+    /// The one-time token from the bootstrap file.
+    pub token: String,
+    /// The node's Ed25519 public key.
+    #[serde(with = "serde_bytes")]
+    pub public_key: Vec<u8>,
+    /// When the node sent the request, by its clock.
+    pub sent_at: UnixMillis,
+}
+
+impl fmt::Debug for EnrollRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EnrollRequest")
+            .field("deployment", &self.deployment)
+            .field("node", &self.node)
+            .field("public_key", &hex::encode(&self.public_key))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Message for EnrollRequest {
+    const TYPE: MessageType = MessageType::EnrollRequest;
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.

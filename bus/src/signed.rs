@@ -51,6 +51,25 @@ pub struct SignedEnvelope {
     /// Ed25519 signature over `body`.
     #[serde(with = "serde_bytes")]
     pub signature: Vec<u8>,
+    /// Further signatures over `body`, such as a customer's approval of a sensitive task.
+    #[serde(default)]
+    pub approvals: Vec<KeySignature>,
+}
+
+/// A signature over some bytes by the key with the given id.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeySignature {
+    /// Id of the signing key.
+    pub key_id: KeyId,
+    /// Ed25519 signature.
+    #[serde(with = "serde_bytes")]
+    pub signature: Vec<u8>,
+}
+
+impl fmt::Debug for KeySignature {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "KeySignature({})", self.key_id)
+    }
 }
 
 impl fmt::Debug for SignedEnvelope {
@@ -59,6 +78,7 @@ impl fmt::Debug for SignedEnvelope {
             .field("version", &self.version)
             .field("key_id", &self.key_id)
             .field("body_bytes", &self.body.len())
+            .field("approvals", &self.approvals)
             .finish_non_exhaustive()
     }
 }
@@ -87,17 +107,17 @@ impl SignedEnvelope {
             .ok_or_else(|| SignatureError::UnknownKey {
                 key_id: self.key_id.clone(),
             })?;
-        let bad_signature = || SignatureError::BadSignature {
-            key_id: self.key_id.clone(),
-        };
-        let signature: [u8; SIGNATURE_LENGTH] = self
-            .signature
-            .as_slice()
-            .try_into()
-            .map_err(|_| bad_signature())?;
-        key.key
-            .verify_strict(&self.body, &Signature::from_bytes(&signature))
-            .map_err(|_| bad_signature())?;
+        self.verify_with(key)
+    }
+
+    /// Verifies the signature with `key`, which must be the key named by `key_id`, and only
+    /// then decodes the inner envelope.
+    pub fn verify_with(&self, key: &PublicKey) -> Result<Envelope, SignatureError> {
+        if key.id() != &self.key_id || !key.verify(&self.body, &self.signature) {
+            return Err(SignatureError::BadSignature {
+                key_id: self.key_id.clone(),
+            });
+        }
         Ok(Envelope::decode(&self.body)?)
     }
 
@@ -158,13 +178,27 @@ impl SigningKey {
     /// Encodes `envelope` and signs the resulting bytes.
     pub fn sign(&self, envelope: &Envelope) -> Result<SignedEnvelope, WireError> {
         let body = envelope.encode()?;
-        let signature = self.key.sign(&body).to_bytes().to_vec();
+        let signature = self.sign_bytes(&body).to_vec();
         Ok(SignedEnvelope {
             version: FORMAT_VERSION,
             key_id: self.id.clone(),
             body,
             signature,
+            approvals: Vec::new(),
         })
+    }
+
+    /// Signs raw bytes.
+    pub fn sign_bytes(&self, bytes: &[u8]) -> [u8; SIGNATURE_LENGTH] {
+        self.key.sign(bytes).to_bytes()
+    }
+
+    /// Signs raw bytes and names this key, as carried in documents and approvals.
+    pub fn key_signature(&self, bytes: &[u8]) -> KeySignature {
+        KeySignature {
+            key_id: self.id.clone(),
+            signature: self.sign_bytes(bytes).to_vec(),
+        }
     }
 }
 
@@ -217,6 +251,22 @@ impl PublicKey {
             reason: format!("not hex: {error}; expected 64 hex characters"),
         })?;
         Self::from_bytes(&bytes)
+    }
+
+    /// Verifies an Ed25519 signature over `bytes` with the strict rules (no small-order keys,
+    /// canonical encodings only).
+    pub fn verify(&self, bytes: &[u8], signature: &[u8]) -> bool {
+        let Ok(signature) = <[u8; SIGNATURE_LENGTH]>::try_from(signature) else {
+            return false;
+        };
+        self.key
+            .verify_strict(bytes, &Signature::from_bytes(&signature))
+            .is_ok()
+    }
+
+    /// Verifies a [`KeySignature`], which must name this key.
+    pub fn verify_signature(&self, bytes: &[u8], signature: &KeySignature) -> bool {
+        &signature.key_id == self.id() && self.verify(bytes, &signature.signature)
     }
 
     /// The key as 64 lowercase hex characters.

@@ -11,9 +11,11 @@ use std::collections::BTreeMap;
 
 use proptest::prelude::*;
 use rand::SeedableRng;
-use warden_bus::messages::{ApplyConfig, RejectCode, ReportStatus, TaskAction};
+use warden_bus::messages::{
+    ApplyConfig, RejectCode, ReportStatus, TaskAction, DOCUMENT_VERSION_MAX,
+};
 use warden_bus::{
-    DeploymentId, Envelope, Heartbeat, Keyring, Message, MessageId, NodeId, SignedEnvelope,
+    DeploymentId, Envelope, Heartbeat, KeyId, Keyring, Message, MessageId, NodeId, SignedEnvelope,
     SigningKey, Task, TaskId, TaskReport, UnixMillis, WireError, ENVELOPE_BYTES_MAX,
 };
 
@@ -34,11 +36,69 @@ fn task_id() -> impl Strategy<Value = TaskId> {
 }
 
 fn action() -> impl Strategy<Value = TaskAction> {
+    use warden_bus::messages::{
+        AccessRule, AccessRules, Component, ComponentTarget, Protocol, Reconfigure, Upgrade,
+    };
+    let component = prop_oneof![Just(Component::Iggy), Just(Component::Connectors)];
     prop_oneof![
         Just(TaskAction::CollectDiagnostics),
-        (1u64.., "[ -~\n]{0,200}").prop_map(|(version, content)| TaskAction::ApplyConfig(
-            ApplyConfig { version, content }
-        )),
+        Just(TaskAction::RotateCertificate),
+        component
+            .clone()
+            .prop_map(|component| TaskAction::StartComponent(ComponentTarget { component })),
+        component
+            .clone()
+            .prop_map(|component| TaskAction::StopComponent(ComponentTarget { component })),
+        component
+            .clone()
+            .prop_map(|component| TaskAction::RestartComponent(ComponentTarget { component })),
+        (
+            component,
+            1u64..=DOCUMENT_VERSION_MAX,
+            proptest::option::of(proptest::collection::vec(any::<u8>(), 1..64))
+        )
+            .prop_map(|(component, config_version, sealed_encryption_key)| {
+                TaskAction::ReconfigureComponent(Reconfigure {
+                    component,
+                    config_version,
+                    sealed_encryption_key,
+                })
+            }),
+        ("[0-9]{1,3}\\.[0-9]{1,3}", any::<[u8; 32]>(), any::<u64>()).prop_map(
+            |(version, sha, release_counter)| {
+                TaskAction::UpgradeComponent(Upgrade {
+                    component: Component::Warden,
+                    version,
+                    sha256: sha.to_vec(),
+                    release_counter,
+                })
+            }
+        ),
+        (
+            1u64..=DOCUMENT_VERSION_MAX,
+            proptest::collection::vec(
+                (
+                    any::<[u8; 4]>(),
+                    0u8..=32,
+                    proptest::option::of(any::<u64>())
+                ),
+                0..8
+            )
+        )
+            .prop_map(|(version, rules)| {
+                let rules = rules
+                    .into_iter()
+                    .map(|(octets, prefix, expires)| AccessRule {
+                        cidr: format!("{}/{prefix}", std::net::Ipv4Addr::from(octets)),
+                        protocol: Protocol::Tcp,
+                        expires_at: expires.map(UnixMillis),
+                    })
+                    .collect();
+                TaskAction::ApplyAccessRules(AccessRules { version, rules })
+            }),
+        (1u64..=DOCUMENT_VERSION_MAX, "[ -~\n]{0,200}").prop_map(|(version, content)| {
+            TaskAction::ApplyConfig(ApplyConfig { version, content })
+        }),
     ]
 }
 
@@ -60,6 +120,7 @@ fn task() -> impl Strategy<Value = Task> {
                 issued_at: UnixMillis(issued),
                 not_before: UnixMillis(not_before),
                 expires_at: UnixMillis(expires),
+                key_id: KeyId::new("00112233aabbccdd").unwrap(),
                 kind: action.kind().to_owned(),
                 params: action.encode_params().unwrap(),
             },
@@ -219,6 +280,7 @@ fn every_bit_of_one_signed_task_is_covered() {
         issued_at: UnixMillis(1_000),
         not_before: UnixMillis(1_000),
         expires_at: UnixMillis(60_000),
+        key_id: key.id().clone(),
         kind: "apply_config".into(),
         params: TaskAction::ApplyConfig(ApplyConfig {
             version: 3,
@@ -267,6 +329,7 @@ fn truncated_signed_task_is_malformed() {
             issued_at: UnixMillis(0),
             not_before: UnixMillis(0),
             expires_at: UnixMillis(1),
+            key_id: key.id().clone(),
             kind: "collect_diagnostics".into(),
             params: TaskAction::CollectDiagnostics.encode_params().unwrap(),
         },

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use warden_bus::transport::nats::NatsBus;
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::{TaskRecord, TaskStatus};
-use warden_control_plane::ctl::Client;
+use warden_control_plane::ctl::{offline, Client};
 use warden_control_plane::store::Store;
 use warden_control_plane::views::{
     AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
@@ -79,6 +79,18 @@ fn main() {
     let options = options();
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsServer::start();
+    offline::create_key(&dir.path().join("root.key")).unwrap();
+    let task_key = offline::create_key(&dir.path().join("task.key")).unwrap();
+    offline::sign_trust(&offline::TrustSignRequest {
+        root_key: dir.path().join("root.key"),
+        new_root_key: None,
+        version: 1,
+        expires_in: "30d".into(),
+        task_keys: vec![format!("{},from=-1h", task_key.public_key().to_hex())],
+        release_keys: Vec::new(),
+        out: dir.path().join("trust.b64"),
+    })
+    .unwrap();
     let api = format!("http://127.0.0.1:{}", free_port());
     let mut command = Command::new(workspace_binary("control-plane"));
     command
@@ -88,8 +100,10 @@ fn main() {
             "--listen",
             api.trim_start_matches("http://"),
         ])
-        .arg("--state-dir")
-        .arg(dir.path().join("cp"))
+        .arg("--task-key")
+        .arg(dir.path().join("task.key"))
+        .arg("--trust-document")
+        .arg(dir.path().join("trust.b64"))
         .arg("--admin-key-out")
         .arg(dir.path().join("admin-key"))
         .env("RUST_LOG", "warn");
@@ -131,6 +145,7 @@ fn main() {
                 &CreateDeployment {
                     id: deployment.clone(),
                     description: String::new(),
+                    approval_key: None,
                 },
             )
             .unwrap();

@@ -5,17 +5,19 @@
 use actix_web::dev::Payload;
 use actix_web::error::InternalError;
 use actix_web::http::StatusCode;
-use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError};
+use actix_web::{web, FromRequest, HttpRequest, HttpResponse, ResponseError, Route};
+use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, IdError, NodeId, TaskId};
 
 use crate::core::lifecycle::TaskStatus;
 use crate::service::{ControlPlane, NodeOptions, ServiceError, Target, TaskFilter};
 use crate::views::{
-    AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
-    Problem, TaskKeyView, TaskView,
+    AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
+    NodeView, Problem, PublishTrust, Reenroll, TaskView, TrustView,
 };
 
 /// Maximum size of a request body: a 128 KiB configuration plus JSON escaping.
@@ -164,7 +166,11 @@ fn authorize(request: &HttpRequest) -> Result<Admin, ApiError> {
     let token = header
         .to_str()
         .ok()
-        .and_then(|value| value.strip_prefix("Bearer "))
+        .and_then(|value| {
+            // The scheme name is case-insensitive (RFC 9110, section 11.1).
+            let (scheme, token) = value.split_once(' ')?;
+            scheme.eq_ignore_ascii_case("bearer").then_some(token)
+        })
         .ok_or_else(|| unauthorized("the Authorization header is not a bearer token"))?;
     let presented: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
     if bool::from(presented.ct_eq(&state.admin_key_hash)) {
@@ -179,6 +185,7 @@ fn authorize(request: &HttpRequest) -> Result<Admin, ApiError> {
 pub fn configure(config: &mut web::ServiceConfig) {
     let json = web::JsonConfig::default()
         .limit(REQUEST_BYTES_MAX)
+        .content_type_required(false)
         .error_handler(|error, _| {
             let message = error.to_string();
             let field = named_field(&message);
@@ -198,35 +205,88 @@ pub fn configure(config: &mut web::ServiceConfig) {
         );
         InternalError::from_response(error, api_error.error_response()).into()
     });
-    config
-        .app_data(json)
-        .app_data(query)
-        .route("/v1/health", web::get().to(health))
-        .route("/v1/trust", web::get().to(trust))
-        .route("/v1/deployments", web::post().to(create_deployment))
-        .route("/v1/deployments", web::get().to(list_deployments))
-        .route(
+    config.app_data(json).app_data(query);
+    let routes: Vec<(&str, Vec<(&str, Route)>)> = vec![
+        ("/v1/health", vec![("GET", web::get().to(health))]),
+        (
+            "/v1/trust",
+            vec![
+                ("GET", web::get().to(trust)),
+                ("PUT", web::put().to(publish_trust)),
+            ],
+        ),
+        (
+            "/v1/deployments",
+            vec![
+                ("GET", web::get().to(list_deployments)),
+                ("POST", web::post().to(create_deployment)),
+            ],
+        ),
+        (
             "/v1/deployments/{deployment}/nodes",
-            web::post().to(add_node),
-        )
-        .route(
-            "/v1/deployments/{deployment}/nodes",
-            web::get().to(list_nodes),
-        )
-        .route(
+            vec![
+                ("GET", web::get().to(list_nodes)),
+                ("POST", web::post().to(add_node)),
+            ],
+        ),
+        (
+            "/v1/deployments/{deployment}/nodes/{node}/reenroll",
+            vec![("POST", web::post().to(reenroll))],
+        ),
+        (
             "/v1/deployments/{deployment}/tasks",
-            web::post().to(issue_tasks),
-        )
-        .route("/v1/tasks", web::get().to(list_tasks))
-        .route("/v1/tasks/{task}", web::get().to(get_task))
-        .default_service(web::to(not_found));
+            vec![("POST", web::post().to(issue_tasks))],
+        ),
+        ("/v1/tasks", vec![("GET", web::get().to(list_tasks))]),
+        ("/v1/tasks/{task}", vec![("GET", web::get().to(get_task))]),
+        (
+            "/v1/tasks/{task}/approval",
+            vec![("POST", web::post().to(approve))],
+        ),
+    ];
+    for (path, methods) in routes {
+        let allow: Vec<&str> = methods.iter().map(|(method, _)| *method).collect();
+        let allow = allow.join(", ");
+        let mut resource = web::resource(path);
+        for (_, route) in methods {
+            resource = resource.route(route);
+        }
+        let resource = resource.default_service(web::to(move |request: HttpRequest| {
+            let allow = allow.clone();
+            async move { method_not_allowed(&request, &allow) }
+        }));
+        config.service(resource);
+    }
+    config.default_service(web::to(not_found));
 }
 
 /// Pulls a field name out of a serde message such as "missing field `id`".
 fn named_field(message: &str) -> Option<String> {
+    // Backticks also quote values and variant names; only these messages quote a field name.
+    if !(message.contains("missing field") || message.contains("unknown field")) {
+        return None;
+    }
     let start = message.find('`')? + 1;
     let end = start + message.get(start..)?.find('`')?;
     message.get(start..end).map(str::to_owned)
+}
+
+fn method_not_allowed(request: &HttpRequest, allow: &str) -> HttpResponse {
+    let mut response = problem(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method-not-allowed",
+        "Method not allowed",
+        format!("{} is not allowed on {}", request.method(), request.path()),
+        None,
+        Some(&format!("use {allow}")),
+    )
+    .error_response();
+    if let Ok(value) = actix_web::http::header::HeaderValue::from_str(allow) {
+        response
+            .headers_mut()
+            .insert(actix_web::http::header::ALLOW, value);
+    }
+    response
 }
 
 async fn not_found(request: HttpRequest) -> HttpResponse {
@@ -245,12 +305,59 @@ async fn health() -> HttpResponse {
     HttpResponse::Ok().json(serde_json::json!({ "status": "ok" }))
 }
 
-async fn trust(_: Admin, state: web::Data<ApiState>) -> HttpResponse {
-    let key = state.control_plane.task_public_key();
-    HttpResponse::Ok().json(vec![TaskKeyView {
-        key_id: key.id().to_string(),
-        public_key: key.to_hex(),
-    }])
+async fn trust(_: Admin, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let signed = state.control_plane.current_trust().await?;
+    let view = TrustView::new(&signed).map_err(|reason| {
+        ServiceError::Unavailable(format!("the stored trust document is damaged: {reason}"))
+    })?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+async fn publish_trust(
+    _: Admin,
+    state: web::Data<ApiState>,
+    body: web::Json<PublishTrust>,
+) -> Result<HttpResponse, ApiError> {
+    let invalid = |reason: String| {
+        invalid_field(
+            "document",
+            reason,
+            "give the base64 text that `wardenctl trust sign` wrote",
+        )
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(body.document.trim())
+        .map_err(|error| invalid(format!("not base64: {error}")))?;
+    let signed = SignedDocument::decode(&bytes).map_err(|error| invalid(error.to_string()))?;
+    state.control_plane.publish_trust(&signed).await?;
+    let view = TrustView::new(&signed).map_err(invalid)?;
+    Ok(HttpResponse::Ok().json(view))
+}
+
+async fn approve(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+    body: web::Json<Approve>,
+) -> Result<HttpResponse, ApiError> {
+    let id = TaskId::new(path.into_inner()).map_err(|error| invalid_id("task", &error))?;
+    let body = body.into_inner();
+    let key_id =
+        warden_bus::KeyId::new(body.key_id).map_err(|error| invalid_id("key_id", &error))?;
+    let signature = base64::engine::general_purpose::STANDARD
+        .decode(body.signature.trim())
+        .map_err(|error| {
+            invalid_field(
+                "signature",
+                format!("not base64: {error}"),
+                "send the signature as base64",
+            )
+        })?;
+    let task = state
+        .control_plane
+        .approve(&id, warden_bus::KeySignature { key_id, signature })
+        .await?;
+    Ok(HttpResponse::Ok().json(TaskView::from(task)))
 }
 
 fn deployment_id(text: &str) -> Result<DeploymentId, ApiError> {
@@ -266,7 +373,7 @@ async fn create_deployment(
     let id = DeploymentId::new(body.id).map_err(|error| invalid_id("id", &error))?;
     let record = state
         .control_plane
-        .create_deployment(id, body.description)
+        .create_deployment(id, body.description, body.approval_key)
         .await?;
     Ok(HttpResponse::Created().json(DeploymentView::from(record)))
 }
@@ -299,6 +406,30 @@ async fn add_node(
         .add_node(deployment, node, options)
         .await?;
     Ok(HttpResponse::Created().json(AddedNode {
+        node: NodeView::from(record),
+        bootstrap,
+    }))
+}
+
+async fn reenroll(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+    body: web::Json<Reenroll>,
+) -> Result<HttpResponse, ApiError> {
+    let (deployment, node) = path.into_inner();
+    let deployment = deployment_id(&deployment)?;
+    let node = NodeId::new(node).map_err(|error| invalid_id("node", &error))?;
+    let body = body.into_inner();
+    let options = NodeOptions {
+        state_dir: body.state_dir.into(),
+        heartbeat_interval_secs: body.heartbeat_interval_secs,
+    };
+    let (record, bootstrap) = state
+        .control_plane
+        .reenroll(deployment, node, options)
+        .await?;
+    Ok(HttpResponse::Ok().json(AddedNode {
         node: NodeView::from(record),
         bootstrap,
     }))
@@ -409,6 +540,14 @@ mod tests {
         assert_eq!(
             named_field("Json deserialize error: missing field `id` at line 1").as_deref(),
             Some("id")
+        );
+        assert_eq!(
+            named_field("unknown field `surprise`, expected one of `id`").as_deref(),
+            Some("surprise")
+        );
+        assert_eq!(
+            named_field("invalid type: integer `5`, expected a string"),
+            None
         );
         assert_eq!(named_field("no backticks"), None);
     }

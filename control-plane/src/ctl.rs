@@ -6,7 +6,9 @@ use std::time::Duration;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use crate::views::{DeploymentView, NodeView, Problem, TaskView};
+use crate::views::{DeploymentView, NodeView, Problem, TaskView, TrustView};
+
+pub mod offline;
 
 /// Timeout of one API request.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
@@ -92,6 +94,15 @@ impl Client {
         self.send(self.http.post(self.url(path)).json(body), path)
     }
 
+    /// Sends a PUT with a JSON body and decodes the JSON response.
+    pub fn put<B: Serialize, T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &B,
+    ) -> Result<T, CtlError> {
+        self.send(self.http.put(self.url(path)).json(body), path)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -138,11 +149,11 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = header.iter().map(|title| title.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
-            *width = (*width).max(cell.chars().count());
+            *width = (*width).max(cell.chars().count().min(CELL_CHARS_MAX));
         }
     }
     let mut out = String::new();
-    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+    let mut line = |cells: &mut dyn Iterator<Item = String>| {
         let padded: Vec<String> = cells
             .zip(&widths)
             .map(|(cell, width)| format!("{cell:<width$}"))
@@ -150,11 +161,23 @@ pub fn table(header: &[&str], rows: &[Vec<String>]) -> String {
         out.push_str(padded.join("  ").trim_end());
         out.push('\n');
     };
-    line(&mut header.iter().copied());
+    line(&mut header.iter().map(|title| (*title).to_owned()));
     for row in rows {
-        line(&mut row.iter().map(String::as_str));
+        line(&mut row.iter().map(|cell| cut_cell(cell)));
     }
     out
+}
+
+/// Maximum characters of a table cell; longer cells end in an ellipsis. `-o json` shows all.
+pub const CELL_CHARS_MAX: usize = 80;
+
+fn cut_cell(cell: &str) -> String {
+    if cell.chars().count() <= CELL_CHARS_MAX {
+        return cell.to_owned();
+    }
+    let mut cut: String = cell.chars().take(CELL_CHARS_MAX - 1).collect();
+    cut.push('…');
+    cut
 }
 
 /// Table of deployments.
@@ -179,11 +202,21 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
                     .unwrap_or_else(|| "never".into()),
                 n.config_version.to_string(),
                 n.warden_version.clone().unwrap_or_else(|| "-".into()),
+                n.node_key_id
+                    .clone()
+                    .unwrap_or_else(|| "not enrolled".into()),
             ]
         })
         .collect();
     table(
-        &["NODE", "HEALTH", "LAST HEARTBEAT", "CONFIG", "WARDEN"],
+        &[
+            "NODE",
+            "HEALTH",
+            "LAST HEARTBEAT",
+            "CONFIG",
+            "WARDEN",
+            "NODE KEY",
+        ],
         &rows,
     )
 }
@@ -256,6 +289,23 @@ pub fn task_detail(task: &TaskView) -> String {
     out
 }
 
+/// Detailed view of a trust document.
+pub fn trust_detail(trust: &TrustView) -> String {
+    let mut out = format!(
+        "trust document version {}\nexpires     {}\nroot key    {}\n",
+        trust.version, trust.expires_at, trust.root_key_id
+    );
+    for (role, grants) in [("task", &trust.task_keys), ("release", &trust.release_keys)] {
+        for grant in grants {
+            out.push_str(&format!(
+                "{role:<8} key {}  valid {} to {}\n",
+                grant.key_id, grant.not_before, grant.not_after
+            ));
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -273,6 +323,15 @@ mod tests {
         assert_eq!(lines[0], "A           BB");
         assert_eq!(lines[1], "long-value  x");
         assert_eq!(lines[2], "s           yyy");
+    }
+
+    #[test]
+    fn long_cells_are_cut() {
+        let long = "x".repeat(70_000);
+        let text = table(&["A"], &[vec![long]]);
+        let row = text.lines().nth(1).unwrap();
+        assert_eq!(row.chars().count(), CELL_CHARS_MAX);
+        assert!(row.ends_with('…'));
     }
 
     #[test]

@@ -1,7 +1,6 @@
 //! The task-signing key file and the admin API key.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use base64::Engine;
@@ -18,7 +17,7 @@ pub const API_KEY_PREFIX: &str = "wdn_";
 #[non_exhaustive]
 pub enum KeyFileError {
     /// I/O failed.
-    #[error("task key file {path}: {source}")]
+    #[error("task key file {path}: {source}; create one with `wardenctl key create --out FILE`")]
     Io {
         /// The file.
         path: PathBuf,
@@ -45,55 +44,31 @@ pub enum KeyFileError {
     },
 }
 
-/// Loads the task-signing key from `path`, generating it with mode 0600 if the file is absent.
-/// Returns the key and whether it was generated.
-pub fn load_or_create_task_key(
-    path: &Path,
-    rng: &mut (impl RngCore + rand::CryptoRng),
-) -> Result<(SigningKey, bool), KeyFileError> {
+/// Loads the task-signing key from `path`, a hex seed written by `wardenctl key create`,
+/// rejecting a file that other users can read.
+pub fn load_task_key(path: &Path) -> Result<SigningKey, KeyFileError> {
     let io = |source| KeyFileError::Io {
         path: path.to_path_buf(),
         source,
     };
-    match std::fs::metadata(path) {
-        Ok(metadata) => {
-            let mode = metadata.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                return Err(KeyFileError::Permissions {
-                    path: path.to_path_buf(),
-                    mode,
-                });
-            }
-            let text = std::fs::read_to_string(path).map_err(io)?;
-            let content = |reason: String| KeyFileError::Content {
-                path: path.to_path_buf(),
-                reason,
-            };
-            let bytes = hex::decode(text.trim()).map_err(|error| content(error.to_string()))?;
-            let seed: [u8; KEY_BYTES] = bytes.try_into().map_err(|bytes: Vec<u8>| {
-                content(format!("{} bytes instead of {KEY_BYTES}", bytes.len()))
-            })?;
-            Ok((SigningKey::from_seed(seed), false))
-        }
-        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
-            if let Some(parent) = path.parent() {
-                std::fs::create_dir_all(parent).map_err(io)?;
-            }
-            let key = SigningKey::generate(rng);
-            // create_new: two replicas starting together must not overwrite each other's key.
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(path)
-                .map_err(io)?;
-            file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
-                .map_err(io)?;
-            file.sync_all().map_err(io)?;
-            Ok((key, true))
-        }
-        Err(error) => Err(io(error)),
+    let metadata = std::fs::metadata(path).map_err(io)?;
+    let mode = metadata.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(KeyFileError::Permissions {
+            path: path.to_path_buf(),
+            mode,
+        });
     }
+    let text = std::fs::read_to_string(path).map_err(io)?;
+    let content = |reason: String| KeyFileError::Content {
+        path: path.to_path_buf(),
+        reason,
+    };
+    let bytes = hex::decode(text.trim()).map_err(|error| content(error.to_string()))?;
+    let seed: [u8; KEY_BYTES] = bytes.try_into().map_err(|bytes: Vec<u8>| {
+        content(format!("{} bytes instead of {KEY_BYTES}", bytes.len()))
+    })?;
+    Ok(SigningKey::from_seed(seed))
 }
 
 /// Generates an admin API key: the prefix and 32 random bytes in URL-safe base64.
@@ -118,19 +93,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn key_file_is_created_once_with_mode_0600() {
+    fn key_file_loads() {
         let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("keys/task-key");
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-        let (first, created) = load_or_create_task_key(&path, &mut rng).unwrap();
-        assert!(created);
-        assert_eq!(
-            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
-            0o600
-        );
-        let (second, created) = load_or_create_task_key(&path, &mut rng).unwrap();
-        assert!(!created);
-        assert_eq!(first.id(), second.id());
+        let path = dir.path().join("task-key");
+        let key = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
+        std::fs::write(&path, hex::encode(key.seed())).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+        assert_eq!(load_task_key(&path).unwrap().id(), key.id());
+        let missing = load_task_key(&dir.path().join("missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("wardenctl key create"), "{missing}");
     }
 
     #[test]
@@ -139,8 +112,7 @@ mod tests {
         let path = dir.path().join("task-key");
         std::fs::write(&path, "00".repeat(32)).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-        let error = load_or_create_task_key(&path, &mut rand_chacha::ChaCha20Rng::seed_from_u64(1))
-            .unwrap_err();
+        let error = load_task_key(&path).unwrap_err();
         assert!(error.to_string().contains("chmod 600"), "{error}");
     }
 

@@ -11,18 +11,22 @@ use std::time::Duration;
 use base64::Engine;
 use bytes::Bytes;
 use rand::RngCore;
-use warden::bootstrap::{BootstrapFile, TrustedKey};
+use warden::bootstrap::BootstrapFile;
 use warden_actors::clock::SharedClock;
 use warden_actors::entropy::Entropy;
+use warden_bus::messages::EnrollRequest;
 use warden_bus::subject::{
     task_consumer, CONTROL_BUCKET, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
 };
 use warden_bus::transport::{ConsumerSpec, StreamSpec};
+use warden_bus::trust::{SignedDocument, TrustDocument};
 use warden_bus::{
     Bus, BusError, DeploymentId, Envelope, Heartbeat, MessageId, NodeId, NodeSubject, SigningKey,
     Subject, TaskId, TaskReport, TelemetryKind, UnixMillis,
 };
+use warden_bus::{KeySignature, PublicKey, SignedEnvelope};
 
+use crate::core::enrollment::{EnrollOutcome, Enrollment};
 use crate::core::health::{HealthTransition, NodeHealth, NodeRecord};
 use crate::core::issue::{self, ActionRequest, FieldError};
 use crate::core::lifecycle::{TaskRecord, TaskStatus};
@@ -33,8 +37,8 @@ use crate::store::{DeploymentRecord, Record, Store, StoreError};
 pub const TASK_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How long reports stay in the report stream.
 pub const REPORT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Window in which the broker drops a repeated message id.
-pub const DUPLICATE_WINDOW: Duration = Duration::from_secs(120);
+/// Default window in which the broker drops a repeated message id (the JetStream default).
+pub const DUPLICATE_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
 /// Default time a node has to acknowledge a task before the broker redelivers it.
 pub const TASK_ACK_WAIT_DEFAULT: Duration = Duration::from_secs(30);
 /// Time a replica has to acknowledge a report before the broker redelivers it.
@@ -44,6 +48,27 @@ pub const PUBLISH_RETRY_AFTER: Duration = Duration::from_secs(2);
 /// Default wait after expiry before a task without outcome is marked expired: the Warden's
 /// default clock-skew tolerance of 300 s plus 30 s for the report to arrive.
 pub const EXPIRY_GRACE_DEFAULT: Duration = Duration::from_secs(330);
+/// Maximum size of a deployment description, in bytes.
+pub const DESCRIPTION_BYTES_MAX: usize = 1024;
+
+/// Deliveries of a report from a not-yet-enrolled node before it is dropped.
+pub const ENROLLMENT_WAIT_DELIVERIES: u64 = 10;
+/// Delay before such a report is delivered again.
+pub const ENROLLMENT_WAIT: Duration = Duration::from_secs(2);
+/// Default validity of an enrollment token.
+pub const ENROLLMENT_TTL_DEFAULT: Duration = Duration::from_secs(3600);
+
+/// What to do with a delivery after handling it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Disposition {
+    /// Acknowledge it.
+    Done,
+    /// Ask for it again after the delay.
+    Retry(Duration),
+}
+
+/// Key in [`CONTROL_BUCKET`] that holds the current signed trust document.
+pub const TRUST_DOCUMENT_KEY: &str = "trust_document";
 /// Key in [`CONTROL_BUCKET`] that holds the admin API key's SHA-256.
 pub const ADMIN_KEY_HASH_KEY: &str = "admin_api_key_sha256";
 
@@ -59,6 +84,11 @@ pub struct Settings {
     /// Time a node has to acknowledge a task before it is redelivered; applies to consumers
     /// created from now on.
     pub task_ack_wait: Duration,
+    /// Window in which the broker drops a repeated message id; applies when the streams are
+    /// created.
+    pub duplicate_window: Duration,
+    /// How long a new node's enrollment token stays valid.
+    pub enrollment_ttl: Duration,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
 }
@@ -221,14 +251,14 @@ impl ControlPlane {
             name: TASK_STREAM.into(),
             subjects: vec![Subject::all_tasks()],
             max_age: TASK_STREAM_MAX_AGE,
-            duplicate_window: DUPLICATE_WINDOW,
+            duplicate_window: self.inner.settings.duplicate_window,
         })
         .await?;
         bus.ensure_stream(&StreamSpec {
             name: REPORT_STREAM.into(),
             subjects: vec![Subject::all_telemetry(TelemetryKind::Report)],
             max_age: REPORT_STREAM_MAX_AGE,
-            duplicate_window: DUPLICATE_WINDOW,
+            duplicate_window: self.inner.settings.duplicate_window,
         })
         .await?;
         bus.ensure_consumer(&ConsumerSpec {
@@ -285,11 +315,29 @@ impl ControlPlane {
         &self,
         id: DeploymentId,
         description: String,
+        approval_key: Option<String>,
     ) -> Result<DeploymentRecord, ServiceError> {
+        if description.len() > DESCRIPTION_BYTES_MAX {
+            return Err(FieldError {
+                field: "description",
+                reason: format!(
+                    "{} bytes is over the maximum of {DESCRIPTION_BYTES_MAX}",
+                    description.len()
+                ),
+            }
+            .into());
+        }
+        if let Some(key) = &approval_key {
+            PublicKey::from_hex(key).map_err(|error| FieldError {
+                field: "approval_key",
+                reason: format!("{error}; give the public key printed by `wardenctl key create`"),
+            })?;
+        }
         let record = DeploymentRecord {
             id,
             description,
             created_at: self.now(),
+            approval_key,
         };
         match self.inner.store.create(&record).await {
             Ok(_) => {
@@ -329,44 +377,24 @@ impl ControlPlane {
         }
     }
 
-    /// Registers a node, creates its durable task consumer and returns its bootstrap file.
+    /// Registers a node, creates its durable task consumer and returns its bootstrap file with a
+    /// one-time enrollment token.
     pub async fn add_node(
         &self,
         deployment: DeploymentId,
         node: NodeId,
         options: NodeOptions,
     ) -> Result<(NodeRecord, BootstrapFile), ServiceError> {
-        self.require_deployment(&deployment).await?;
-        if !options.state_dir.is_absolute() {
-            return Err(FieldError {
-                field: "state_dir",
-                reason: format!("{:?} must be an absolute path", options.state_dir),
-            }
-            .into());
-        }
-        if let Some(secs) = options.heartbeat_interval_secs {
-            if !warden::bootstrap::HEARTBEAT_INTERVAL_SECS_RANGE.contains(&secs) {
-                return Err(FieldError {
-                    field: "heartbeat_interval_secs",
-                    reason: format!(
-                        "{secs} is outside {:?}",
-                        warden::bootstrap::HEARTBEAT_INTERVAL_SECS_RANGE
-                    ),
-                }
-                .into());
-            }
-        }
-        let record = NodeRecord::new(deployment.clone(), node.clone(), self.now());
-        match self.inner.store.create(&record).await {
-            Ok(_) => {}
-            Err(StoreError::Exists { .. }) => {
-                return Err(ServiceError::Conflict {
-                    what: format!("node {node} already exists in deployment {deployment}"),
-                    fix: "choose another node id".into(),
-                })
-            }
-            Err(error) => return Err(error.into()),
-        }
+        let deployment_record = self.require_deployment(&deployment).await?;
+        validate_node_options(&options)?;
+        let token = self.new_enrollment_token();
+        let mut record = NodeRecord::new(deployment.clone(), node.clone(), self.now());
+        record.enrollment = Enrollment::issue(
+            &token,
+            self.now()
+                .saturating_add(self.inner.settings.enrollment_ttl),
+        );
+        // The consumer first: a node record must never exist without its consumer.
         self.inner
             .bus
             .ensure_consumer(&ConsumerSpec {
@@ -376,22 +404,100 @@ impl ControlPlane {
                 ack_wait: self.inner.settings.task_ack_wait,
             })
             .await?;
+        match self.inner.store.create(&record).await {
+            Ok(_) => {}
+            Err(StoreError::Exists { .. }) => {
+                return Err(ServiceError::Conflict {
+                    what: format!("node {node} already exists in deployment {deployment}"),
+                    fix: "choose another node id, or use `wardenctl node reenroll` for a node that lost its state".into(),
+                })
+            }
+            Err(error) => return Err(error.into()),
+        }
+
         tracing::info!(deployment_id = %deployment, node_id = %node, "node added");
-        let key = self.task_public_key();
-        let bootstrap = BootstrapFile {
-            deployment: deployment.to_string(),
+        let bootstrap = self
+            .bootstrap_for(&deployment_record, &node, options, token)
+            .await?;
+        Ok((record, bootstrap))
+    }
+
+    /// Issues a new enrollment token for an existing node and revokes its enrolled key, so a
+    /// node that lost its state can enroll a new key. Returns the new bootstrap file.
+    pub async fn reenroll(
+        &self,
+        deployment: DeploymentId,
+        node: NodeId,
+        options: NodeOptions,
+    ) -> Result<(NodeRecord, BootstrapFile), ServiceError> {
+        let deployment_record = self.require_deployment(&deployment).await?;
+        validate_node_options(&options)?;
+        let token = self.new_enrollment_token();
+        let expires_at = self
+            .now()
+            .saturating_add(self.inner.settings.enrollment_ttl);
+        let key = warden_bus::subject::node_key(&deployment, &node);
+        let mut revoked = None;
+        let record = self
+            .inner
+            .store
+            .update::<NodeRecord>(&key, |record| {
+                revoked = record.enrollment.node_key.clone();
+                record.enrollment = Enrollment::issue(&token, expires_at);
+                true
+            })
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                what: format!("node {node} in deployment {deployment}"),
+                fix: "add it with `wardenctl node add`".into(),
+            })?;
+        tracing::warn!(deployment_id = %deployment, node_id = %node, revoked_key = revoked.as_deref().unwrap_or("none"), "node identity revoked; new enrollment token issued");
+        let bootstrap = self
+            .bootstrap_for(&deployment_record, &node, options, token)
+            .await?;
+        Ok((record, bootstrap))
+    }
+
+    fn new_enrollment_token(&self) -> String {
+        let mut bytes = [0u8; 32];
+        self.inner
+            .rng
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .fill_bytes(&mut bytes);
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(bytes)
+    }
+
+    async fn bootstrap_for(
+        &self,
+        deployment: &DeploymentRecord,
+        node: &NodeId,
+        options: NodeOptions,
+        token: String,
+    ) -> Result<BootstrapFile, ServiceError> {
+        let trust = self.current_trust().await?;
+        let damaged = |error: String| {
+            ServiceError::Unavailable(format!("the stored trust document is damaged: {error}"))
+        };
+        let root = trust
+            .document_unverified()
+            .and_then(|document| document.root())
+            .map_err(|error| damaged(error.to_string()))?;
+        let trust_bytes = trust.encode().map_err(|error| damaged(error.to_string()))?;
+        Ok(BootstrapFile {
+            deployment: deployment.id.to_string(),
             node: node.to_string(),
             nats_url: self.inner.settings.advertise_nats_url.clone(),
             state_dir: options.state_dir,
+            root_key: root.to_hex(),
+            trust_document: base64::engine::general_purpose::STANDARD.encode(trust_bytes),
+            approval_key: deployment.approval_key.clone(),
+            enrollment_token: Some(token),
             iggy_config_path: None,
             heartbeat_interval_secs: options.heartbeat_interval_secs,
             clock_skew_secs: None,
-            trusted_task_keys: vec![TrustedKey {
-                key_id: key.id().to_string(),
-                public_key: key.to_hex(),
-            }],
-        };
-        Ok((record, bootstrap))
+            task_validity_max_secs: None,
+        })
     }
 
     /// Lists a deployment's nodes by id.
@@ -420,8 +526,10 @@ impl ControlPlane {
         request: ActionRequest,
         ttl_secs: Option<u64>,
     ) -> Result<Vec<TaskRecord>, ServiceError> {
-        self.require_deployment(&deployment).await?;
-        let action = request.into_action()?;
+        let deployment_record = self.require_deployment(&deployment).await?;
+        let trust = self.current_trust().await?;
+        let action = request.into_action(&trust)?;
+        let needs_approval = action.needs_approval() && deployment_record.approval_key.is_some();
         let ttl = issue::validate_ttl(ttl_secs)?;
         let nodes = match target {
             Target::Node(node) => {
@@ -455,12 +563,20 @@ impl ControlPlane {
         let mut records = Vec::with_capacity(nodes.len());
         for node in nodes {
             let now = self.now();
-            let task =
-                issue::build_task(self.random_bytes(), &deployment, &node, &action, now, ttl)
-                    .map_err(|error| FieldError {
-                        field: "params",
-                        reason: error.to_string(),
-                    })?;
+            let signer = &self.inner.signer;
+            let task = issue::build_task(
+                self.random_bytes(),
+                &deployment,
+                &node,
+                &action,
+                now,
+                ttl,
+                signer.id(),
+            )
+            .map_err(|error| FieldError {
+                field: "params",
+                reason: error.to_string(),
+            })?;
             let envelope = Envelope::seal(MessageId::from_random(self.random_bytes()), &task)
                 .map_err(|error| FieldError {
                     field: "params",
@@ -485,9 +601,19 @@ impl ControlPlane {
                 task.expires_at,
                 base64::engine::general_purpose::STANDARD.encode(&signed),
             );
+            if needs_approval {
+                record.status = TaskStatus::AwaitingApproval;
+                if let Some(first) = record.history.first_mut() {
+                    first.status = TaskStatus::AwaitingApproval;
+                }
+            }
             self.inner.store.create(&record).await?;
-            tracing::info!(deployment_id = %deployment, node_id = %node, task_id = %task.id, kind = %task.kind, "task issued");
+            tracing::info!(deployment_id = %deployment, node_id = %node, task_id = %task.id, kind = %task.kind, awaiting_approval = needs_approval, "task issued");
             self.failpoint("crash-after-task-record");
+            if needs_approval {
+                records.push(record);
+                continue;
+            }
 
             // A failed publish leaves the task pending; the sweeper publishes it later.
             match self.publish(&record).await {
@@ -532,6 +658,265 @@ impl ControlPlane {
         Ok(updated.unwrap_or_else(|| record.clone()))
     }
 
+    /// Makes the trust document from the replica's file the shared current one, unless the
+    /// shared one is the same or newer. Fails if this replica's task key is not listed and valid.
+    pub async fn setup_trust(
+        &self,
+        from_file: &SignedDocument,
+    ) -> Result<TrustDocument, ServiceError> {
+        let offered = from_file
+            .document_unverified()
+            .map_err(|error| FieldError {
+                field: "trust_document",
+                reason: error.to_string(),
+            })?;
+        offered.validate().map_err(|error| FieldError {
+            field: "trust_document",
+            reason: error.to_string(),
+        })?;
+        let now = self.now();
+        let skew = warden::core::CLOCK_SKEW_DEFAULT;
+        let current = match self
+            .inner
+            .bus
+            .kv_get(CONTROL_BUCKET, TRUST_DOCUMENT_KEY)
+            .await?
+        {
+            None => {
+                let root = offered.root().map_err(|error| FieldError {
+                    field: "trust_document",
+                    reason: error.to_string(),
+                })?;
+                let document = from_file
+                    .verify_initial(&root, now, skew)
+                    .map_err(|error| FieldError {
+                        field: "trust_document",
+                        reason: error.to_string(),
+                    })?;
+                self.store_trust(from_file, None).await?;
+                document
+            }
+            Some(entry) => {
+                let stored = decode_stored_trust(&entry.value)?;
+                if offered.version > stored.version {
+                    let document =
+                        from_file
+                            .verify_successor(&stored, now, skew)
+                            .map_err(|error| FieldError {
+                                field: "trust_document",
+                                reason: error.to_string(),
+                            })?;
+                    self.store_trust(from_file, Some(entry.revision)).await?;
+                    document
+                } else {
+                    stored
+                }
+            }
+        };
+        self.check_own_key(&current)?;
+        Ok(current)
+    }
+
+    /// Replaces the shared trust document with a successor signed by the current root.
+    pub async fn publish_trust(
+        &self,
+        document: &SignedDocument,
+    ) -> Result<TrustDocument, ServiceError> {
+        let entry = self
+            .inner
+            .bus
+            .kv_get(CONTROL_BUCKET, TRUST_DOCUMENT_KEY)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Unavailable(
+                    "no trust document is stored; start a control plane with --trust-document"
+                        .into(),
+                )
+            })?;
+        let stored = decode_stored_trust(&entry.value)?;
+        let next = document
+            .verify_successor(&stored, self.now(), warden::core::CLOCK_SKEW_DEFAULT)
+            .map_err(|error| FieldError {
+                field: "document",
+                reason: error.to_string(),
+            })?;
+        self.check_own_key(&next).map_err(|_| ServiceError::Conflict {
+            what: format!(
+                "trust document version {} does not list this control plane's task key {} as valid now",
+                next.version,
+                self.inner.signer.id()
+            ),
+            fix: "restart the control planes with a key the new document lists, then publish it".into(),
+        })?;
+        self.store_trust(document, Some(entry.revision)).await?;
+        tracing::info!(
+            from_version = stored.version,
+            to_version = next.version,
+            "trust document published"
+        );
+        Ok(next)
+    }
+
+    /// The current signed trust document.
+    pub async fn current_trust(&self) -> Result<SignedDocument, ServiceError> {
+        let entry = self
+            .inner
+            .bus
+            .kv_get(CONTROL_BUCKET, TRUST_DOCUMENT_KEY)
+            .await?
+            .ok_or_else(|| {
+                ServiceError::Unavailable(
+                    "no trust document is stored; start a control plane with --trust-document"
+                        .into(),
+                )
+            })?;
+        SignedDocument::decode(&entry.value).map_err(|error| {
+            ServiceError::Unavailable(format!("the stored trust document is damaged: {error}"))
+        })
+    }
+
+    async fn store_trust(
+        &self,
+        document: &SignedDocument,
+        revision: Option<u64>,
+    ) -> Result<(), ServiceError> {
+        let bytes = document.encode().map_err(|error| FieldError {
+            field: "trust_document",
+            reason: error.to_string(),
+        })?;
+        let result = match revision {
+            None => {
+                self.inner
+                    .bus
+                    .kv_create(CONTROL_BUCKET, TRUST_DOCUMENT_KEY, bytes.into())
+                    .await
+            }
+            Some(revision) => {
+                self.inner
+                    .bus
+                    .kv_update(CONTROL_BUCKET, TRUST_DOCUMENT_KEY, bytes.into(), revision)
+                    .await
+            }
+        };
+        match result {
+            Ok(_) => Ok(()),
+            Err(BusError::KeyExists { .. } | BusError::RevisionMismatch { .. }) => {
+                Err(ServiceError::Conflict {
+                    what: "another replica changed the trust document at the same time".into(),
+                    fix: "retry".into(),
+                })
+            }
+            Err(error) => Err(error.into()),
+        }
+    }
+
+    fn check_own_key(&self, document: &TrustDocument) -> Result<(), ServiceError> {
+        let id = self.inner.signer.id();
+        match document.task_key(id) {
+            Some((grant, _)) if grant.is_valid_at(self.now(), Duration::ZERO) => Ok(()),
+            Some((grant, _)) => Err(ServiceError::Conflict {
+                what: format!(
+                    "this control plane's task key {id} is valid from {} to {} in trust document version {}, not now",
+                    grant.not_before, grant.not_after, document.version
+                ),
+                fix: "start with a task key that the trust document lists as valid now".into(),
+            }),
+            None => Err(ServiceError::Conflict {
+                what: format!("trust document version {} does not list this control plane's task key {id}", document.version),
+                fix: "sign a trust document that lists the key with `wardenctl trust sign --task-key`".into(),
+            }),
+        }
+    }
+
+    /// Attaches the deployment's approval signature to a task awaiting it and publishes the
+    /// task. The signature must cover the signed task's envelope bytes.
+    pub async fn approve(
+        &self,
+        id: &TaskId,
+        approval: KeySignature,
+    ) -> Result<TaskRecord, ServiceError> {
+        let task = self.get_task(id).await?;
+        if task.status != TaskStatus::AwaitingApproval {
+            return Err(ServiceError::Conflict {
+                what: format!(
+                    "task {id} is {}, not awaiting approval",
+                    task.status.as_str()
+                ),
+                fix: "approve only tasks listed with status awaiting_approval".into(),
+            });
+        }
+        let deployment = self.require_deployment(&task.deployment).await?;
+        let key = deployment
+            .approval_key
+            .as_deref()
+            .map(PublicKey::from_hex)
+            .transpose()
+            .map_err(|error| {
+                ServiceError::Unavailable(format!("stored approval key is damaged: {error}"))
+            })?
+            .ok_or_else(|| ServiceError::Conflict {
+                what: format!("deployment {} has no approval key", task.deployment),
+                fix: "nothing to approve".into(),
+            })?;
+        let mut signed = decode_signed_task(&task)?;
+        if !key.verify_signature(&signed.body, &approval) {
+            return Err(FieldError {
+                field: "signature",
+                reason: format!(
+                    "does not verify with deployment {}'s approval key {}; sign the task's signed_body with that key",
+                    task.deployment,
+                    key.id()
+                ),
+            }
+            .into());
+        }
+        signed.approvals.push(approval);
+        let bytes = signed.encode().map_err(|error| FieldError {
+            field: "signature",
+            reason: error.to_string(),
+        })?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes);
+        let now = self.now();
+        let mut approved = false;
+        let record = self
+            .inner
+            .store
+            .update::<TaskRecord>(id.as_str(), |record| {
+                approved = record.status == TaskStatus::AwaitingApproval;
+                if approved {
+                    record.signed_task = encoded.clone();
+                    record.status = TaskStatus::Pending;
+                    record.history.push(crate::core::lifecycle::HistoryEntry {
+                        at: now,
+                        status: TaskStatus::Pending,
+                        code: None,
+                        detail: Some("approved".into()),
+                        applied: true,
+                    });
+                }
+                approved
+            })
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                what: format!("task {id}"),
+                fix: "check the id".into(),
+            })?;
+        if !approved {
+            return Err(ServiceError::Conflict {
+                what: format!("task {id} changed while approving"),
+                fix: "retry".into(),
+            });
+        }
+        tracing::info!(task_id = %id, deployment_id = %record.deployment, "task approved");
+        match self.publish(&record).await {
+            Ok(updated) => Ok(updated),
+            Err(error) => {
+                tracing::warn!(task_id = %id, error = %error, "failed to publish approved task; the sweeper will retry");
+                Ok(record)
+            }
+        }
+    }
+
     /// Lists tasks, newest first.
     pub async fn list_tasks(&self, filter: &TaskFilter) -> Result<Vec<TaskRecord>, ServiceError> {
         let mut tasks: Vec<TaskRecord> = self
@@ -567,24 +952,71 @@ impl ControlPlane {
         }
     }
 
-    /// Applies a task report from the report stream. Malformed or misaddressed reports are
-    /// logged and dropped; only broker failures return an error, so the report is redelivered.
-    pub async fn ingest_report(&self, subject: &str, payload: &[u8]) -> Result<(), ServiceError> {
+    /// Applies a message from a node's report subject: an enrollment request or a signed task
+    /// report. Malformed, unverifiable or misaddressed messages are logged and dropped; a
+    /// report from a node whose enrollment has not been recorded yet is retried a few times,
+    /// since the enrollment may be right behind it. Only broker failures return an error.
+    pub async fn ingest_report(
+        &self,
+        subject: &str,
+        payload: &[u8],
+        delivered_count: u64,
+    ) -> Result<Disposition, ServiceError> {
         let Some(origin) = NodeSubject::parse(subject) else {
             tracing::warn!(
                 subject,
                 "dropping report on a subject outside the node scheme"
             );
-            return Ok(());
+            return Ok(Disposition::Done);
         };
-        let report = match Envelope::decode(payload)
-            .and_then(|envelope| envelope.open::<TaskReport>())
-        {
-            Ok(report) => report,
-            Err(error) => {
-                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "dropping malformed report");
-                return Ok(());
+        let drop = |reason: &str, error: &dyn std::fmt::Display| {
+            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "{reason}");
+            Ok(Disposition::Done)
+        };
+        let signed = match SignedEnvelope::decode(payload) {
+            Ok(signed) => signed,
+            Err(error) => return drop("dropping malformed report", &error),
+        };
+        let unverified = match signed.decode_unverified() {
+            Ok(envelope) => envelope,
+            Err(error) => return drop("dropping malformed report", &error),
+        };
+        if unverified.message_type == warden_bus::MessageType::EnrollRequest {
+            return self.enroll(&origin, &signed).await;
+        }
+
+        // Everything else must be signed by the node's enrolled key.
+        let key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
+        let Some((node, _)) = self.inner.store.get::<NodeRecord>(&key).await? else {
+            return drop(
+                "dropping report from an unregistered node",
+                &"no node record",
+            );
+        };
+        let Some(node_key) = node.enrollment.node_key.as_deref() else {
+            if delivered_count < ENROLLMENT_WAIT_DELIVERIES {
+                return Ok(Disposition::Retry(ENROLLMENT_WAIT));
             }
+            return drop(
+                "dropping report from a node that has not enrolled",
+                &"no enrolled key",
+            );
+        };
+        let verified = PublicKey::from_hex(node_key)
+            .map_err(|error| error.to_string())
+            .and_then(|key| signed.verify_with(&key).map_err(|error| error.to_string()));
+        let envelope = match verified {
+            Ok(envelope) => envelope,
+            Err(error) => {
+                return drop(
+                    "dropping report not signed by the node's enrolled key",
+                    &error,
+                )
+            }
+        };
+        let report = match envelope.open::<TaskReport>() {
+            Ok(report) => report,
+            Err(error) => return drop("dropping malformed report", &error),
         };
         if report.deployment != origin.deployment || report.node != origin.node {
             tracing::warn!(
@@ -594,9 +1026,20 @@ impl ControlPlane {
                 task_id = %report.task_id,
                 "dropping report that names another node than its subject"
             );
-            return Ok(());
+            return Ok(Disposition::Done);
         }
+        match self.apply_report(&report).await {
+            Ok(()) => Ok(Disposition::Done),
+            // A record that cannot be read or written will not get better on redelivery.
+            Err(error @ (StoreError::Damaged { .. } | StoreError::Contended { .. })) => drop(
+                "dropping report whose task record cannot be updated",
+                &error,
+            ),
+            Err(error) => Err(error.into()),
+        }
+    }
 
+    async fn apply_report(&self, report: &TaskReport) -> Result<(), StoreError> {
         let now = self.now();
         let mut foreign = false;
         let mut changed = false;
@@ -605,7 +1048,7 @@ impl ControlPlane {
             .store
             .update::<TaskRecord>(report.task_id.as_str(), |record| {
                 foreign = record.node != report.node || record.deployment != report.deployment;
-                changed = !foreign && record.apply_report(&report, now);
+                changed = !foreign && record.apply_report(report, now);
                 changed
             })
             .await?;
@@ -631,7 +1074,60 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// Applies a heartbeat. Malformed or misaddressed heartbeats are logged and dropped.
+    async fn enroll(
+        &self,
+        origin: &NodeSubject,
+        signed: &SignedEnvelope,
+    ) -> Result<Disposition, ServiceError> {
+        let refuse = |reason: String| {
+            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, "enrollment refused");
+            Ok(Disposition::Done)
+        };
+        // The request names the key that signed it: verifying proves the node holds it.
+        let request = match signed
+            .decode_unverified()
+            .and_then(|envelope| envelope.open::<EnrollRequest>())
+        {
+            Ok(request) => request,
+            Err(error) => return refuse(format!("malformed enrollment request: {error}")),
+        };
+        let key = match PublicKey::from_bytes(&request.public_key) {
+            Ok(key) => key,
+            Err(error) => return refuse(error.to_string()),
+        };
+        if let Err(error) = signed.verify_with(&key) {
+            return refuse(format!(
+                "the request is not signed by the key it presents: {error}"
+            ));
+        }
+        if request.deployment != origin.deployment || request.node != origin.node {
+            return refuse("the request names another node than its subject".into());
+        }
+        let now = self.now();
+        let mut outcome = EnrollOutcome::AlreadyEnrolled;
+        let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
+        let updated = self
+            .inner
+            .store
+            .update::<NodeRecord>(&record_key, |record| {
+                outcome = record.enrollment.enroll(&request.token, &key.to_hex(), now);
+                outcome != EnrollOutcome::AlreadyEnrolled
+            })
+            .await?;
+        if updated.is_none() {
+            return refuse("no such node is registered".into());
+        }
+        match outcome {
+            EnrollOutcome::Enrolled => {
+                tracing::info!(deployment_id = %origin.deployment, node_id = %origin.node, node_key_id = %key.id(), "node enrolled");
+                Ok(Disposition::Done)
+            }
+            EnrollOutcome::AlreadyEnrolled => Ok(Disposition::Done),
+            EnrollOutcome::Rejected(reason) => refuse(reason),
+        }
+    }
+
+    /// Applies a heartbeat signed by the node's enrolled key. Anything else is dropped.
     pub async fn ingest_heartbeat(
         &self,
         subject: &str,
@@ -640,12 +1136,30 @@ impl ControlPlane {
         let Some(origin) = NodeSubject::parse(subject) else {
             return Ok(());
         };
-        let heartbeat = match Envelope::decode(payload)
-            .and_then(|envelope| envelope.open::<Heartbeat>())
-        {
+        let key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
+        let Some((node, _)) = self.inner.store.get::<NodeRecord>(&key).await? else {
+            tracing::debug!(deployment_id = %origin.deployment, node_id = %origin.node, "heartbeat from an unregistered node");
+            return Ok(());
+        };
+        let Some(node_key) = node.enrollment.node_key.as_deref() else {
+            tracing::debug!(deployment_id = %origin.deployment, node_id = %origin.node, "heartbeat from a node that has not enrolled");
+            return Ok(());
+        };
+        let verified = SignedEnvelope::decode(payload)
+            .map_err(|error| error.to_string())
+            .and_then(|signed| {
+                let key = PublicKey::from_hex(node_key).map_err(|error| error.to_string())?;
+                signed.verify_with(&key).map_err(|error| error.to_string())
+            })
+            .and_then(|envelope| {
+                envelope
+                    .open::<Heartbeat>()
+                    .map_err(|error| error.to_string())
+            });
+        let heartbeat = match verified {
             Ok(heartbeat) => heartbeat,
             Err(error) => {
-                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "dropping malformed heartbeat");
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "dropping heartbeat not signed by the node's enrolled key");
                 return Ok(());
             }
         };
@@ -655,18 +1169,13 @@ impl ControlPlane {
         }
         let now = self.now();
         let mut transition: Option<HealthTransition> = None;
-        let key = warden_bus::subject::node_key(&heartbeat.deployment, &heartbeat.node);
-        let updated = self
-            .inner
+        self.inner
             .store
             .update::<NodeRecord>(&key, |record| {
                 transition = record.on_heartbeat(&heartbeat, now);
                 true
             })
             .await?;
-        if updated.is_none() {
-            tracing::debug!(deployment_id = %heartbeat.deployment, node_id = %heartbeat.node, "heartbeat from an unregistered node");
-        }
         if let Some(transition) = transition {
             log_transition(&heartbeat.deployment, &heartbeat.node, &transition);
         }
@@ -683,13 +1192,19 @@ impl ControlPlane {
                 continue;
             }
             let mut transition = None;
-            self.inner
+            let result = self
+                .inner
                 .store
                 .update::<NodeRecord>(&node.key(), |record| {
                     transition = record.on_tick(now, threshold);
                     transition.is_some()
                 })
-                .await?;
+                .await;
+            // One record that cannot be updated must not stop the sweep for every other one.
+            if let Err(error) = result {
+                tracing::error!(deployment_id = %node.deployment, node_id = %node.node, error = %error, "failed to update node health; skipping it");
+                continue;
+            }
             if let Some(transition) = transition {
                 log_transition(&node.deployment, &node.node, &transition);
             }
@@ -700,26 +1215,82 @@ impl ControlPlane {
             if task.status.is_terminal() {
                 continue;
             }
-            if task.published_sequence.is_none() && now.since(task.issued_at) >= PUBLISH_RETRY_AFTER
+            if task.status == TaskStatus::Pending
+                && task.published_sequence.is_none()
+                && now.since(task.issued_at) >= PUBLISH_RETRY_AFTER
             {
                 if let Err(error) = self.publish(&task).await {
                     tracing::warn!(task_id = %task.id, error = %error, "failed to publish pending task");
                 }
             }
             let mut expired = false;
-            self.inner
+            let result = self
+                .inner
                 .store
                 .update::<TaskRecord>(&task.key(), |record| {
                     expired = record.expire(now, grace);
                     expired
                 })
-                .await?;
+                .await;
+            if let Err(error) = result {
+                tracing::error!(task_id = %task.id, error = %error, "failed to expire task; skipping it");
+                continue;
+            }
             if expired {
                 tracing::warn!(deployment_id = %task.deployment, node_id = %task.node, task_id = %task.id, "task expired without an outcome");
             }
         }
         Ok(())
     }
+}
+
+fn decode_stored_trust(bytes: &[u8]) -> Result<TrustDocument, ServiceError> {
+    let damaged = |reason: String| {
+        ServiceError::Unavailable(format!("the stored trust document is damaged: {reason}"))
+    };
+    let signed = SignedDocument::decode(bytes).map_err(|error| damaged(error.to_string()))?;
+    signed
+        .document_unverified()
+        .map_err(|error| damaged(error.to_string()))
+}
+
+fn validate_node_options(options: &NodeOptions) -> Result<(), ServiceError> {
+    if !options.state_dir.is_absolute() {
+        return Err(FieldError {
+            field: "state_dir",
+            reason: format!("{:?} must be an absolute path", options.state_dir),
+        }
+        .into());
+    }
+    if let Some(secs) = options.heartbeat_interval_secs {
+        let range = warden::bootstrap::HEARTBEAT_INTERVAL_SECS_RANGE;
+        if !range.contains(&secs) {
+            return Err(FieldError {
+                field: "heartbeat_interval_secs",
+                reason: format!("{secs} is outside {range:?}"),
+            }
+            .into());
+        }
+    }
+    Ok(())
+}
+
+/// Decodes the signed task kept in a record.
+pub fn decode_signed_task(record: &TaskRecord) -> Result<SignedEnvelope, ServiceError> {
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(&record.signed_task)
+        .map_err(|error| {
+            ServiceError::Unavailable(format!(
+                "stored signed task {} is not base64: {error}",
+                record.id
+            ))
+        })?;
+    SignedEnvelope::decode(&bytes).map_err(|error| {
+        ServiceError::Unavailable(format!(
+            "stored signed task {} is damaged: {error}",
+            record.id
+        ))
+    })
 }
 
 fn log_transition(deployment: &DeploymentId, node: &NodeId, transition: &HealthTransition) {

@@ -43,6 +43,10 @@ pub struct DeploymentRecord {
     pub description: String,
     /// When it was created.
     pub created_at: UnixMillis,
+    /// The customer's approval public key, hex; when set, access rules and encryption keys need
+    /// its signature before they are sent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_key: Option<String>,
 }
 
 impl Record for DeploymentRecord {
@@ -271,6 +275,7 @@ mod tests {
             id: DeploymentId::new(id).unwrap(),
             description: String::new(),
             created_at: UnixMillis(1),
+            approval_key: None,
         }
     }
 

@@ -2,12 +2,14 @@
 
 use std::collections::BTreeMap;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
 use warden::bootstrap::BootstrapFile;
+use warden_bus::trust::{KeyGrant, SignedDocument};
 
 use crate::core::health::NodeRecord;
 use crate::core::issue::ActionRequest;
-use crate::core::lifecycle::TaskRecord;
+use crate::core::lifecycle::{TaskRecord, TaskStatus};
 use crate::store::DeploymentRecord;
 
 /// An RFC 7807 problem document. `field` and `fix` are extension members that name the
@@ -40,6 +42,10 @@ pub struct CreateDeployment {
     /// Free text.
     #[serde(default)]
     pub description: String,
+    /// Customer approval public key, hex; makes access rules and encryption keys need its
+    /// signature.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_key: Option<String>,
 }
 
 /// A deployment.
@@ -51,6 +57,9 @@ pub struct DeploymentView {
     pub description: String,
     /// Creation time, RFC 3339.
     pub created_at: String,
+    /// Customer approval public key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_key: Option<String>,
 }
 
 impl From<DeploymentRecord> for DeploymentView {
@@ -59,6 +68,7 @@ impl From<DeploymentRecord> for DeploymentView {
             id: record.id.to_string(),
             description: record.description,
             created_at: record.created_at.to_string(),
+            approval_key: record.approval_key,
         }
     }
 }
@@ -69,6 +79,17 @@ impl From<DeploymentRecord> for DeploymentView {
 pub struct AddNode {
     /// Node id.
     pub id: String,
+    /// State directory on the node.
+    pub state_dir: String,
+    /// Heartbeat interval in seconds, if not the default.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub heartbeat_interval_secs: Option<u64>,
+}
+
+/// Body of `POST /v1/deployments/{deployment}/nodes/{node}/reenroll`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Reenroll {
     /// State directory on the node.
     pub state_dir: String,
     /// Heartbeat interval in seconds, if not the default.
@@ -117,6 +138,10 @@ pub struct NodeView {
     pub registered_at: String,
     /// Recent health transitions, oldest first.
     pub transitions: Vec<TransitionView>,
+    /// Id of the node's enrolled key, if it has enrolled.
+    pub node_key_id: Option<String>,
+    /// Why the last enrollment request was refused.
+    pub enrollment_error: Option<String>,
 }
 
 impl From<NodeRecord> for NodeView {
@@ -129,6 +154,13 @@ impl From<NodeRecord> for NodeView {
             warden_version: record.warden_version,
             config_version: record.config_version,
             registered_at: record.registered_at.to_string(),
+            node_key_id: record
+                .enrollment
+                .node_key
+                .as_deref()
+                .and_then(|key| warden_bus::PublicKey::from_hex(key).ok())
+                .map(|key| key.id().to_string()),
+            enrollment_error: record.enrollment.last_rejection.clone(),
             transitions: record
                 .transitions
                 .into_iter()
@@ -211,10 +243,17 @@ pub struct TaskView {
     pub output: BTreeMap<String, String>,
     /// Events in order.
     pub history: Vec<HistoryView>,
+    /// For a task awaiting approval: the bytes to sign with the approval key, base64.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signed_body: Option<String>,
 }
 
 impl From<TaskRecord> for TaskView {
     fn from(record: TaskRecord) -> Self {
+        let signed_body = (record.status == TaskStatus::AwaitingApproval)
+            .then(|| crate::service::decode_signed_task(&record).ok())
+            .flatten()
+            .map(|signed| base64::engine::general_purpose::STANDARD.encode(signed.body));
         Self {
             id: record.id.to_string(),
             deployment: record.deployment.to_string(),
@@ -238,15 +277,88 @@ impl From<TaskRecord> for TaskView {
                     applied: entry.applied,
                 })
                 .collect(),
+            signed_body,
         }
     }
 }
 
-/// A task-signing key the control plane uses.
+/// The current trust document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-pub struct TaskKeyView {
+pub struct TrustView {
+    /// Version.
+    pub version: u64,
+    /// Expiry, RFC 3339.
+    pub expires_at: String,
+    /// Id of the root key.
+    pub root_key_id: String,
+    /// Task-signing keys with their windows.
+    pub task_keys: Vec<KeyGrantView>,
+    /// Release-signing keys with their windows.
+    pub release_keys: Vec<KeyGrantView>,
+    /// The signed document, base64, as used in bootstrap files and `trust publish`.
+    pub document: String,
+}
+
+/// A key and its validity window.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyGrantView {
     /// Key id.
     pub key_id: String,
-    /// Ed25519 public key, hex.
+    /// Public key, hex.
     pub public_key: String,
+    /// Start of the window, RFC 3339.
+    pub not_before: String,
+    /// End of the window, RFC 3339.
+    pub not_after: String,
+}
+
+impl TrustView {
+    /// Summarises a signed trust document.
+    pub fn new(signed: &SignedDocument) -> Result<Self, String> {
+        let document = signed
+            .document_unverified()
+            .map_err(|error| error.to_string())?;
+        let root = document.root().map_err(|error| error.to_string())?;
+        let grants = |grants: &[KeyGrant]| -> Vec<KeyGrantView> {
+            grants
+                .iter()
+                .filter_map(|grant| {
+                    let key = grant.key().ok()?;
+                    Some(KeyGrantView {
+                        key_id: key.id().to_string(),
+                        public_key: key.to_hex(),
+                        not_before: grant.not_before.to_string(),
+                        not_after: grant.not_after.to_string(),
+                    })
+                })
+                .collect()
+        };
+        let bytes = signed.encode().map_err(|error| error.to_string())?;
+        Ok(Self {
+            version: document.version,
+            expires_at: document.expires_at.to_string(),
+            root_key_id: root.id().to_string(),
+            task_keys: grants(&document.task_keys),
+            release_keys: grants(&document.release_keys),
+            document: base64::engine::general_purpose::STANDARD.encode(bytes),
+        })
+    }
+}
+
+/// Body of `PUT /v1/trust`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PublishTrust {
+    /// The signed trust document, base64.
+    pub document: String,
+}
+
+/// Body of `POST /v1/tasks/{task}/approval`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Approve {
+    /// Id of the approval key.
+    pub key_id: String,
+    /// Ed25519 signature over the task's `signed_body`, base64.
+    pub signature: String,
 }

@@ -275,6 +275,110 @@ fn admin_key_created_once_and_kept_across_restarts() {
         200
     );
     let second_log = std::fs::read_to_string(cluster.path("control-plane-2.log")).unwrap();
-    assert!(!second_log.contains("admin API key"), "{second_log}");
+    assert!(
+        !second_log.contains("admin API key created"),
+        "{second_log}"
+    );
+    assert!(
+        !second_log.contains(&key),
+        "the key must never be printed again"
+    );
+    assert!(second_log.contains("it is not shown again"), "{second_log}");
     assert!(first_log.contains("admin API key created"), "{first_log}");
+}
+
+#[test]
+fn unwritable_key_file_loses_no_key() {
+    let nats = warden_testkit::NatsServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    support::offline_setup(dir.path());
+    let start = |key_out: &std::path::Path, run: u32| {
+        let mut command =
+            std::process::Command::new(warden_testkit::workspace_binary("control-plane"));
+        command
+            .args([
+                "--nats-url",
+                &nats.url(),
+                "--listen",
+                &format!("127.0.0.1:{}", warden_testkit::free_port()),
+            ])
+            .arg("--task-key")
+            .arg(dir.path().join("task.key"))
+            .arg("--trust-document")
+            .arg(dir.path().join("trust.b64"))
+            .arg("--admin-key-out")
+            .arg(key_out);
+        warden_testkit::Process::spawn(
+            "control-plane",
+            command,
+            &dir.path().join(format!("cp-{run}.log")),
+        )
+    };
+
+    let mut first = start(std::path::Path::new("/nonexistent/dir/admin-key"), 1);
+    assert_ne!(first.wait_exit(std::time::Duration::from_secs(30)), Some(0));
+    assert!(
+        first
+            .log()
+            .contains("failed to open /nonexistent/dir/admin-key"),
+        "{}",
+        first.log()
+    );
+
+    // The failed start created no key, so the next start with a good path still gets one.
+    let good = dir.path().join("admin-key");
+    let _second = start(&good, 2);
+    warden_testkit::wait_until(
+        "the admin key file",
+        std::time::Duration::from_secs(30),
+        || std::fs::read_to_string(&good).is_ok_and(|text| text.starts_with("wdn_")),
+    );
+}
+
+#[test]
+fn protocol_details_follow_http() {
+    let cluster = Cluster::start();
+    let client = reqwest::blocking::Client::new();
+
+    // A known path with the wrong method is 405 with an Allow header, not 404.
+    let response = client
+        .delete(format!("{}/v1/deployments", cluster.api))
+        .bearer_auth(&cluster.api_key)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 405);
+    assert_eq!(
+        response.headers().get("allow").unwrap().to_str().unwrap(),
+        "GET, POST"
+    );
+
+    // The bearer scheme is case-insensitive, and a JSON body needs no content type.
+    let response = client
+        .post(format!("{}/v1/deployments", cluster.api))
+        .header("authorization", format!("bearer {}", cluster.api_key))
+        .body(r#"{"id":"lower"}"#)
+        .send()
+        .unwrap();
+    assert_eq!(response.status().as_u16(), 201);
+
+    // A description over the cap is the caller's error, named as such.
+    let body = format!(r#"{{"id":"big","description":"{}"}}"#, "x".repeat(2000));
+    let response = send(
+        &cluster,
+        "POST",
+        "/v1/deployments",
+        Some(&cluster.api_key),
+        Some(&body),
+    );
+    assert_problem(&response, 400, Some("description"));
+
+    // A value of the wrong type names the body, not the value.
+    let response = send(
+        &cluster,
+        "POST",
+        "/v1/deployments",
+        Some(&cluster.api_key),
+        Some(r#"{"id":5}"#),
+    );
+    assert_problem(&response, 400, Some("body"));
 }

@@ -60,8 +60,9 @@ fn tampered_task_rejected() {
     let mut bytes = base64::engine::general_purpose::STANDARD
         .decode(cluster.signed_task(&honest.id))
         .unwrap();
-    let last = bytes.len() - 1;
-    bytes[last] ^= 0x40;
+    // The signature's last byte precedes the one-byte empty approvals array.
+    let last_signature_byte = bytes.len() - 2;
+    bytes[last_signature_byte] ^= 0x40;
     cluster.publish_task_bytes("n1", bytes);
     let task = cluster.wait_history_code(&id, "bad_signature");
     assert_eq!(
@@ -98,8 +99,10 @@ fn expired_task_rejected() {
     let cluster = cluster_with_node();
     let mut task = cluster.task_body("n1", &apply(1));
     // Past the expiry by more than the default 300 s clock-skew tolerance.
-    task.expires_at = UnixMillis(task.issued_at.0 - 301_000);
-    task.not_before = UnixMillis(task.issued_at.0 - 3_600_000);
+    let now = task.issued_at;
+    task.issued_at = UnixMillis(now.0 - 3_000_000);
+    task.not_before = task.issued_at;
+    task.expires_at = UnixMillis(now.0 - 301_000);
     let id = cluster.inject("n1", &task, &cluster.task_key());
     let recorded = cluster.wait_status(&id, "rejected");
     assert_eq!(recorded.reject_code.as_deref(), Some("expired"));

@@ -10,8 +10,8 @@ use rand::{Rng, RngCore};
 use sha2::{Digest, Sha256};
 use warden::core::heartbeat::HeartbeatSchedule;
 use warden::core::record::TaskRecord as NodeRecord;
-use warden::core::verify::{Audience, VerifiedTask};
-use warden::core::{ExecutionOutcome, Pulled, WardenCore, CLOCK_SKEW_DEFAULT};
+use warden::core::verify::{Identity, Limits, VerifiedTask, TASK_VALIDITY_MAX_DEFAULT};
+use warden::core::{ExecutionOutcome, Persisted, Pulled, WardenCore, CLOCK_SKEW_DEFAULT};
 use warden::pipeline::{handle_pulled, IoFailure, NodeIo};
 use warden_actors::entropy::{self, Entropy};
 use warden_bus::subject::{
@@ -19,13 +19,16 @@ use warden_bus::subject::{
 };
 use warden_bus::transport::memory::MemoryBus;
 use warden_bus::transport::Subscription;
+use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
 use warden_bus::{
-    Bus, Clock, Delivery, DeploymentId, Envelope, Keyring, ManualClock, MessageId, NodeId,
-    SigningKey, Subject, TaskAction, TaskReport, TelemetryKind, UnixMillis,
+    Bus, Clock, Delivery, DeploymentId, Envelope, ManualClock, MessageId, NodeId, SigningKey,
+    Subject, TaskAction, TaskId, TaskReport, TelemetryKind, UnixMillis,
 };
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::TaskStatus;
-use warden_control_plane::service::{ControlPlane, NodeOptions, Settings, Target, TaskFilter};
+use warden_control_plane::service::{
+    ControlPlane, Disposition, NodeOptions, Settings, Target, TaskFilter,
+};
 
 /// Wall-clock time at which every run starts: 2026-12-05T00:00:00Z.
 const START: UnixMillis = UnixMillis(1_796_428_800_000);
@@ -87,10 +90,13 @@ pub struct Outcome {
 struct Disk {
     records: BTreeMap<String, NodeRecord>,
     config_version: u64,
+    trust: Option<SignedDocument>,
+    clock_high_water: UnixMillis,
 }
 
 struct SimNode {
     id: NodeId,
+    key: SigningKey,
     core: WardenCore,
     disk: Disk,
     heartbeat: HeartbeatSchedule,
@@ -121,9 +127,32 @@ struct SimIo<'a> {
     trace: &'a mut Trace,
     executions: &'a mut BTreeMap<String, usize>,
     rng: &'a mut Entropy,
+    key: &'a SigningKey,
 }
 
 impl NodeIo for SimIo<'_> {
+    async fn forget(&mut self, ids: &[TaskId]) -> Result<(), IoFailure> {
+        for id in ids {
+            self.disk.records.remove(id.as_str());
+        }
+        Ok(())
+    }
+
+    async fn persist_clock(&mut self, time: UnixMillis) -> Result<(), IoFailure> {
+        self.disk.clock_high_water = time;
+        Ok(())
+    }
+
+    async fn retry(&mut self, delay: Duration) -> Result<(), IoFailure> {
+        self.delivery
+            .nak(Some(delay))
+            .await
+            .map_err(|error| IoFailure {
+                operation: "asking for redelivery",
+                reason: error.to_string(),
+            })
+    }
+
     async fn persist(&mut self, record: &NodeRecord) -> Result<(), IoFailure> {
         self.disk
             .records
@@ -154,6 +183,11 @@ impl NodeIo for SimIo<'_> {
                 "hostname".to_owned(),
                 self.node.to_string(),
             )])),
+            TaskAction::UpdateTrust(update) => {
+                self.disk.trust = Some(update.document.clone());
+                Ok(BTreeMap::new())
+            }
+            other => Err(format!("{} is not simulated", other.kind())),
         }
     }
 
@@ -165,7 +199,8 @@ impl NodeIo for SimIo<'_> {
         let mut id = [0u8; 16];
         self.rng.fill_bytes(&mut id);
         let bytes = Envelope::seal(MessageId::from_random(id), report)
-            .and_then(|envelope| envelope.encode())
+            .and_then(|envelope| self.key.sign(&envelope))
+            .and_then(|signed| signed.encode())
             .map_err(|error| failure(error.to_string()))?;
         let subject = Subject::telemetry(&report.deployment, &report.node, TelemetryKind::Report);
         self.bus
@@ -193,17 +228,37 @@ impl World {
         let clock = ManualClock::new(START);
         let mut rng = entropy::from_seed(config.seed);
         let bus = MemoryBus::new(Arc::new(clock.clone()));
+        let root = SigningKey::generate(&mut rng);
         let signer = SigningKey::generate(&mut rng);
+        let year = Duration::from_secs(365 * 86_400);
+        let trust = TrustDocument {
+            version: 1,
+            issued_at: START,
+            expires_at: START.saturating_add(year),
+            root_key: root.public_key().as_bytes().to_vec(),
+            task_keys: vec![KeyGrant {
+                public_key: signer.public_key().as_bytes().to_vec(),
+                not_before: START,
+                not_after: START.saturating_add(year),
+            }],
+            release_keys: Vec::new(),
+        };
+        let signed_trust = expect(
+            SignedDocument::sign(&trust, &[&root]),
+            "sign the trust document",
+        );
         let settings = Settings {
             advertise_nats_url: "nats://simulated:4222".into(),
             unreachable_after: Duration::from_secs(120),
             expiry_grace: Duration::from_secs(330),
             task_ack_wait: Duration::from_secs(30),
+            duplicate_window: Duration::from_secs(120),
+            enrollment_ttl: Duration::from_secs(3600),
             failpoint: None,
         };
         let control_plane = ControlPlane::new(
             Arc::new(bus.clone()),
-            signer.clone(),
+            signer,
             Arc::new(clock.clone()),
             entropy::from_seed(rng.next_u64()),
             settings,
@@ -213,8 +268,12 @@ impl World {
         let heartbeats = block_on(async {
             expect(control_plane.setup().await, "setup");
             expect(
+                control_plane.setup_trust(&signed_trust).await,
+                "set up trust",
+            );
+            expect(
                 control_plane
-                    .create_deployment(deployment.clone(), String::new())
+                    .create_deployment(deployment.clone(), String::new(), None)
                     .await,
                 "create deployment",
             );
@@ -236,19 +295,47 @@ impl World {
                 state_dir: "/sim".into(),
                 heartbeat_interval_secs: None,
             };
-            expect(
+            let (_, bootstrap) = expect(
                 block_on(control_plane.add_node(deployment.clone(), id.clone(), options)),
                 "add node",
             );
-            let audience = Audience {
+            // The node makes its key and enrolls it with the bootstrap file's token.
+            let key = SigningKey::generate(&mut rng);
+            let token = bootstrap.enrollment_token.unwrap_or_default();
+            let enrollment = expect(
+                warden::enroll::request(&deployment, &id, &token, &key, START),
+                "build enrollment",
+            );
+            expect(
+                block_on(bus.persist(
+                    &enrollment.subject,
+                    enrollment.bytes.into(),
+                    Some(&enrollment.dedup_id),
+                )),
+                "send enrollment",
+            );
+            let identity = Identity {
                 deployment: deployment.clone(),
                 node: id.clone(),
-                keyring: Keyring::new([signer.public_key()]),
+                approval_key: None,
+            };
+            let limits = Limits {
+                clock_skew: CLOCK_SKEW_DEFAULT,
+                validity_max: TASK_VALIDITY_MAX_DEFAULT,
+            };
+            let persisted = Persisted {
+                records: Vec::new(),
+                config_version: 0,
+                trust: trust.clone(),
+                clock_high_water: UnixMillis(0),
             };
             let jitter = rng.gen_range(0..10_000);
             nodes.push(SimNode {
-                core: WardenCore::new(audience, CLOCK_SKEW_DEFAULT, [], 0),
-                disk: Disk::default(),
+                core: WardenCore::new(identity, limits, persisted),
+                disk: Disk {
+                    trust: Some(signed_trust.clone()),
+                    ..Disk::default()
+                },
                 heartbeat: HeartbeatSchedule::new(
                     deployment.clone(),
                     id.clone(),
@@ -257,6 +344,7 @@ impl World {
                 ),
                 next_beat_at: START.saturating_add(Duration::from_millis(jitter)),
                 id,
+                key,
             });
         }
         Self {
@@ -362,6 +450,7 @@ impl World {
                 trace: &mut self.trace,
                 executions: &mut self.executions,
                 rng: &mut self.rng,
+                key: &node.key,
             };
             let pulled = Pulled {
                 payload: &delivery.payload,
@@ -387,14 +476,20 @@ impl World {
             "pull reports",
         );
         for delivery in deliveries {
-            expect(
-                block_on(
-                    self.control_plane
-                        .ingest_report(&delivery.subject, &delivery.payload),
-                ),
+            let disposition = expect(
+                block_on(self.control_plane.ingest_report(
+                    &delivery.subject,
+                    &delivery.payload,
+                    delivery.delivered_count,
+                )),
                 "ingest report",
             );
-            expect(block_on(delivery.ack()), "ack report");
+            match disposition {
+                Disposition::Done => expect(block_on(delivery.ack()), "ack report"),
+                Disposition::Retry(delay) => {
+                    expect(block_on(delivery.nak(Some(delay))), "retry report")
+                }
+            }
             self.trace.push(
                 self.clock.now(),
                 format!("control plane recorded report {}", delivery.stream_sequence),
@@ -412,7 +507,9 @@ impl World {
             let mut id = [0u8; 16];
             self.rng.fill_bytes(&mut id);
             let bytes = expect(
-                Envelope::seal(MessageId::from_random(id), &heartbeat).and_then(|e| e.encode()),
+                Envelope::seal(MessageId::from_random(id), &heartbeat)
+                    .and_then(|envelope| node.key.sign(&envelope))
+                    .and_then(|signed| signed.encode()),
                 "encode heartbeat",
             );
             let subject = Subject::telemetry(&self.deployment, &node.id, TelemetryKind::Heartbeat);

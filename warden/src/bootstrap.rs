@@ -7,22 +7,25 @@
 //! node = "node-1"
 //! nats_url = "nats://127.0.0.1:4222"
 //! state_dir = "/var/lib/warden"
-//!
-//! [[trusted_task_keys]]
-//! key_id = "3f09c2a1d4e5b6f7"
-//! public_key = "<64 hex characters>"
+//! root_key = "<64 hex characters: the pinned root public key>"
+//! trust_document = "<base64: the root-signed trust document>"
 //! ```
 //!
-//! Optional: `iggy_config_path` (default `<state_dir>/iggy/server.toml`),
-//! `heartbeat_interval_secs` (default 10) and `clock_skew_secs` (default 300).
+//! Optional: `approval_key` (hex public key of the customer approval key, which makes access
+//! rules and encryption keys need a second signature), `iggy_config_path` (default
+//! `<state_dir>/iggy/server.toml`), `heartbeat_interval_secs` (default 10),
+//! `clock_skew_secs` (default 300) and `task_validity_max_secs` (default 3600).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
-use warden_bus::{DeploymentId, Keyring, NodeId, PublicKey};
+use warden_bus::trust::SignedDocument;
+use warden_bus::{DeploymentId, NodeId, PublicKey};
 
 use crate::core::heartbeat::HEARTBEAT_INTERVAL_DEFAULT;
+use crate::core::verify::TASK_VALIDITY_MAX_DEFAULT;
 use crate::core::CLOCK_SKEW_DEFAULT;
 
 /// Maximum size of a bootstrap file, in bytes.
@@ -33,16 +36,6 @@ pub const HEARTBEAT_INTERVAL_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=360
 
 /// Maximum clock skew tolerance, in seconds.
 pub const CLOCK_SKEW_SECS_MAX: u64 = 3600;
-
-/// A trusted task-signing key as written in the file.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrustedKey {
-    /// Key id; must match the public key.
-    pub key_id: String,
-    /// Ed25519 public key, 64 hex characters.
-    pub public_key: String,
-}
 
 /// The bootstrap file as written on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,6 +49,17 @@ pub struct BootstrapFile {
     pub nats_url: String,
     /// Directory for the Warden's database and files.
     pub state_dir: PathBuf,
+    /// The pinned root public key, hex.
+    pub root_key: String,
+    /// The root-signed trust document, base64 of its MessagePack encoding.
+    pub trust_document: String,
+    /// The deployment's customer approval public key, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub approval_key: Option<String>,
+    /// One-time token with which the node enrolls its key. Without it the control plane
+    /// ignores the node's reports and heartbeats.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_token: Option<String>,
     /// Where to write the Iggy server configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iggy_config_path: Option<PathBuf>,
@@ -65,9 +69,9 @@ pub struct BootstrapFile {
     /// Tolerated clock difference, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub clock_skew_secs: Option<u64>,
-    /// Keys whose task signatures the Warden accepts. Last, because TOML writes tables after
-    /// plain values.
-    pub trusted_task_keys: Vec<TrustedKey>,
+    /// Maximum validity of a task, in seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub task_validity_max_secs: Option<u64>,
 }
 
 /// A validated bootstrap.
@@ -81,14 +85,22 @@ pub struct Bootstrap {
     pub nats_url: String,
     /// State directory.
     pub state_dir: PathBuf,
-    /// Trusted task keys.
-    pub keyring: Keyring,
+    /// The pinned root key.
+    pub root_key: PublicKey,
+    /// The trust document from the file, not yet verified.
+    pub trust_document: SignedDocument,
+    /// The customer approval key, if the deployment pins one.
+    pub approval_key: Option<PublicKey>,
+    /// One-time enrollment token.
+    pub enrollment_token: Option<String>,
     /// Path of the Iggy configuration file.
     pub iggy_config_path: PathBuf,
     /// Time between heartbeats.
     pub heartbeat_interval: Duration,
     /// Tolerated clock difference.
     pub clock_skew: Duration,
+    /// Maximum validity of a task.
+    pub task_validity_max: Duration,
 }
 
 /// Why a bootstrap file is not usable.
@@ -147,7 +159,22 @@ impl Bootstrap {
                 len,
             });
         }
-        let text = std::fs::read_to_string(path).map_err(read_error)?;
+        // The length from metadata is 0 for devices and pipes, so the read itself is capped too.
+        let mut text = String::new();
+        std::io::Read::read_to_string(
+            &mut std::io::Read::take(
+                std::fs::File::open(path).map_err(read_error)?,
+                BOOTSTRAP_BYTES_MAX + 1,
+            ),
+            &mut text,
+        )
+        .map_err(read_error)?;
+        if text.len() as u64 > BOOTSTRAP_BYTES_MAX {
+            return Err(BootstrapError::TooLarge {
+                path: path.to_path_buf(),
+                len: text.len() as u64,
+            });
+        }
         let file: BootstrapFile = toml::from_str(&text).map_err(|error| BootstrapError::Parse {
             path: path.to_path_buf(),
             reason: error.to_string(),
@@ -177,28 +204,35 @@ impl Bootstrap {
                 format!("{:?} must be an absolute path", file.state_dir),
             ));
         }
-        if file.trusted_task_keys.is_empty() {
-            return Err(field(
-                "trusted_task_keys",
-                "no key listed; add the control plane's task key from `wardenctl node add`".into(),
-            ));
-        }
-        let mut keys = Vec::new();
-        for entry in &file.trusted_task_keys {
-            let key = PublicKey::from_hex(&entry.public_key)
-                .map_err(|error| field("trusted_task_keys.public_key", error.to_string()))?;
-            if key.id().as_str() != entry.key_id {
+        let root_key = PublicKey::from_hex(&file.root_key)
+            .map_err(|error| field("root_key", error.to_string()))?;
+        let document_bytes = base64::engine::general_purpose::STANDARD
+            .decode(file.trust_document.trim())
+            .map_err(|error| field("trust_document", format!("not base64: {error}")))?;
+        let trust_document = SignedDocument::decode(&document_bytes).map_err(|error| {
+            field(
+                "trust_document",
+                format!("{error}; copy it again from `wardenctl node add`"),
+            )
+        })?;
+        if let Some(token) = &file.enrollment_token {
+            let valid = (16..=128).contains(&token.len())
+                && token
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_');
+            if !valid {
                 return Err(field(
-                    "trusted_task_keys.key_id",
-                    format!(
-                        "key_id {:?} does not match its public key, whose id is {}; copy both from the same source",
-                        entry.key_id,
-                        key.id()
-                    ),
+                    "enrollment_token",
+                    "must be 16 to 128 characters of base64url; copy it again from `wardenctl node add`".into(),
                 ));
             }
-            keys.push(key);
         }
+        let approval_key = file
+            .approval_key
+            .as_deref()
+            .map(PublicKey::from_hex)
+            .transpose()
+            .map_err(|error| field("approval_key", error.to_string()))?;
         let heartbeat_interval = match file.heartbeat_interval_secs {
             None => HEARTBEAT_INTERVAL_DEFAULT,
             Some(secs) if HEARTBEAT_INTERVAL_SECS_RANGE.contains(&secs) => {
@@ -221,6 +255,29 @@ impl Bootstrap {
                 ))
             }
         };
+        let task_validity_max = match file.task_validity_max_secs {
+            None => TASK_VALIDITY_MAX_DEFAULT,
+            Some(secs) if (1..=TASK_VALIDITY_MAX_DEFAULT.as_secs()).contains(&secs) => {
+                Duration::from_secs(secs)
+            }
+            Some(secs) => {
+                return Err(field(
+                    "task_validity_max_secs",
+                    format!(
+                        "{secs} is outside 1 to {}",
+                        TASK_VALIDITY_MAX_DEFAULT.as_secs()
+                    ),
+                ))
+            }
+        };
+        if let Some(path) = &file.iggy_config_path {
+            if !path.is_absolute() {
+                return Err(field(
+                    "iggy_config_path",
+                    format!("{path:?} must be an absolute path"),
+                ));
+            }
+        }
         let iggy_config_path = file
             .iggy_config_path
             .unwrap_or_else(|| file.state_dir.join("iggy").join("server.toml"));
@@ -229,10 +286,14 @@ impl Bootstrap {
             node,
             nats_url: file.nats_url,
             state_dir: file.state_dir,
-            keyring: Keyring::new(keys),
+            root_key,
+            trust_document,
+            approval_key,
+            enrollment_token: file.enrollment_token,
             iggy_config_path,
             heartbeat_interval,
             clock_skew,
+            task_validity_max,
         })
     }
 }
@@ -240,25 +301,41 @@ impl Bootstrap {
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
-    use warden_bus::SigningKey;
+    use warden_bus::trust::{KeyGrant, TrustDocument};
+    use warden_bus::{SigningKey, UnixMillis};
 
     use super::*;
 
     fn valid() -> BootstrapFile {
-        let key =
-            SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1)).public_key();
+        let root = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
+        let task = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(2));
+        let document = TrustDocument {
+            version: 1,
+            issued_at: UnixMillis(0),
+            expires_at: UnixMillis(u64::MAX / 2),
+            root_key: root.public_key().as_bytes().to_vec(),
+            task_keys: vec![KeyGrant {
+                public_key: task.public_key().as_bytes().to_vec(),
+                not_before: UnixMillis(0),
+                not_after: UnixMillis(u64::MAX / 2),
+            }],
+            release_keys: Vec::new(),
+        };
+        let signed = SignedDocument::sign(&document, &[&root]).unwrap();
         BootstrapFile {
             deployment: "prod".into(),
             node: "node-1".into(),
             nats_url: "nats://127.0.0.1:4222".into(),
             state_dir: "/var/lib/warden".into(),
-            trusted_task_keys: vec![TrustedKey {
-                key_id: key.id().to_string(),
-                public_key: key.to_hex(),
-            }],
+            root_key: root.public_key().to_hex(),
+            trust_document: base64::engine::general_purpose::STANDARD
+                .encode(signed.encode().unwrap()),
+            approval_key: None,
+            enrollment_token: None,
             iggy_config_path: None,
             heartbeat_interval_secs: None,
             clock_skew_secs: None,
+            task_validity_max_secs: None,
         }
     }
 
@@ -278,7 +355,8 @@ mod tests {
             PathBuf::from("/var/lib/warden/iggy/server.toml")
         );
         assert_eq!(bootstrap.heartbeat_interval, HEARTBEAT_INTERVAL_DEFAULT);
-        assert_eq!(bootstrap.keyring.len(), 1);
+        assert_eq!(bootstrap.task_validity_max, TASK_VALIDITY_MAX_DEFAULT);
+        assert!(bootstrap.approval_key.is_none());
     }
 
     #[test]
@@ -286,18 +364,17 @@ mod tests {
         assert!(error_for(|f| f.node = "Node_1".into()).contains("field node"));
         assert!(error_for(|f| f.nats_url = "http://x".into()).contains("nats_url"));
         assert!(error_for(|f| f.state_dir = "relative".into()).contains("absolute"));
-        assert!(error_for(|f| f.trusted_task_keys.clear()).contains("wardenctl node add"));
-        assert!(
-            error_for(|f| f.trusted_task_keys[0].key_id = "0000000000000000".into())
-                .contains("does not match")
-        );
-        assert!(
-            error_for(|f| f.trusted_task_keys[0].public_key = "zz".into()).contains("public_key")
-        );
+        assert!(error_for(|f| f.root_key = "zz".into()).contains("root_key"));
+        assert!(error_for(|f| f.trust_document = "!!".into()).contains("trust_document"));
+        assert!(error_for(|f| f.trust_document = "AAAA".into()).contains("wardenctl node add"));
+        assert!(error_for(|f| f.approval_key = Some("00".into())).contains("approval_key"));
         assert!(
             error_for(|f| f.heartbeat_interval_secs = Some(0)).contains("heartbeat_interval_secs")
         );
         assert!(error_for(|f| f.clock_skew_secs = Some(100_000)).contains("clock_skew_secs"));
+        assert!(
+            error_for(|f| f.task_validity_max_secs = Some(7200)).contains("task_validity_max_secs")
+        );
     }
 
     #[test]

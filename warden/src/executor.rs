@@ -51,6 +51,11 @@ impl Executor {
         tokio::task::spawn_blocking(move || match action {
             TaskAction::ApplyConfig(config) => executor.apply_config(&config),
             TaskAction::CollectDiagnostics => Ok(executor.diagnostics()),
+            // The core rejects every other kind as unsupported before it reaches execution.
+            other => Err(format!(
+                "task kind {} is not supported by this Warden",
+                other.kind()
+            )),
         })
         .await
         .unwrap_or_else(|error| Err(format!("execution thread failed: {error}")))

@@ -19,6 +19,8 @@
 pub mod actors;
 pub mod bootstrap;
 pub mod core;
+pub mod enroll;
 pub mod executor;
+pub mod identity;
 pub mod pipeline;
 pub mod store;

@@ -1,8 +1,10 @@
 //! Carries out the core's effects for one pulled message, in order, stopping at the first
-//! failure. The production actors and the simulator both run this function, each with its own
-//! [`NodeIo`].
+//! failure. The production actors and the simulator both run these functions, each with its
+//! own [`NodeIo`].
 
-use warden_bus::{TaskReport, UnixMillis};
+use std::time::Duration;
+
+use warden_bus::{TaskId, TaskReport, UnixMillis};
 
 use crate::core::record::TaskRecord;
 use crate::core::verify::VerifiedTask;
@@ -23,12 +25,18 @@ pub struct IoFailure {
 pub trait NodeIo {
     /// Writes a record and flushes it to disk.
     async fn persist(&mut self, record: &TaskRecord) -> Result<(), IoFailure>;
+    /// Deletes records and flushes.
+    async fn forget(&mut self, ids: &[TaskId]) -> Result<(), IoFailure>;
+    /// Records the latest time seen and flushes.
+    async fn persist_clock(&mut self, time: UnixMillis) -> Result<(), IoFailure>;
     /// Executes a verified task.
     async fn execute(&mut self, task: &VerifiedTask) -> ExecutionOutcome;
     /// Publishes a report and waits until the broker stored it.
     async fn report(&mut self, report: &TaskReport) -> Result<(), IoFailure>;
     /// Acknowledges the delivery.
     async fn ack(&mut self) -> Result<(), IoFailure>;
+    /// Asks the broker to deliver the message again after `delay`.
+    async fn retry(&mut self, delay: Duration) -> Result<(), IoFailure>;
     /// The current time.
     fn now(&self) -> UnixMillis;
 }
@@ -42,13 +50,31 @@ pub async fn handle_pulled(
     io: &mut impl NodeIo,
     pulled: Pulled<'_>,
 ) -> Result<(), IoFailure> {
-    let mut effects = std::collections::VecDeque::from(core.on_pulled(pulled, io.now()));
+    let effects = core.on_pulled(pulled, io.now());
+    run_effects(core, io, effects).await
+}
+
+/// Forgets records past their expiry plus the clock skew.
+pub async fn prune(core: &mut WardenCore, io: &mut impl NodeIo) -> Result<(), IoFailure> {
+    let effects = core.prune(io.now());
+    run_effects(core, io, effects).await
+}
+
+async fn run_effects(
+    core: &mut WardenCore,
+    io: &mut impl NodeIo,
+    effects: Vec<Effect>,
+) -> Result<(), IoFailure> {
+    let mut effects = std::collections::VecDeque::from(effects);
     // Each task yields at most two rounds of effects, so this loop is bounded.
     while let Some(effect) = effects.pop_front() {
         match effect {
+            Effect::PersistClock(time) => io.persist_clock(time).await?,
             Effect::Persist(record) => io.persist(&record).await?,
+            Effect::Forget(ids) => io.forget(&ids).await?,
             Effect::Report(report) => io.report(&report).await?,
             Effect::Ack => io.ack().await?,
+            Effect::Retry(delay) => io.retry(delay).await?,
             Effect::Execute(task) => {
                 let outcome = io.execute(&task).await;
                 effects.extend(core.on_executed(outcome, io.now()));

@@ -1,41 +1,52 @@
-//! The sled-backed store of execution records.
+//! The sled-backed store of a Warden's state: execution records, the current trust document and
+//! the latest time seen. Every write is flushed before it returns.
 
 use std::path::Path;
 
-use crate::core::record::{RecordError, TaskRecord};
+use warden_bus::trust::SignedDocument;
+use warden_bus::{TaskId, UnixMillis};
+
+use crate::core::record::{decode_stored, encode_stored, RecordError, TaskRecord};
 
 /// Name of the sled tree of execution records.
 const TASKS_TREE: &str = "tasks";
+/// Name of the sled tree of single values.
+const META_TREE: &str = "meta";
+/// Key of the current signed trust document in [`META_TREE`].
+const TRUST_KEY: &[u8] = b"trust_document";
+/// Key of the latest wall-clock time seen in [`META_TREE`].
+const CLOCK_KEY: &[u8] = b"clock_high_water";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StoreError {
     /// sled reported an error.
-    #[error("task store at {path}: {source}")]
+    #[error("state store at {path}: {source}")]
     Sled {
         /// The database directory.
         path: String,
         /// sled's error.
         source: sled::Error,
     },
-    /// A stored record is damaged.
-    #[error("task store at {path}: record {key}: {source}; move the state directory aside and re-enroll the node if it cannot be repaired")]
+    /// A stored value is damaged.
+    #[error("state store at {path}: record {key}: {source}; move the state directory aside and re-enroll the node if it cannot be repaired")]
     Record {
         /// The database directory.
         path: String,
-        /// Key of the damaged record.
+        /// Key of the damaged value.
         key: String,
         /// The decoding error.
         source: RecordError,
     },
 }
 
-/// Execution records in a sled tree, keyed by task id.
+/// A Warden's persistent state in sled.
 #[derive(Clone)]
 pub struct TaskStore {
     db: sled::Db,
-    tree: sled::Tree,
+    tasks: sled::Tree,
+    meta: sled::Tree,
     path: String,
 }
 
@@ -48,43 +59,117 @@ impl TaskStore {
             source,
         };
         let db = sled::open(dir).map_err(sled_error)?;
-        let tree = db.open_tree(TASKS_TREE).map_err(sled_error)?;
-        Ok(Self { db, tree, path })
+        let tasks = db.open_tree(TASKS_TREE).map_err(sled_error)?;
+        let meta = db.open_tree(META_TREE).map_err(sled_error)?;
+        Ok(Self {
+            db,
+            tasks,
+            meta,
+            path,
+        })
     }
 
-    /// Reads every record, failing on the first damaged one.
+    fn sled_error(&self, source: sled::Error) -> StoreError {
+        StoreError::Sled {
+            path: self.path.clone(),
+            source,
+        }
+    }
+
+    fn record_error(&self, key: &[u8], source: RecordError) -> StoreError {
+        StoreError::Record {
+            path: self.path.clone(),
+            key: String::from_utf8_lossy(key).into_owned(),
+            source,
+        }
+    }
+
+    /// Reads every execution record, failing on the first damaged one.
     pub fn load(&self) -> Result<Vec<TaskRecord>, StoreError> {
         let mut records = Vec::new();
-        for entry in &self.tree {
-            let (key, value) = entry.map_err(|source| StoreError::Sled {
-                path: self.path.clone(),
-                source,
-            })?;
-            let record = TaskRecord::decode(&value).map_err(|source| StoreError::Record {
-                path: self.path.clone(),
-                key: String::from_utf8_lossy(&key).into_owned(),
-                source,
-            })?;
-            records.push(record);
+        for entry in &self.tasks {
+            let (key, value) = entry.map_err(|source| self.sled_error(source))?;
+            records.push(
+                TaskRecord::decode(&value).map_err(|source| self.record_error(&key, source))?,
+            );
         }
         Ok(records)
     }
 
     /// Writes a record and waits until it is flushed to disk.
     pub async fn persist(&self, record: &TaskRecord) -> Result<(), StoreError> {
-        let bytes = record.encode().map_err(|source| StoreError::Record {
-            path: self.path.clone(),
-            key: record.task_id.to_string(),
-            source,
-        })?;
-        let sled_error = |source| StoreError::Sled {
-            path: self.path.clone(),
-            source,
+        let key = record.task_id.as_str().as_bytes();
+        let bytes = record
+            .encode()
+            .map_err(|source| self.record_error(key, source))?;
+        self.tasks
+            .insert(key, bytes)
+            .map_err(|source| self.sled_error(source))?;
+        self.flush().await
+    }
+
+    /// Deletes records and waits until the deletion is flushed.
+    pub async fn forget(&self, ids: &[TaskId]) -> Result<(), StoreError> {
+        let mut batch = sled::Batch::default();
+        for id in ids {
+            batch.remove(id.as_str().as_bytes());
+        }
+        self.tasks
+            .apply_batch(batch)
+            .map_err(|source| self.sled_error(source))?;
+        self.flush().await
+    }
+
+    /// The stored trust document, if any.
+    pub fn load_trust(&self) -> Result<Option<SignedDocument>, StoreError> {
+        let Some(bytes) = self
+            .meta
+            .get(TRUST_KEY)
+            .map_err(|source| self.sled_error(source))?
+        else {
+            return Ok(None);
         };
-        self.tree
-            .insert(record.task_id.as_str().as_bytes(), bytes)
-            .map_err(sled_error)?;
-        self.db.flush_async().await.map_err(sled_error)?;
+        decode_stored(&bytes)
+            .map(Some)
+            .map_err(|source| self.record_error(TRUST_KEY, source))
+    }
+
+    /// Stores the trust document and waits until it is flushed.
+    pub async fn persist_trust(&self, document: &SignedDocument) -> Result<(), StoreError> {
+        let bytes =
+            encode_stored(document).map_err(|source| self.record_error(TRUST_KEY, source))?;
+        self.meta
+            .insert(TRUST_KEY, bytes)
+            .map_err(|source| self.sled_error(source))?;
+        self.flush().await
+    }
+
+    /// The latest wall-clock time recorded, or the epoch if none.
+    pub fn load_clock(&self) -> Result<UnixMillis, StoreError> {
+        let Some(bytes) = self
+            .meta
+            .get(CLOCK_KEY)
+            .map_err(|source| self.sled_error(source))?
+        else {
+            return Ok(UnixMillis(0));
+        };
+        decode_stored(&bytes).map_err(|source| self.record_error(CLOCK_KEY, source))
+    }
+
+    /// Records the latest wall-clock time seen and waits until it is flushed.
+    pub async fn persist_clock(&self, time: UnixMillis) -> Result<(), StoreError> {
+        let bytes = encode_stored(&time).map_err(|source| self.record_error(CLOCK_KEY, source))?;
+        self.meta
+            .insert(CLOCK_KEY, bytes)
+            .map_err(|source| self.sled_error(source))?;
+        self.flush().await
+    }
+
+    async fn flush(&self) -> Result<(), StoreError> {
+        self.db
+            .flush_async()
+            .await
+            .map_err(|source| self.sled_error(source))?;
         Ok(())
     }
 }
@@ -96,21 +181,29 @@ mod tests {
     use super::*;
     use crate::core::record::RecordState;
 
-    #[tokio::test]
-    async fn records_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let record = TaskRecord {
-            task_id: TaskId::from_random([1; 16]),
+    fn record(id: u8) -> TaskRecord {
+        TaskRecord {
+            task_id: TaskId::from_random([id; 16]),
             stream_sequence: 3,
             expires_at: UnixMillis(10),
             state: RecordState::Finished(ReportStatus::Failed { reason: "x".into() }),
-        };
+        }
+    }
+
+    #[tokio::test]
+    async fn state_survives_reopen() {
+        let dir = tempfile::tempdir().unwrap();
         {
             let store = TaskStore::open(dir.path()).unwrap();
-            store.persist(&record).await.unwrap();
+            store.persist(&record(1)).await.unwrap();
+            store.persist(&record(2)).await.unwrap();
+            store.forget(&[TaskId::from_random([2; 16])]).await.unwrap();
+            store.persist_clock(UnixMillis(42)).await.unwrap();
         }
         let store = TaskStore::open(dir.path()).unwrap();
-        assert_eq!(store.load().unwrap(), vec![record]);
+        assert_eq!(store.load().unwrap(), vec![record(1)]);
+        assert_eq!(store.load_clock().unwrap(), UnixMillis(42));
+        assert_eq!(store.load_trust().unwrap(), None);
     }
 
     #[test]
@@ -118,7 +211,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = TaskStore::open(dir.path()).unwrap();
-            store.tree.insert(b"bad", b"\x01garbage".to_vec()).unwrap();
+            store.tasks.insert(b"bad", b"\x01garbage".to_vec()).unwrap();
         }
         let store = TaskStore::open(dir.path()).unwrap();
         let error = store.load().unwrap_err().to_string();

@@ -10,25 +10,44 @@
 use std::process::Command;
 use std::time::Duration;
 
+use base64::Engine;
 use rand::SeedableRng;
-use warden::bootstrap::{BootstrapFile, TrustedKey};
+use warden::bootstrap::BootstrapFile;
+use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
 use warden_bus::SigningKey;
 use warden_testkit::{free_port, listening_sockets, wait_until, Process};
 
 fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
-    let key = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1)).public_key();
+    let root = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
+    let task = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(2));
+    let now = warden_bus::Clock::now(&warden_bus::SystemClock);
+    let year = std::time::Duration::from_secs(365 * 86_400);
+    let document = TrustDocument {
+        version: 1,
+        issued_at: now,
+        expires_at: now.saturating_add(year),
+        root_key: root.public_key().as_bytes().to_vec(),
+        task_keys: vec![KeyGrant {
+            public_key: task.public_key().as_bytes().to_vec(),
+            not_before: now,
+            not_after: now.saturating_add(year),
+        }],
+        release_keys: Vec::new(),
+    };
+    let signed = SignedDocument::sign(&document, &[&root]).unwrap();
     BootstrapFile {
         deployment: "prod".into(),
         node: "n1".into(),
         nats_url: nats_url.into(),
         state_dir: dir.join("state"),
+        root_key: root.public_key().to_hex(),
+        trust_document: base64::engine::general_purpose::STANDARD.encode(signed.encode().unwrap()),
+        approval_key: None,
+        enrollment_token: Some("test-token-0123456789".into()),
         iggy_config_path: None,
         heartbeat_interval_secs: None,
         clock_skew_secs: None,
-        trusted_task_keys: vec![TrustedKey {
-            key_id: key.id().to_string(),
-            public_key: key.to_hex(),
-        }],
+        task_validity_max_secs: None,
     }
 }
 
@@ -112,4 +131,23 @@ fn unreachable_broker_retried_without_listening() {
         .mode()
         & 0o777;
     assert_eq!(mode, 0o700, "the state directory must be private");
+}
+
+#[test]
+fn bootstrap_trust_from_another_root_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = bootstrap(dir.path(), "nats://127.0.0.1:1");
+    // Pin a root that did not sign the document.
+    file.root_key = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(9))
+        .public_key()
+        .to_hex();
+    let path = dir.path().join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let (code, stderr) = run_to_exit(&path);
+    assert_eq!(code, Some(1));
+    assert!(stderr.contains("trust document"), "{stderr}");
+    assert!(
+        stderr.contains("not signed by the current root key"),
+        "{stderr}"
+    );
 }

@@ -15,7 +15,7 @@ use warden_actors::{entropy, BackoffConfig, ChildGuard, Supervisor};
 use warden_bus::subject::{CONTROL_PLANE_QUEUE, REPORT_CONSUMER, REPORT_STREAM};
 use warden_bus::{Delivery, Inbound, Subject, TelemetryKind};
 
-use crate::service::{ControlPlane, ServiceError};
+use crate::service::{ControlPlane, Disposition, ServiceError};
 
 /// Restart back-off of the control plane's actors.
 pub const RESTART_BACKOFF_BASE: Duration = Duration::from_millis(200);
@@ -57,14 +57,19 @@ impl Handler<PulledReport> for ReportIngest {
         let control_plane = self.control_plane.clone();
         Box::pin(async move {
             // A broker failure leaves the report unacknowledged, so it is redelivered.
-            control_plane
-                .ingest_report(&delivery.subject, &delivery.payload)
+            let disposition = control_plane
+                .ingest_report(
+                    &delivery.subject,
+                    &delivery.payload,
+                    delivery.delivered_count,
+                )
                 .await
                 .map_err(|error| format!("recording a report failed: {error}"))?;
-            delivery
-                .ack()
-                .await
-                .map_err(|error| format!("acknowledging a report failed: {error}"))
+            match disposition {
+                Disposition::Done => delivery.ack().await,
+                Disposition::Retry(delay) => delivery.nak(Some(delay)).await,
+            }
+            .map_err(|error| format!("settling a report failed: {error}"))
         })
     }
 }

@@ -14,7 +14,8 @@ use warden_bus::transport::nats::NatsBus;
 use warden_control_plane::api::{self, ApiState};
 use warden_control_plane::core::health::UNREACHABLE_AFTER_DEFAULT;
 use warden_control_plane::service::{
-    ControlPlane, Settings, EXPIRY_GRACE_DEFAULT, TASK_ACK_WAIT_DEFAULT,
+    ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT, ENROLLMENT_TTL_DEFAULT, EXPIRY_GRACE_DEFAULT,
+    TASK_ACK_WAIT_DEFAULT,
 };
 use warden_control_plane::{actors, keys};
 
@@ -31,12 +32,14 @@ struct Args {
     /// Address and port of the operator HTTP API.
     #[arg(long, default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
-    /// Directory for the task key when --task-key is not given.
-    #[arg(long, default_value = "control-plane-state")]
-    state_dir: PathBuf,
-    /// Task-signing key file (hex seed, mode 0600); created if absent. Replicas share it.
+    /// Task-signing key file (hex seed, mode 0600) from `wardenctl key create`. Replicas
+    /// share it.
     #[arg(long)]
-    task_key: Option<PathBuf>,
+    task_key: PathBuf,
+    /// Root-signed trust document from `wardenctl trust sign`; it must list the task key. It
+    /// becomes the shared current document unless a newer one is already stored.
+    #[arg(long)]
+    trust_document: PathBuf,
     /// Seconds without heartbeats after which a node is unreachable.
     #[arg(long, default_value_t = UNREACHABLE_AFTER_DEFAULT.as_secs())]
     unreachable_after_secs: u64,
@@ -49,6 +52,13 @@ struct Args {
     /// Seconds a node has to acknowledge a task before it is redelivered (for new nodes).
     #[arg(long, default_value_t = TASK_ACK_WAIT_DEFAULT.as_secs())]
     task_ack_wait_secs: u64,
+    /// Seconds in which the broker drops a repeated task or report id (when the streams are
+    /// created).
+    #[arg(long, default_value_t = DUPLICATE_WINDOW_DEFAULT.as_secs())]
+    duplicate_window_secs: u64,
+    /// Seconds a new node's enrollment token stays valid.
+    #[arg(long, default_value_t = ENROLLMENT_TTL_DEFAULT.as_secs())]
+    enrollment_ttl_secs: u64,
     /// Write the admin API key to this file (mode 0600) instead of printing it, when this
     /// replica creates it.
     #[arg(long)]
@@ -64,6 +74,18 @@ fn main() -> anyhow::Result<()> {
     if args.unreachable_after_secs == 0 {
         anyhow::bail!("--unreachable-after-secs must be above 0");
     }
+    if !(1..=7 * 86_400).contains(&args.enrollment_ttl_secs) {
+        anyhow::bail!(
+            "--enrollment-ttl-secs {} is outside 1 to 604800",
+            args.enrollment_ttl_secs
+        );
+    }
+    if !(1..=86_400).contains(&args.duplicate_window_secs) {
+        anyhow::bail!(
+            "--duplicate-window-secs {} is outside 1 to 86400",
+            args.duplicate_window_secs
+        );
+    }
     if !(1..=3600).contains(&args.task_ack_wait_secs) {
         anyhow::bail!(
             "--task-ack-wait-secs {} is outside 1 to 3600",
@@ -77,15 +99,9 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
-    let mut rng = entropy::from_os();
-    let key_path = args
-        .task_key
-        .clone()
-        .unwrap_or_else(|| args.state_dir.join("task-key"));
-    let (signer, created) = keys::load_or_create_task_key(&key_path, &mut rng)?;
-    if created {
-        tracing::info!(key_id = %signer.id(), path = %key_path.display(), "generated the task-signing key");
-    }
+    let rng = entropy::from_os();
+    let signer = keys::load_task_key(&args.task_key)?;
+    let trust_document = warden_control_plane::ctl::offline::read_trust(&args.trust_document)?;
     let settings = Settings {
         advertise_nats_url: args
             .advertise_nats_url
@@ -94,6 +110,8 @@ fn main() -> anyhow::Result<()> {
         unreachable_after: Duration::from_secs(args.unreachable_after_secs),
         expiry_grace: Duration::from_secs(args.expiry_grace_secs),
         task_ack_wait: Duration::from_secs(args.task_ack_wait_secs),
+        duplicate_window: Duration::from_secs(args.duplicate_window_secs),
+        enrollment_ttl: Duration::from_secs(args.enrollment_ttl_secs),
         failpoint: std::env::var("WARDEN_FAILPOINT").ok(),
     };
 
@@ -114,9 +132,14 @@ fn main() -> anyhow::Result<()> {
             .setup()
             .await
             .context("failed to create the JetStream streams and buckets")?;
+        let trust = control_plane.setup_trust(&trust_document).await?;
+        tracing::info!(trust_version = trust.version, task_key_id = %signer.id(), "trust document in place");
 
-        if let Some(key) = control_plane.ensure_admin_key().await? {
-            announce_admin_key(&key, args.admin_key_out.as_deref())?;
+        // Open the key file before the key exists, so an unwritable path cannot lose the key.
+        let key_file = args.admin_key_out.as_deref().map(open_key_file).transpose()?;
+        match control_plane.ensure_admin_key().await? {
+            Some(key) => announce_admin_key(&key, key_file)?,
+            None => tracing::info!("the admin API key was created earlier; it is not shown again"),
         }
         let hash_hex = control_plane.admin_key_hash().await?;
         let admin_key_hash: [u8; 32] = hex::decode(hash_hex.trim())
@@ -124,29 +147,18 @@ fn main() -> anyhow::Result<()> {
             .and_then(|bytes| bytes.try_into().ok())
             .context("the stored admin API key hash is not 64 hex characters")?;
 
-        let _supervisor = actors::start(
-            control_plane.clone(),
-            Duration::from_millis(args.sweep_interval_ms),
-        );
-        let state = actix_web::web::Data::new(ApiState {
-            control_plane,
-            admin_key_hash,
-        });
+        // Bind before starting the background actors, so a replica that cannot listen does
+        // nothing at all.
+        let state = actix_web::web::Data::new(ApiState { control_plane: control_plane.clone(), admin_key_hash });
         let server = actix_web::HttpServer::new(move || {
-            actix_web::App::new()
-                .app_data(state.clone())
-                .configure(api::configure)
+            actix_web::App::new().app_data(state.clone()).configure(api::configure)
         })
         .workers(2)
         .disable_signals()
         .bind(args.listen)
-        .with_context(|| {
-            format!(
-                "failed to listen on {}; is another process using the port?",
-                args.listen
-            )
-        })?
+        .with_context(|| format!("failed to listen on {}; is another process using the port?", args.listen))?
         .run();
+        let _supervisor = actors::start(control_plane, Duration::from_millis(args.sweep_interval_ms));
         let handle = server.handle();
         tracing::info!(listen = %args.listen, task_key_id = %signer.id(), "control plane ready");
         let server_task = tokio::spawn(server);
@@ -158,18 +170,29 @@ fn main() -> anyhow::Result<()> {
     })
 }
 
-fn announce_admin_key(key: &str, out: Option<&std::path::Path>) -> anyhow::Result<()> {
+struct KeyFile {
+    path: std::path::PathBuf,
+    file: std::fs::File,
+}
+
+fn open_key_file(path: &std::path::Path) -> anyhow::Result<KeyFile> {
+    let file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("failed to open {} for the admin API key", path.display()))?;
+    Ok(KeyFile {
+        path: path.to_path_buf(),
+        file,
+    })
+}
+
+fn announce_admin_key(key: &str, out: Option<KeyFile>) -> anyhow::Result<()> {
     match out {
-        Some(path) => {
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create(true)
-                .truncate(true)
-                .mode(0o600)
-                .open(path)
-                .with_context(|| {
-                    format!("failed to write the admin API key to {}", path.display())
-                })?;
+        Some(KeyFile { path, mut file }) => {
+            file.set_len(0)?;
             file.write_all(format!("{key}\n").as_bytes())?;
             file.sync_all()?;
             println!(

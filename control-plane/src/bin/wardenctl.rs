@@ -6,13 +6,15 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use serde::Serialize;
+use warden_bus::messages::{AccessRule, Component, Protocol};
 use warden_control_plane::core::issue::ActionRequest;
-use warden_control_plane::ctl::{self, Client, CtlError};
+use warden_control_plane::ctl::{self, offline, Client, CtlError};
 use warden_control_plane::views::{
-    AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
-    TaskView,
+    AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
+    NodeView, PublishTrust, Reenroll, TaskView, TrustView,
 };
 
 /// Operator command line for the Warden control plane.
@@ -54,9 +56,69 @@ enum Command {
     /// Add and list nodes.
     #[command(subcommand)]
     Node(NodeCommand),
-    /// Issue, list, show and wait for tasks.
+    /// Issue, list, show, approve and wait for tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Create Ed25519 key files (offline).
+    #[command(subcommand)]
+    Key(KeyCommand),
+    /// Sign, inspect and publish trust documents.
+    #[command(subcommand)]
+    Trust(TrustCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum KeyCommand {
+    /// Generate a key: the seed goes to FILE (mode 0600), the public key to FILE.pub.
+    Create {
+        /// Where to write the key seed.
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TrustCommand {
+    /// Sign a trust document with the root key file (offline; the control plane never needs the
+    /// root key).
+    Sign(TrustSignArgs),
+    /// Show a trust document file, or the control plane's current one if no file is given.
+    Show {
+        /// File written by `trust sign`.
+        file: Option<PathBuf>,
+    },
+    /// Make a signed trust document the control plane's current one; send it to nodes with
+    /// `task issue ... update-trust`.
+    Publish {
+        /// File written by `trust sign`.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Args)]
+struct TrustSignArgs {
+    /// Root key file that signs the document (the current root).
+    #[arg(long)]
+    root_key: PathBuf,
+    /// New root key file, to rotate the root: the document names it and both roots sign.
+    #[arg(long)]
+    new_root_key: Option<PathBuf>,
+    /// Document version; must be above the version nodes have.
+    #[arg(long)]
+    version: u64,
+    /// Validity of the document, such as 365d.
+    #[arg(long, default_value = "365d")]
+    expires_in: String,
+    /// A task-signing public key (hex), optionally with a window relative to now:
+    /// HEX[,from=-1h][,until=30d]. Repeat for several keys.
+    #[arg(long = "task-key", required = true)]
+    task_keys: Vec<String>,
+    /// A release-signing public key (hex), same form as --task-key.
+    #[arg(long = "release-key")]
+    release_keys: Vec<String>,
+    /// Where to write the signed document (base64 text).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -68,6 +130,10 @@ enum DeploymentCommand {
         /// Free text.
         #[arg(long, default_value = "")]
         description: String,
+        /// Customer approval public key (hex); access rules and encryption keys then need its
+        /// signature, given with `task approve`.
+        #[arg(long)]
+        approval_key: Option<String>,
     },
     /// List deployments.
     List,
@@ -94,6 +160,28 @@ enum NodeCommand {
         /// Overwrite an existing bootstrap file.
         #[arg(long)]
         force: bool,
+        /// The root public key (hex) you expect; the command fails if the control plane's trust
+        /// document names another root.
+        #[arg(long)]
+        expect_root_key: Option<String>,
+    },
+    /// Revoke a node's identity and write a bootstrap file with a new enrollment token, for a
+    /// node that lost its state.
+    Reenroll {
+        /// Node id.
+        node: String,
+        /// Deployment the node belongs to.
+        #[arg(long)]
+        deployment: String,
+        /// Where to write the node's new bootstrap file (mode 0600).
+        #[arg(long)]
+        bootstrap_out: PathBuf,
+        /// State directory on the node (absolute path).
+        #[arg(long, default_value = "/var/lib/warden")]
+        state_dir: String,
+        /// Heartbeat interval in seconds (1 to 3600); the Warden's default if absent.
+        #[arg(long)]
+        heartbeat_interval_secs: Option<u64>,
     },
     /// List a deployment's nodes with their health.
     List {
@@ -126,6 +214,14 @@ enum TaskCommand {
     Show {
         /// Task id.
         id: String,
+    },
+    /// Approve a task awaiting approval with the deployment's approval key file.
+    Approve {
+        /// Task id.
+        id: String,
+        /// Approval key file (seed written by `key create`).
+        #[arg(long)]
+        approval_key: PathBuf,
     },
     /// Wait until tasks reach an outcome; exits 0 only if all succeeded.
     Wait {
@@ -173,6 +269,81 @@ enum ActionCommand {
     },
     /// Report node facts: hostname, OS, kernel, versions, uptime, free disk.
     CollectDiagnostics,
+    /// Send the control plane's current trust document to the node.
+    UpdateTrust,
+    /// Start a component.
+    StartComponent {
+        /// iggy or connectors.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+    },
+    /// Stop a component.
+    StopComponent {
+        /// iggy or connectors.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+    },
+    /// Restart a component.
+    RestartComponent {
+        /// iggy or connectors.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+    },
+    /// Restart a component with a configuration version.
+    ReconfigureComponent {
+        /// iggy or connectors.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+        /// Configuration version.
+        #[arg(long)]
+        config_version: u64,
+        /// Encryption key sealed to the node's key, base64.
+        #[arg(long)]
+        sealed_encryption_key: Option<String>,
+    },
+    /// Install a signed release.
+    UpgradeComponent {
+        /// iggy, connectors or warden.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+        /// Release version.
+        #[arg(long)]
+        version: String,
+        /// SHA-256 of the artifact, hex.
+        #[arg(long)]
+        sha256: String,
+        /// Release counter from the manifest.
+        #[arg(long)]
+        release_counter: u64,
+    },
+    /// Replace the access rules.
+    ApplyAccessRules {
+        /// Rule-set version.
+        #[arg(long)]
+        version: u64,
+        /// A rule as CIDR=PROTOCOL, such as 10.0.0.0/8=tcp (tcp, quic, http, websocket).
+        #[arg(long = "rule")]
+        rules: Vec<String>,
+    },
+    /// Renew the node's TLS certificate now.
+    RotateCertificate,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum ComponentArg {
+    Iggy,
+    Connectors,
+    Warden,
+}
+
+impl From<ComponentArg> for Component {
+    fn from(component: ComponentArg) -> Self {
+        match component {
+            ComponentArg::Iggy => Component::Iggy,
+            ComponentArg::Connectors => Component::Connectors,
+            ComponentArg::Warden => Component::Warden,
+        }
+    }
 }
 
 fn main() -> ExitCode {
@@ -187,20 +358,73 @@ fn main() -> ExitCode {
 }
 
 fn api_key(cli: &Cli) -> Result<Option<String>, CtlError> {
-    if let Some(key) = &cli.api_key {
-        return Ok(Some(key.trim().to_owned()));
+    if let Some(key) = cli
+        .api_key
+        .as_deref()
+        .map(str::trim)
+        .filter(|key| !key.is_empty())
+    {
+        return Ok(Some(key.to_owned()));
     }
     match &cli.api_key_file {
-        Some(path) => std::fs::read_to_string(path)
-            .map(|text| Some(text.trim().to_owned()))
-            .map_err(|error| {
-                CtlError::Local(format!(
-                    "failed to read the API key file {}: {error}",
+        Some(path) => {
+            let key = read_capped(path, API_KEY_FILE_BYTES_MAX, "API key file")?
+                .trim()
+                .to_owned();
+            if key.is_empty() {
+                return Err(CtlError::Local(format!(
+                    "the API key file {} is empty",
                     path.display()
-                ))
-            }),
-        None => Ok(None),
+                )));
+            }
+            Ok(Some(key))
+        }
+        None => Err(CtlError::Local(
+            "no admin API key given; pass --api-key, or set WARDEN_API_KEY or WARDEN_API_KEY_FILE"
+                .into(),
+        )),
     }
+}
+
+/// Maximum size of a configuration file read by `apply-config` or a trust document file, in
+/// bytes; the API rejects configurations over 128 KiB with a clear message.
+const CONFIG_FILE_BYTES_MAX: u64 = 1024 * 1024;
+
+/// Maximum size of an API key file, in bytes.
+const API_KEY_FILE_BYTES_MAX: u64 = 4096;
+
+/// Reads a text file of at most `max` bytes, also from devices and pipes whose size is unknown.
+fn read_capped(path: &std::path::Path, max: u64, what: &str) -> Result<String, CtlError> {
+    use std::io::Read;
+    let file = std::fs::File::open(path).map_err(|error| {
+        CtlError::Local(format!(
+            "failed to read the {what} {}: {error}",
+            path.display()
+        ))
+    })?;
+    let mut text = String::new();
+    file.take(max + 1)
+        .read_to_string(&mut text)
+        .map_err(|error| {
+            CtlError::Local(format!(
+                "failed to read the {what} {}: {error}",
+                path.display()
+            ))
+        })?;
+    if text.len() as u64 > max {
+        return Err(CtlError::Local(format!(
+            "the {what} {} is over the maximum of {max} bytes",
+            path.display()
+        )));
+    }
+    Ok(text)
+}
+
+/// Checks an id argument before it becomes part of a URL.
+fn checked_id(kind: &str, value: &str) -> Result<String, CtlError> {
+    warden_bus::NodeId::new(value)
+        .map(|_| value.to_owned())
+        .map_err(|_| CtlError::Local(format!("{kind} {value:?} is invalid; use 1 to 63 characters of a-z, 0-9 and -, starting with a letter or digit")))
 }
 
 fn print_json<T: Serialize>(value: &T) -> Result<(), CtlError> {
@@ -211,12 +435,32 @@ fn print_json<T: Serialize>(value: &T) -> Result<(), CtlError> {
 }
 
 fn run(cli: Cli) -> Result<ExitCode, CtlError> {
-    let client = Client::new(&cli.api, api_key(&cli)?)?;
+    // Offline commands never reach the API, so they need no API key.
+    let offline_command = matches!(
+        cli.command,
+        Command::Key(_)
+            | Command::Trust(TrustCommand::Sign(_))
+            | Command::Trust(TrustCommand::Show { file: Some(_) })
+    );
+    let key = if offline_command {
+        None
+    } else {
+        api_key(&cli)?
+    };
+    let client = Client::new(&cli.api, key)?;
     let json = cli.output == Output::Json;
     match cli.command {
-        Command::Deployment(DeploymentCommand::Create { id, description }) => {
-            let created: DeploymentView =
-                client.post("/v1/deployments", &CreateDeployment { id, description })?;
+        Command::Deployment(DeploymentCommand::Create {
+            id,
+            description,
+            approval_key,
+        }) => {
+            let body = CreateDeployment {
+                id,
+                description,
+                approval_key,
+            };
+            let created: DeploymentView = client.post("/v1/deployments", &body)?;
             if json {
                 print_json(&created)?;
             } else {
@@ -238,21 +482,41 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             state_dir,
             heartbeat_interval_secs,
             force,
+            expect_root_key,
         }) => {
-            if bootstrap_out.exists() && !force {
-                return Err(CtlError::Local(format!(
-                    "{} already exists; pass --force to overwrite it",
-                    bootstrap_out.display()
-                )));
-            }
+            // Open the output first: a node registered without its bootstrap file is stuck.
+            let file = open_bootstrap(&bootstrap_out, force)?;
             let body = AddNode {
                 id: node,
                 state_dir,
                 heartbeat_interval_secs,
             };
-            let added: AddedNode =
-                client.post(&format!("/v1/deployments/{deployment}/nodes"), &body)?;
-            write_bootstrap(&bootstrap_out, &added)?;
+            let path = format!(
+                "/v1/deployments/{}/nodes",
+                checked_id("deployment", &deployment)?
+            );
+            let added: AddedNode = match client.post(&path, &body) {
+                Ok(added) => added,
+                Err(error) => {
+                    discard_bootstrap(&bootstrap_out, force);
+                    return Err(error);
+                }
+            };
+            if let Some(expected) = expect_root_key {
+                if !added
+                    .bootstrap
+                    .root_key
+                    .eq_ignore_ascii_case(expected.trim())
+                {
+                    discard_bootstrap(&bootstrap_out, force);
+                    return Err(CtlError::Local(format!(
+                        "the control plane's trust document names root key {} but you expect {}; the bootstrap file was not written",
+                        added.bootstrap.root_key,
+                        expected.trim()
+                    )));
+                }
+            }
+            write_bootstrap(file, &bootstrap_out, &added)?;
             if json {
                 print_json(&added)?;
             } else {
@@ -264,9 +528,42 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 );
             }
         }
+        Command::Node(NodeCommand::Reenroll {
+            node,
+            deployment,
+            bootstrap_out,
+            state_dir,
+            heartbeat_interval_secs,
+        }) => {
+            let file = open_bootstrap(&bootstrap_out, true)?;
+            let body = Reenroll {
+                state_dir,
+                heartbeat_interval_secs,
+            };
+            let added: AddedNode = client.post(
+                &format!(
+                    "/v1/deployments/{}/nodes/{}/reenroll",
+                    checked_id("deployment", &deployment)?,
+                    checked_id("node", &node)?
+                ),
+                &body,
+            )?;
+            write_bootstrap(file, &bootstrap_out, &added)?;
+            if json {
+                print_json(&added)?;
+            } else {
+                println!(
+                    "node {} re-enrolled: its old key is revoked; new bootstrap file written to {}",
+                    added.node.node,
+                    bootstrap_out.display()
+                );
+            }
+        }
         Command::Node(NodeCommand::List { deployment }) => {
-            let nodes: Vec<NodeView> =
-                client.get(&format!("/v1/deployments/{deployment}/nodes"))?;
+            let nodes: Vec<NodeView> = client.get(&format!(
+                "/v1/deployments/{}/nodes",
+                checked_id("deployment", &deployment)?
+            ))?;
             if json {
                 print_json(&nodes)?;
             } else {
@@ -276,15 +573,48 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Task(TaskCommand::Issue(args)) => {
             let action = match args.action {
                 ActionCommand::ApplyConfig { version, file } => {
-                    let content = std::fs::read_to_string(&file).map_err(|error| {
-                        CtlError::Local(format!(
-                            "failed to read configuration file {}: {error}",
-                            file.display()
-                        ))
-                    })?;
+                    let content = read_capped(&file, CONFIG_FILE_BYTES_MAX, "configuration file")?;
                     ActionRequest::ApplyConfig { version, content }
                 }
                 ActionCommand::CollectDiagnostics => ActionRequest::CollectDiagnostics,
+                ActionCommand::UpdateTrust => ActionRequest::UpdateTrust,
+                ActionCommand::RotateCertificate => ActionRequest::RotateCertificate,
+                ActionCommand::StartComponent { component } => ActionRequest::StartComponent {
+                    component: component.into(),
+                },
+                ActionCommand::StopComponent { component } => ActionRequest::StopComponent {
+                    component: component.into(),
+                },
+                ActionCommand::RestartComponent { component } => ActionRequest::RestartComponent {
+                    component: component.into(),
+                },
+                ActionCommand::ReconfigureComponent {
+                    component,
+                    config_version,
+                    sealed_encryption_key,
+                } => ActionRequest::ReconfigureComponent {
+                    component: component.into(),
+                    config_version,
+                    sealed_encryption_key,
+                },
+                ActionCommand::UpgradeComponent {
+                    component,
+                    version,
+                    sha256,
+                    release_counter,
+                } => ActionRequest::UpgradeComponent {
+                    component: component.into(),
+                    version,
+                    sha256,
+                    release_counter,
+                },
+                ActionCommand::ApplyAccessRules { version, rules } => {
+                    let rules = rules
+                        .iter()
+                        .map(|rule| parse_rule(rule))
+                        .collect::<Result<_, _>>()?;
+                    ActionRequest::ApplyAccessRules { version, rules }
+                }
             };
             let body = IssueTasks {
                 node: args.node,
@@ -292,8 +622,13 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 ttl_secs: args.ttl_secs,
                 action,
             };
-            let issued: IssuedTasks =
-                client.post(&format!("/v1/deployments/{}/tasks", args.deployment), &body)?;
+            let issued: IssuedTasks = client.post(
+                &format!(
+                    "/v1/deployments/{}/tasks",
+                    checked_id("deployment", &args.deployment)?
+                ),
+                &body,
+            )?;
             if json {
                 print_json(&issued)?;
             } else {
@@ -314,6 +649,15 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 ("limit", limit.map(|l| l.to_string())),
             ] {
                 if let Some(value) = value {
+                    // Every value is an id, a status name or a number, so none needs escaping.
+                    let value = match name {
+                        "status" => value
+                            .parse::<warden_control_plane::core::lifecycle::TaskStatus>()
+                            .map(|status| status.as_str().to_owned())
+                            .map_err(CtlError::Local)?,
+                        "limit" => value,
+                        _ => checked_id(name, &value)?,
+                    };
                     query.push(format!("{name}={value}"));
                 }
             }
@@ -330,7 +674,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             }
         }
         Command::Task(TaskCommand::Show { id }) => {
-            let task: TaskView = client.get(&format!("/v1/tasks/{id}"))?;
+            let task: TaskView = client.get(&format!("/v1/tasks/{}", checked_id("task", &id)?))?;
             if json {
                 print_json(&task)?;
             } else {
@@ -340,22 +684,165 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         Command::Task(TaskCommand::Wait { ids, timeout_secs }) => {
             return wait(&client, &ids, timeout_secs, json)
         }
+        Command::Task(TaskCommand::Approve { id, approval_key }) => {
+            let key = offline::read_key(&approval_key)?;
+            let task: TaskView = client.get(&format!("/v1/tasks/{}", checked_id("task", &id)?))?;
+            let body = task.signed_body.ok_or_else(|| {
+                CtlError::Local(format!(
+                    "task {id} is {}, not awaiting approval",
+                    task.status
+                ))
+            })?;
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(body)
+                .map_err(|error| {
+                    CtlError::Local(format!("the task's signed_body is not base64: {error}"))
+                })?;
+            let signature = key.key_signature(&bytes);
+            let approval = Approve {
+                key_id: signature.key_id.to_string(),
+                signature: base64::engine::general_purpose::STANDARD.encode(&signature.signature),
+            };
+            let approved: TaskView = client.post(
+                &format!("/v1/tasks/{}/approval", checked_id("task", &id)?),
+                &approval,
+            )?;
+            if json {
+                print_json(&approved)?;
+            } else {
+                println!("task {} approved; status {}", approved.id, approved.status);
+            }
+        }
+        Command::Key(KeyCommand::Create { out }) => {
+            let key = offline::create_key(&out)?;
+            if json {
+                print_json(
+                    &serde_json::json!({ "key_id": key.id().to_string(), "public_key": key.public_key().to_hex() }),
+                )?;
+            } else {
+                println!(
+                    "key {} written to {} (public key in {}.pub)",
+                    key.id(),
+                    out.display(),
+                    out.display()
+                );
+                println!("public key: {}", key.public_key().to_hex());
+            }
+        }
+        Command::Trust(TrustCommand::Sign(args)) => {
+            let view = offline::sign_trust(&args.into_request())?;
+            if json {
+                print_json(&view)?;
+            } else {
+                print!("{}", ctl::trust_detail(&view));
+            }
+        }
+        Command::Trust(TrustCommand::Show { file }) => {
+            let view = match file {
+                Some(path) => {
+                    let signed = offline::read_trust(&path)?;
+                    TrustView::new(&signed).map_err(CtlError::Local)?
+                }
+                None => client.get("/v1/trust")?,
+            };
+            if json {
+                print_json(&view)?;
+            } else {
+                print!("{}", ctl::trust_detail(&view));
+            }
+        }
+        Command::Trust(TrustCommand::Publish { file }) => {
+            let document = read_capped(&file, CONFIG_FILE_BYTES_MAX, "trust document file")?;
+            let view: TrustView = client.put(
+                "/v1/trust",
+                &PublishTrust {
+                    document: document.trim().to_owned(),
+                },
+            )?;
+            if json {
+                print_json(&view)?;
+            } else {
+                println!("trust document version {} is now current", view.version);
+            }
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-fn write_bootstrap(path: &std::path::Path, added: &AddedNode) -> Result<(), CtlError> {
+impl TrustSignArgs {
+    fn into_request(self) -> offline::TrustSignRequest {
+        offline::TrustSignRequest {
+            root_key: self.root_key,
+            new_root_key: self.new_root_key,
+            version: self.version,
+            expires_in: self.expires_in,
+            task_keys: self.task_keys,
+            release_keys: self.release_keys,
+            out: self.out,
+        }
+    }
+}
+
+/// Parses CIDR=PROTOCOL.
+fn parse_rule(text: &str) -> Result<AccessRule, CtlError> {
+    let invalid = || {
+        CtlError::Local(format!(
+            "--rule {text:?} must be CIDR=PROTOCOL, such as 10.0.0.0/8=tcp"
+        ))
+    };
+    let (cidr, protocol) = text.split_once('=').ok_or_else(invalid)?;
+    let protocol = match protocol {
+        "tcp" => Protocol::Tcp,
+        "quic" => Protocol::Quic,
+        "http" => Protocol::Http,
+        "websocket" => Protocol::Websocket,
+        _ => return Err(invalid()),
+    };
+    Ok(AccessRule {
+        cidr: cidr.to_owned(),
+        protocol,
+        expires_at: None,
+    })
+}
+
+/// Opens the bootstrap output with mode 0600; without `force` the file must not exist yet.
+fn open_bootstrap(path: &std::path::Path, force: bool) -> Result<std::fs::File, CtlError> {
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    options.open(path).map_err(|error| match error.kind() {
+        std::io::ErrorKind::AlreadyExists => CtlError::Local(format!(
+            "{} already exists; pass --force to overwrite it",
+            path.display()
+        )),
+        _ => CtlError::Local(format!(
+            "failed to open {} for writing: {error}",
+            path.display()
+        )),
+    })
+}
+
+/// Removes a bootstrap output this command created, after a failure.
+fn discard_bootstrap(path: &std::path::Path, force: bool) {
+    if !force {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+fn write_bootstrap(
+    mut file: std::fs::File,
+    path: &std::path::Path,
+    added: &AddedNode,
+) -> Result<(), CtlError> {
     let text = toml::to_string(&added.bootstrap).map_err(|error| {
         CtlError::Local(format!("failed to render the bootstrap file: {error}"))
     })?;
-    let mut file = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .map_err(|error| CtlError::Local(format!("failed to write {}: {error}", path.display())))?;
     file.write_all(text.as_bytes())
+        .and_then(|()| file.sync_all())
         .map_err(|error| CtlError::Local(format!("failed to write {}: {error}", path.display())))
 }
 
@@ -369,11 +856,22 @@ fn wait(
     loop {
         let mut tasks = Vec::with_capacity(ids.len());
         for id in ids {
-            tasks.push(client.get::<TaskView>(&format!("/v1/tasks/{id}"))?);
+            tasks.push(client.get::<TaskView>(&format!("/v1/tasks/{}", checked_id("task", id)?))?);
         }
-        let done = tasks
-            .iter()
-            .all(|task| !matches!(task.status.as_str(), "pending" | "delivered"));
+        // A rejection for a signature or decoding failure may be a forged copy of the task;
+        // the real task's outcome replaces it, so keep waiting on those too.
+        let done = tasks.iter().all(|task| {
+            let open = matches!(
+                task.status.as_str(),
+                "awaiting_approval" | "pending" | "delivered"
+            );
+            let replaceable = task.status == "rejected"
+                && matches!(
+                    task.reject_code.as_deref(),
+                    Some("malformed" | "unknown_key" | "bad_signature")
+                );
+            !open && !replaceable
+        });
         if done || Instant::now() >= deadline {
             if json {
                 print_json(&tasks)?;

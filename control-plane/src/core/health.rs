@@ -12,10 +12,16 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
+use warden_bus::messages::truncate;
 use warden_bus::{DeploymentId, Heartbeat, NodeId, UnixMillis};
+
+use crate::core::enrollment::Enrollment;
 
 /// Default time without heartbeats after which a node is unreachable.
 pub const UNREACHABLE_AFTER_DEFAULT: Duration = Duration::from_secs(120);
+
+/// Maximum size of the Warden version kept from a heartbeat, in bytes.
+pub const WARDEN_VERSION_BYTES_MAX: usize = 64;
 
 /// Maximum number of health transitions kept per node.
 pub const TRANSITIONS_MAX: usize = 20;
@@ -82,6 +88,9 @@ pub struct NodeRecord {
     /// Recent health transitions, oldest first.
     #[serde(default)]
     pub transitions: Vec<HealthTransition>,
+    /// The node's enrolled key and its enrollment token.
+    #[serde(default)]
+    pub enrollment: Enrollment,
 }
 
 impl NodeRecord {
@@ -97,6 +106,7 @@ impl NodeRecord {
             warden_version: None,
             config_version: 0,
             transitions: Vec::new(),
+            enrollment: Enrollment::default(),
         }
     }
 
@@ -108,7 +118,10 @@ impl NodeRecord {
     ) -> Option<HealthTransition> {
         self.last_heartbeat_at = Some(self.last_heartbeat_at.map_or(now, |last| last.max(now)));
         self.last_sequence = heartbeat.sequence;
-        self.warden_version = Some(heartbeat.warden_version.clone());
+        self.warden_version = Some(truncate(
+            &heartbeat.warden_version,
+            WARDEN_VERSION_BYTES_MAX,
+        ));
         self.config_version = heartbeat.config_version;
         match self.health {
             NodeHealth::Healthy => None,

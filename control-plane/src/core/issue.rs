@@ -3,9 +3,14 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use base64::Engine;
 use serde::{Deserialize, Serialize};
-use warden_bus::messages::{ApplyConfig, CONFIG_BYTES_MAX};
-use warden_bus::{DeploymentId, NodeId, Task, TaskAction, TaskId, UnixMillis};
+use warden_bus::messages::{
+    AccessRule, AccessRules, ApplyConfig, Component, ComponentTarget, Reconfigure, UpdateTrust,
+    Upgrade, CONFIG_BYTES_MAX,
+};
+use warden_bus::trust::SignedDocument;
+use warden_bus::{DeploymentId, KeyId, NodeId, Task, TaskAction, TaskId, UnixMillis};
 
 /// Default time a task stays valid.
 pub const TASK_TTL_DEFAULT: Duration = Duration::from_secs(15 * 60);
@@ -14,7 +19,8 @@ pub const TASK_TTL_MIN: Duration = Duration::from_secs(1);
 /// Longest allowed validity: a leaked signed task is useless after this.
 pub const TASK_TTL_MAX: Duration = Duration::from_secs(3600);
 
-/// What an operator asks for, as the API receives it.
+/// What an operator asks for, as the API receives it. Binary values are hex (digests) or
+/// base64 (sealed keys).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "snake_case", deny_unknown_fields)]
 pub enum ActionRequest {
@@ -25,6 +31,53 @@ pub enum ActionRequest {
         /// TOML text.
         content: String,
     },
+    /// Start a component.
+    StartComponent {
+        /// iggy or connectors.
+        component: Component,
+    },
+    /// Stop a component.
+    StopComponent {
+        /// iggy or connectors.
+        component: Component,
+    },
+    /// Restart a component.
+    RestartComponent {
+        /// iggy or connectors.
+        component: Component,
+    },
+    /// Restart a component with a configuration version, optionally setting an encryption key.
+    ReconfigureComponent {
+        /// iggy or connectors.
+        component: Component,
+        /// Configuration version.
+        config_version: u64,
+        /// Encryption key sealed to the node's key, base64.
+        #[serde(default)]
+        sealed_encryption_key: Option<String>,
+    },
+    /// Install a signed release.
+    UpgradeComponent {
+        /// iggy, connectors or warden.
+        component: Component,
+        /// Release version.
+        version: String,
+        /// SHA-256 of the artifact, hex.
+        sha256: String,
+        /// Release counter from the manifest.
+        release_counter: u64,
+    },
+    /// Replace the access rules.
+    ApplyAccessRules {
+        /// Rule-set version.
+        version: u64,
+        /// The rules.
+        rules: Vec<AccessRule>,
+    },
+    /// Renew the TLS certificate now.
+    RotateCertificate,
+    /// Send the control plane's current trust document.
+    UpdateTrust,
     /// Report node facts.
     CollectDiagnostics,
 }
@@ -40,10 +93,62 @@ pub struct FieldError {
 }
 
 impl ActionRequest {
-    /// Validates the request and returns the action.
-    pub fn into_action(self) -> Result<TaskAction, FieldError> {
-        match self {
-            Self::CollectDiagnostics => Ok(TaskAction::CollectDiagnostics),
+    /// Validates the request and returns the action. `trust` is the current signed trust
+    /// document, sent by `update_trust`.
+    pub fn into_action(self, trust: &SignedDocument) -> Result<TaskAction, FieldError> {
+        let action = match self {
+            Self::CollectDiagnostics => TaskAction::CollectDiagnostics,
+            Self::RotateCertificate => TaskAction::RotateCertificate,
+            Self::UpdateTrust => TaskAction::UpdateTrust(UpdateTrust {
+                document: trust.clone(),
+            }),
+            Self::StartComponent { component } => {
+                TaskAction::StartComponent(ComponentTarget { component })
+            }
+            Self::StopComponent { component } => {
+                TaskAction::StopComponent(ComponentTarget { component })
+            }
+            Self::RestartComponent { component } => {
+                TaskAction::RestartComponent(ComponentTarget { component })
+            }
+            Self::ReconfigureComponent {
+                component,
+                config_version,
+                sealed_encryption_key,
+            } => {
+                let sealed_encryption_key = sealed_encryption_key
+                    .map(|text| base64::engine::general_purpose::STANDARD.decode(text.trim()))
+                    .transpose()
+                    .map_err(|error| FieldError {
+                        field: "sealed_encryption_key",
+                        reason: format!("not base64: {error}"),
+                    })?;
+                TaskAction::ReconfigureComponent(Reconfigure {
+                    component,
+                    config_version,
+                    sealed_encryption_key,
+                })
+            }
+            Self::UpgradeComponent {
+                component,
+                version,
+                sha256,
+                release_counter,
+            } => {
+                let sha256 = hex::decode(sha256.trim()).map_err(|error| FieldError {
+                    field: "sha256",
+                    reason: format!("not hex: {error}"),
+                })?;
+                TaskAction::UpgradeComponent(Upgrade {
+                    component,
+                    version,
+                    sha256,
+                    release_counter,
+                })
+            }
+            Self::ApplyAccessRules { version, rules } => {
+                TaskAction::ApplyAccessRules(AccessRules { version, rules })
+            }
             Self::ApplyConfig { version, content } => {
                 if version == 0 {
                     return Err(FieldError {
@@ -66,14 +171,14 @@ impl ActionRequest {
                         reason: format!("not valid TOML: {error}"),
                     });
                 }
-                let config = ApplyConfig { version, content };
-                config.validate().map_err(|reason| FieldError {
-                    field: "content",
-                    reason,
-                })?;
-                Ok(TaskAction::ApplyConfig(config))
+                TaskAction::ApplyConfig(ApplyConfig { version, content })
             }
-        }
+        };
+        action.validate().map_err(|reason| FieldError {
+            field: "action",
+            reason,
+        })?;
+        Ok(action)
     }
 }
 
@@ -96,7 +201,7 @@ pub fn validate_ttl(ttl: Option<u64>) -> Result<Duration, FieldError> {
     Ok(ttl)
 }
 
-/// Builds the task body for one node.
+/// Builds the task body for one node, to be signed by the key `key_id`.
 pub fn build_task(
     id_bytes: [u8; 16],
     deployment: &DeploymentId,
@@ -104,8 +209,10 @@ pub fn build_task(
     action: &TaskAction,
     now: UnixMillis,
     ttl: Duration,
+    key_id: &KeyId,
 ) -> Result<Task, warden_bus::WireError> {
     Ok(Task {
+        key_id: key_id.clone(),
         id: TaskId::from_random(id_bytes),
         deployment: deployment.clone(),
         node: node.clone(),
@@ -124,7 +231,42 @@ pub fn summarize(action: &TaskAction) -> BTreeMap<String, String> {
             ("config_version".to_owned(), config.version.to_string()),
             ("content_bytes".to_owned(), config.content.len().to_string()),
         ]),
-        TaskAction::CollectDiagnostics => BTreeMap::new(),
+        TaskAction::ReconfigureComponent(reconfigure) => BTreeMap::from([
+            (
+                "component".to_owned(),
+                format!("{:?}", reconfigure.component).to_lowercase(),
+            ),
+            (
+                "config_version".to_owned(),
+                reconfigure.config_version.to_string(),
+            ),
+        ]),
+        TaskAction::UpgradeComponent(upgrade) => BTreeMap::from([
+            (
+                "component".to_owned(),
+                format!("{:?}", upgrade.component).to_lowercase(),
+            ),
+            ("version".to_owned(), upgrade.version.clone()),
+        ]),
+        TaskAction::StartComponent(target)
+        | TaskAction::StopComponent(target)
+        | TaskAction::RestartComponent(target) => BTreeMap::from([(
+            "component".to_owned(),
+            format!("{:?}", target.component).to_lowercase(),
+        )]),
+        TaskAction::ApplyAccessRules(rules) => BTreeMap::from([
+            ("rules_version".to_owned(), rules.version.to_string()),
+            ("rules".to_owned(), rules.rules.len().to_string()),
+        ]),
+        TaskAction::UpdateTrust(update) => BTreeMap::from([(
+            "trust_version".to_owned(),
+            update
+                .document
+                .document_unverified()
+                .map(|doc| doc.version.to_string())
+                .unwrap_or_default(),
+        )]),
+        TaskAction::RotateCertificate | TaskAction::CollectDiagnostics => BTreeMap::new(),
     }
 }
 
@@ -134,23 +276,44 @@ mod tests {
 
     #[test]
     fn apply_config_checks_fields() {
+        let trust = SignedDocument {
+            body: Vec::new(),
+            signatures: Vec::new(),
+        };
         let zero = ActionRequest::ApplyConfig {
             version: 0,
             content: String::new(),
         };
-        assert_eq!(zero.into_action().unwrap_err().field, "version");
+        assert_eq!(zero.into_action(&trust).unwrap_err().field, "version");
         let broken = ActionRequest::ApplyConfig {
             version: 1,
             content: "[x".into(),
         };
-        let error = broken.into_action().unwrap_err();
+        let error = broken.into_action(&trust).unwrap_err();
         assert_eq!(error.field, "content");
         assert!(error.reason.contains("TOML"), "{}", error.reason);
         let fine = ActionRequest::ApplyConfig {
             version: 1,
             content: "[system]\n".into(),
         };
-        assert!(fine.into_action().is_ok());
+        assert!(fine.into_action(&trust).is_ok());
+        let warden = ActionRequest::StartComponent {
+            component: Component::Warden,
+        };
+        assert_eq!(warden.into_action(&trust).unwrap_err().field, "action");
+        let bad_cidr = ActionRequest::ApplyAccessRules {
+            version: 1,
+            rules: vec![AccessRule {
+                cidr: "10.0.0.0/33".into(),
+                protocol: warden_bus::messages::Protocol::Tcp,
+                expires_at: None,
+            }],
+        };
+        assert!(bad_cidr
+            .into_action(&trust)
+            .unwrap_err()
+            .reason
+            .contains("/33"));
     }
 
     #[test]

@@ -15,6 +15,7 @@
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
+use warden_bus::messages::{truncate, REASON_BYTES_MAX};
 use warden_bus::{DeploymentId, NodeId, RejectCode, ReportStatus, TaskId, TaskReport, UnixMillis};
 
 /// Maximum number of history entries kept per task; older entries after the first are dropped.
@@ -24,6 +25,8 @@ pub const TASK_HISTORY_MAX: usize = 32;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TaskStatus {
+    /// Recorded, waiting for the deployment's approval signature; not sent to the node yet.
+    AwaitingApproval,
     /// Recorded and left for the node; no word from the node yet.
     Pending,
     /// The node accepted the task and is executing it.
@@ -41,12 +44,16 @@ pub enum TaskStatus {
 impl TaskStatus {
     /// Whether the status is an outcome.
     pub fn is_terminal(self) -> bool {
-        !matches!(self, Self::Pending | Self::Delivered)
+        !matches!(
+            self,
+            Self::AwaitingApproval | Self::Pending | Self::Delivered
+        )
     }
 
     /// The status as written in the API.
     pub fn as_str(self) -> &'static str {
         match self {
+            Self::AwaitingApproval => "awaiting_approval",
             Self::Pending => "pending",
             Self::Delivered => "delivered",
             Self::Succeeded => "succeeded",
@@ -61,10 +68,10 @@ impl std::str::FromStr for TaskStatus {
     type Err = String;
 
     fn from_str(text: &str) -> Result<Self, String> {
-        [Self::Pending, Self::Delivered, Self::Succeeded, Self::Failed, Self::Rejected, Self::Expired]
+        [Self::AwaitingApproval, Self::Pending, Self::Delivered, Self::Succeeded, Self::Failed, Self::Rejected, Self::Expired]
             .into_iter()
             .find(|status| status.as_str() == text)
-            .ok_or_else(|| format!("unknown task status {text:?}; use pending, delivered, succeeded, failed, rejected or expired"))
+            .ok_or_else(|| format!("unknown task status {text:?}; use awaiting_approval, pending, delivered, succeeded, failed, rejected or expired"))
     }
 }
 
@@ -122,6 +129,28 @@ pub struct TaskRecord {
     pub published_sequence: Option<u64>,
 }
 
+/// Maximum number of output entries kept from a report.
+pub const OUTPUT_ENTRIES_MAX: usize = 64;
+/// Maximum size of an output key, in bytes.
+pub const OUTPUT_KEY_BYTES_MAX: usize = 64;
+/// Maximum size of an output value, in bytes.
+pub const OUTPUT_VALUE_BYTES_MAX: usize = 1024;
+
+/// Keeps the first entries of a node's output, each cut to size, so a record stays well under
+/// the store's size cap whatever a node sends.
+fn bounded_output(output: &BTreeMap<String, String>) -> BTreeMap<String, String> {
+    output
+        .iter()
+        .take(OUTPUT_ENTRIES_MAX)
+        .map(|(key, value)| {
+            (
+                truncate(key, OUTPUT_KEY_BYTES_MAX),
+                truncate(value, OUTPUT_VALUE_BYTES_MAX),
+            )
+        })
+        .collect()
+}
+
 /// Rejection codes that only say the message did not verify; anyone able to publish on the
 /// node's task subject can cause them for any task id.
 fn is_unverified_rejection(code: Option<&str>) -> bool {
@@ -175,11 +204,15 @@ impl TaskRecord {
         let (status, code, detail) = match &report.status {
             ReportStatus::Delivered => (TaskStatus::Delivered, None, None),
             ReportStatus::Succeeded { .. } => (TaskStatus::Succeeded, None, None),
-            ReportStatus::Failed { reason } => (TaskStatus::Failed, None, Some(reason.clone())),
+            ReportStatus::Failed { reason } => (
+                TaskStatus::Failed,
+                None,
+                Some(truncate(reason, REASON_BYTES_MAX)),
+            ),
             ReportStatus::Rejected { code, detail } => (
                 TaskStatus::Rejected,
                 Some(code.as_str().to_owned()),
-                Some(detail.clone()),
+                Some(truncate(detail, REASON_BYTES_MAX)),
             ),
         };
 
@@ -195,6 +228,8 @@ impl TaskRecord {
         let open = !self.status.is_terminal() || self.status == TaskStatus::Expired || forged_now;
         let applies = match status {
             TaskStatus::Delivered => self.status == TaskStatus::Pending || forged_now,
+            // A task not yet sent cannot have an outcome from its node.
+            _ if self.status == TaskStatus::AwaitingApproval => false,
             // A rejection that may be forged only lands on a task with no outcome yet.
             TaskStatus::Rejected if is_unverified_rejection(code.as_deref()) => {
                 !self.status.is_terminal()
@@ -218,7 +253,7 @@ impl TaskRecord {
             self.reject_code = code;
             self.reason = detail;
             if let ReportStatus::Succeeded { output } = &report.status {
-                self.output = output.clone();
+                self.output = bounded_output(output);
             }
         }
         true
@@ -393,6 +428,34 @@ mod tests {
         }
         assert_eq!(task.history.len(), TASK_HISTORY_MAX);
         assert_eq!(task.history[0].status, TaskStatus::Pending);
+    }
+
+    #[test]
+    fn huge_report_is_cut_to_size() {
+        let mut task = record();
+        let output = (0..1000)
+            .map(|i| (format!("key-{i:04}{}", "k".repeat(100)), "v".repeat(10_000)))
+            .collect();
+        task.apply_report(
+            &report(ReportStatus::Succeeded { output }),
+            UnixMillis(2_000),
+        );
+        assert_eq!(task.output.len(), OUTPUT_ENTRIES_MAX);
+        assert!(task
+            .output
+            .iter()
+            .all(|(k, v)| k.len() <= OUTPUT_KEY_BYTES_MAX && v.len() <= OUTPUT_VALUE_BYTES_MAX));
+        for i in 0..100u64 {
+            let detail = format!("{i}{}", "\u{1}".repeat(200_000));
+            task.apply_report(
+                &report(ReportStatus::Rejected {
+                    code: RejectCode::Replayed,
+                    detail,
+                }),
+                UnixMillis(3_000 + i),
+            );
+        }
+        assert!(serde_json::to_vec(&task).unwrap().len() < crate::store::RECORD_BYTES_MAX);
     }
 
     #[test]

@@ -25,7 +25,7 @@ use warden_bus::{
 };
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::TaskRecord;
-use warden_control_plane::ctl::Client;
+use warden_control_plane::ctl::{offline, Client};
 use warden_control_plane::store::Store;
 use warden_control_plane::views::{
     AddNode, AddedNode, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks, NodeView,
@@ -47,11 +47,17 @@ pub struct Cluster {
     warden_runs: BTreeMap<String, u32>,
     runtime: tokio::runtime::Runtime,
     bus: NatsBus,
+    control_plane_args: Vec<String>,
 }
 
 impl Cluster {
     /// Starts nats-server and the control plane, and creates the test deployment.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Cluster::start`], with extra control-plane arguments.
+    pub fn start_with(control_plane_args: &[&str]) -> Self {
         let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -63,6 +69,8 @@ impl Cluster {
             .block_on(NatsBus::connect(&nats.url(), "e2e-test"))
             .unwrap();
         let api = format!("http://127.0.0.1:{}", free_port());
+
+        offline_setup(dir.path());
         let mut cluster = Self {
             nats,
             dir,
@@ -74,6 +82,10 @@ impl Cluster {
             warden_runs: BTreeMap::new(),
             runtime,
             bus,
+            control_plane_args: control_plane_args
+                .iter()
+                .map(|arg| (*arg).to_owned())
+                .collect(),
         };
         cluster.start_control_plane(&[]);
         let _: DeploymentView = cluster
@@ -83,6 +95,7 @@ impl Cluster {
                 &CreateDeployment {
                     id: DEPLOYMENT.into(),
                     description: String::new(),
+                    approval_key: None,
                 },
             )
             .unwrap();
@@ -109,8 +122,10 @@ impl Cluster {
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
-            .arg("--state-dir")
-            .arg(self.path("control-plane"))
+            .arg("--task-key")
+            .arg(self.path("task.key"))
+            .arg("--trust-document")
+            .arg(self.path("trust.b64"))
             .arg("--admin-key-out")
             .arg(self.path("admin-key"))
             .args([
@@ -121,6 +136,7 @@ impl Cluster {
                 "--task-ack-wait-secs",
                 "2",
             ])
+            .args(&self.control_plane_args)
             .env("RUST_LOG", "info");
         for (name, value) in env {
             command.env(name, value);
@@ -162,6 +178,15 @@ impl Cluster {
 
     /// Registers a node and returns its bootstrap file path.
     pub fn add_node(&self, node: &str) -> PathBuf {
+        self.add_node_with(node, |_| {})
+    }
+
+    /// Registers a node, lets `edit` change its bootstrap file, and returns the file's path.
+    pub fn add_node_with(
+        &self,
+        node: &str,
+        edit: impl FnOnce(&mut warden::bootstrap::BootstrapFile),
+    ) -> PathBuf {
         let body = AddNode {
             id: node.into(),
             state_dir: self.path(node).to_string_lossy().into_owned(),
@@ -172,7 +197,9 @@ impl Cluster {
             .post(&format!("/v1/deployments/{DEPLOYMENT}/nodes"), &body)
             .unwrap();
         let path = self.path(&format!("{node}.toml"));
-        std::fs::write(&path, toml::to_string(&added.bootstrap).unwrap()).unwrap();
+        let mut bootstrap = added.bootstrap;
+        edit(&mut bootstrap);
+        std::fs::write(&path, toml::to_string(&bootstrap).unwrap()).unwrap();
         path
     }
 
@@ -288,9 +315,12 @@ impl Cluster {
 
     /// The control plane's task-signing key, read from its key file.
     pub fn task_key(&self) -> SigningKey {
-        let text = std::fs::read_to_string(self.path("control-plane/task-key")).unwrap();
-        let seed: [u8; 32] = hex::decode(text.trim()).unwrap().try_into().unwrap();
-        SigningKey::from_seed(seed)
+        offline::read_key(&self.path("task.key")).unwrap()
+    }
+
+    /// The operator's root key.
+    pub fn root_key(&self) -> SigningKey {
+        offline::read_key(&self.path("root.key")).unwrap()
     }
 
     /// A task body for `node` of the test deployment, valid for an hour from now.
@@ -305,19 +335,54 @@ impl Cluster {
             issued_at: now,
             not_before: now,
             expires_at: UnixMillis(now.0 + 3_600_000),
+            key_id: self.task_key().id().clone(),
             kind: action.kind().to_owned(),
             params: action.encode_params().unwrap(),
         }
     }
 
+    /// Runs wardenctl against this cluster and returns its exit code, stdout and stderr.
+    pub fn ctl(&self, args: &[&str]) -> (Option<i32>, String, String) {
+        let output = Command::new(workspace_binary("wardenctl"))
+            .args(["--api", &self.api, "--api-key", &self.api_key])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            output.status.code(),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        )
+    }
+
+    /// Restarts the control plane with another task key file.
+    pub fn restart_control_plane_with_key(&mut self, key_file: &str) {
+        self.kill_control_plane();
+        std::fs::copy(self.path(key_file), self.path("task.key")).unwrap();
+        self.start_control_plane(&[]);
+    }
+
     /// Signs `task` with `key`, records it for `record_node` as the control plane would, and
     /// leaves it on `record_node`'s task subject. Models a forged or tampered task on the wire.
     pub fn inject(&self, record_node: &str, task: &Task, key: &SigningKey) -> String {
-        let envelope = Envelope::seal(MessageId::from_random([5; 16]), task).unwrap();
+        self.inject_for(DEPLOYMENT, record_node, task, key)
+    }
+
+    /// Like [`Cluster::inject`], for a node of another deployment.
+    pub fn inject_for(
+        &self,
+        deployment: &str,
+        record_node: &str,
+        task: &Task,
+        key: &SigningKey,
+    ) -> String {
+        let mut task = task.clone();
+        task.key_id = key.id().clone();
+        let envelope = Envelope::seal(MessageId::from_random([5; 16]), &task).unwrap();
         let bytes = key.sign(&envelope).unwrap().encode().unwrap();
         let record = TaskRecord::pending(
             task.id.clone(),
-            DeploymentId::new(DEPLOYMENT).unwrap(),
+            DeploymentId::new(deployment).unwrap(),
             NodeId::new(record_node).unwrap(),
             task.kind.clone(),
             BTreeMap::new(),
@@ -327,7 +392,13 @@ impl Cluster {
         );
         let store = Store::new(Arc::new(self.bus.clone()));
         self.runtime.block_on(store.create(&record)).unwrap();
-        self.publish_task_bytes(record_node, bytes);
+        let subject = Subject::tasks(
+            &DeploymentId::new(deployment).unwrap(),
+            &NodeId::new(record_node).unwrap(),
+        );
+        self.runtime
+            .block_on(self.bus.persist(&subject, bytes.into(), None))
+            .unwrap();
         task.id.to_string()
     }
 
@@ -342,6 +413,24 @@ impl Cluster {
         record.signed_task
     }
 
+    /// Stores raw bytes on a node's task subject with a dedup id, as the control plane does.
+    pub fn publish_task_bytes_with_id(&self, node: &str, bytes: Vec<u8>, id: &str) {
+        let subject = Subject::tasks(
+            &DeploymentId::new(DEPLOYMENT).unwrap(),
+            &NodeId::new(node).unwrap(),
+        );
+        self.runtime
+            .block_on(self.bus.persist(&subject, bytes.into(), Some(id)))
+            .unwrap();
+    }
+
+    /// Stores raw bytes on any subject that a stream captures.
+    pub fn publish_raw(&self, subject: &Subject, bytes: Vec<u8>) {
+        self.runtime
+            .block_on(self.bus.persist(subject, bytes.into(), None))
+            .unwrap();
+    }
+
     /// Stores raw bytes on a node's task subject, as anyone with publish rights could.
     pub fn publish_task_bytes(&self, node: &str, bytes: Vec<u8>) {
         let subject = Subject::tasks(
@@ -352,6 +441,23 @@ impl Cluster {
             .block_on(self.bus.persist(&subject, bytes.into(), None))
             .unwrap();
     }
+}
+
+/// Does the operator's offline steps in `dir`: root.key and task.key, and trust.b64 signed by
+/// the root and listing the task key.
+pub fn offline_setup(dir: &std::path::Path) {
+    offline::create_key(&dir.join("root.key")).unwrap();
+    let task_key = offline::create_key(&dir.join("task.key")).unwrap();
+    offline::sign_trust(&offline::TrustSignRequest {
+        root_key: dir.join("root.key"),
+        new_root_key: None,
+        version: 1,
+        expires_in: "365d".into(),
+        task_keys: vec![format!("{},from=-1h", task_key.public_key().to_hex())],
+        release_keys: Vec::new(),
+        out: dir.join("trust.b64"),
+    })
+    .unwrap();
 }
 
 /// Counts the lines of `log` that contain `needle`.

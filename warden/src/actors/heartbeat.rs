@@ -8,64 +8,67 @@ use rand::RngCore;
 use warden_actors::clock::SharedClock;
 use warden_actors::entropy::{self, Entropy};
 use warden_actors::ChildGuard;
-use warden_bus::{Bus, Envelope, MessageId, Subject};
+use warden_bus::{Bus, Envelope, MessageId, SigningKey, Subject};
 
 use crate::core::heartbeat::HeartbeatSchedule;
 
 /// Log one line for every this many failed heartbeats in a row.
 const FAILURE_LOG_EVERY: u64 = 10;
 
+/// What a [`Heartbeater`] is built from.
+pub struct HeartbeatParts {
+    /// The broker.
+    pub bus: Arc<dyn Bus>,
+    /// When to beat and what to say.
+    pub schedule: HeartbeatSchedule,
+    /// This node's heartbeat subject.
+    pub subject: Subject,
+    /// Wall clock.
+    pub clock: SharedClock,
+    /// Jitter and message ids.
+    pub rng: Entropy,
+    /// Applied configuration version, kept current by the task runner.
+    pub config_version: Arc<AtomicU64>,
+    /// The node's key, which signs each heartbeat.
+    pub node_key: SigningKey,
+}
+
 /// Publishes heartbeats; a failed publish is logged and the schedule goes on.
 pub struct Heartbeater {
-    bus: Arc<dyn Bus>,
-    schedule: HeartbeatSchedule,
-    subject: Subject,
-    clock: SharedClock,
-    rng: Entropy,
-    config_version: Arc<AtomicU64>,
+    parts: HeartbeatParts,
     failures_in_a_row: u64,
     _guard: ChildGuard,
 }
 
 impl Heartbeater {
     /// Creates the actor; the first heartbeat goes out as soon as it starts.
-    pub fn new(
-        bus: Arc<dyn Bus>,
-        schedule: HeartbeatSchedule,
-        subject: Subject,
-        clock: SharedClock,
-        rng: Entropy,
-        config_version: Arc<AtomicU64>,
-        guard: ChildGuard,
-    ) -> Self {
+    pub fn new(parts: HeartbeatParts, guard: ChildGuard) -> Self {
         Self {
-            bus,
-            schedule,
-            subject,
-            clock,
-            rng,
-            config_version,
+            parts,
             failures_in_a_row: 0,
             _guard: guard,
         }
     }
 
     fn beat(&mut self, ctx: &mut Context<Self>) {
-        let heartbeat = self
-            .schedule
-            .beat(self.clock.now(), self.config_version.load(Ordering::SeqCst));
+        let heartbeat = self.parts.schedule.beat(
+            self.parts.clock.now(),
+            self.parts.config_version.load(Ordering::SeqCst),
+        );
         let mut id = [0u8; 16];
-        self.rng.fill_bytes(&mut id);
-        let bytes =
-            match Envelope::seal(MessageId::from_random(id), &heartbeat).and_then(|e| e.encode()) {
-                Ok(bytes) => bytes,
-                Err(error) => {
-                    tracing::error!(error = %error, "failed to encode a heartbeat");
-                    return;
-                }
-            };
-        let bus = self.bus.clone();
-        let subject = self.subject.clone();
+        self.parts.rng.fill_bytes(&mut id);
+        let bytes = match Envelope::seal(MessageId::from_random(id), &heartbeat)
+            .and_then(|envelope| self.parts.node_key.sign(&envelope))
+            .and_then(|signed| signed.encode())
+        {
+            Ok(bytes) => bytes,
+            Err(error) => {
+                tracing::error!(error = %error, "failed to encode a heartbeat");
+                return;
+            }
+        };
+        let bus = self.parts.bus.clone();
+        let subject = self.parts.subject.clone();
         let sequence = heartbeat.sequence;
         let publish = async move { bus.publish(&subject, bytes.into()).await };
         ctx.spawn(publish.into_actor(self).map(move |result, actor, _| match result {
@@ -87,8 +90,9 @@ impl Heartbeater {
 
     fn schedule_next(&mut self, ctx: &mut Context<Self>) {
         let delay = self
+            .parts
             .schedule
-            .next_delay(entropy::unit_interval(&mut self.rng));
+            .next_delay(entropy::unit_interval(&mut self.parts.rng));
         ctx.run_later(delay, |actor, ctx| {
             actor.beat(ctx);
             actor.schedule_next(ctx);

@@ -18,15 +18,15 @@ use warden_actors::bridge::{PullBridge, PullSettings};
 use warden_actors::clock::SharedClock;
 use warden_actors::{entropy, BackoffConfig, Supervisor};
 use warden_bus::subject::{task_consumer, TASK_STREAM};
-use warden_bus::{Bus, Subject, TelemetryKind};
+use warden_bus::{Bus, SigningKey, Subject, TelemetryKind};
 
 use crate::bootstrap::Bootstrap;
 use crate::core::heartbeat::HeartbeatSchedule;
-use crate::core::verify::Audience;
+use crate::core::verify::{Identity, Limits};
 use crate::executor::Executor;
 use crate::store::TaskStore;
 
-use self::heartbeat::Heartbeater;
+use self::heartbeat::{HeartbeatParts, Heartbeater};
 use self::tasks::{PulledTask, RunnerParts, TaskRunner};
 
 /// Restart back-off of the Warden's child actors.
@@ -48,6 +48,8 @@ pub struct WardenParts {
     pub clock: SharedClock,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
+    /// The node's own key.
+    pub node_key: SigningKey,
 }
 
 /// Starts the supervised actor tree. Must be called inside an actix system.
@@ -55,12 +57,15 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
     let bootstrap = parts.bootstrap;
     let config_version = Arc::new(AtomicU64::new(0));
     let runner_parts = RunnerParts {
-        audience: Audience {
+        identity: Identity {
             deployment: bootstrap.deployment.clone(),
             node: bootstrap.node.clone(),
-            keyring: bootstrap.keyring.clone(),
+            approval_key: bootstrap.approval_key.clone(),
         },
-        clock_skew: bootstrap.clock_skew,
+        limits: Limits {
+            clock_skew: bootstrap.clock_skew,
+            validity_max: bootstrap.task_validity_max,
+        },
         store: parts.store,
         executor: Executor::new(
             bootstrap.iggy_config_path.clone(),
@@ -70,6 +75,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
         clock: parts.clock.clone(),
         config_version: config_version.clone(),
         failpoint: parts.failpoint,
+        node_key: parts.node_key.clone(),
     };
     let pull_settings = PullSettings {
         stream: TASK_STREAM.to_owned(),
@@ -93,6 +99,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
 
     let bus = parts.bus;
     let clock = parts.clock;
+    let node_key = parts.node_key;
     let tasks_bus = bus.clone();
     Supervisor::new("warden", backoff, entropy::from_os())
         .child("tasks", move |mut guard| {
@@ -112,16 +119,16 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             .start();
         })
         .child("heartbeat", move |guard| {
-            Heartbeater::new(
-                bus.clone(),
-                schedule.clone(),
-                heartbeat_subject.clone(),
-                clock.clone(),
-                entropy::from_os(),
-                config_version.clone(),
-                guard,
-            )
-            .start();
+            let parts = HeartbeatParts {
+                bus: bus.clone(),
+                schedule: schedule.clone(),
+                subject: heartbeat_subject.clone(),
+                clock: clock.clone(),
+                rng: entropy::from_os(),
+                config_version: config_version.clone(),
+                node_key: node_key.clone(),
+            };
+            Heartbeater::new(parts, guard).start();
         })
         .start()
 }

@@ -2,21 +2,25 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::time::Duration;
 
 use actix::prelude::*;
 use sha2::{Digest, Sha256};
 use warden_actors::clock::SharedClock;
 use warden_bus::{
-    Bus, Delivery, Envelope, MessageId, ReportStatus, Subject, TaskReport, TelemetryKind,
-    UnixMillis,
+    Bus, Delivery, Envelope, MessageId, ReportStatus, SigningKey, Subject, TaskAction, TaskId,
+    TaskReport, TelemetryKind, UnixMillis,
 };
 
 use crate::core::record::TaskRecord;
-use crate::core::verify::{Audience, VerifiedTask};
-use crate::core::{ExecutionOutcome, Pulled, WardenCore};
+use crate::core::verify::{Identity, Limits, VerifiedTask};
+use crate::core::{ExecutionOutcome, Persisted, Pulled, WardenCore};
 use crate::executor::Executor;
-use crate::pipeline::{handle_pulled, IoFailure, NodeIo};
+use crate::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
 use crate::store::TaskStore;
+
+/// How often the runner forgets records past their expiry.
+pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
 /// A delivery from this node's task consumer.
 #[derive(Message)]
@@ -32,11 +36,11 @@ impl From<Delivery> for PulledTask {
 /// Everything the runner needs besides the core; cloned into each handling future.
 #[derive(Clone)]
 pub struct RunnerParts {
-    /// This node and its trusted keys.
-    pub audience: Audience,
-    /// Tolerated clock difference.
-    pub clock_skew: std::time::Duration,
-    /// Execution records.
+    /// This node and its approval key.
+    pub identity: Identity,
+    /// Clock skew and task validity limits.
+    pub limits: Limits,
+    /// Persistent state.
     pub store: TaskStore,
     /// Carries out tasks.
     pub executor: Executor,
@@ -48,6 +52,8 @@ pub struct RunnerParts {
     pub config_version: Arc<AtomicU64>,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
+    /// The node's own key, which signs reports.
+    pub node_key: SigningKey,
 }
 
 /// Owns the task core; rebuilt from the store whenever it restarts.
@@ -57,27 +63,41 @@ pub struct TaskRunner {
 }
 
 impl TaskRunner {
-    /// Loads the execution records and the configuration version from disk.
+    /// Loads the records, trust document, latest time seen and configuration version from disk.
     pub fn load(parts: RunnerParts) -> Result<Self, String> {
         let records = parts.store.load().map_err(|error| error.to_string())?;
         let config_version = parts
             .executor
             .config_version_on_disk()
             .map_err(|error| error.to_string())?;
+        let signed_trust = parts
+            .store
+            .load_trust()
+            .map_err(|error| error.to_string())?
+            .ok_or("no trust document is stored; the Warden stores one at start")?;
+        let trust = signed_trust
+            .document_unverified()
+            .map_err(|error| error.to_string())?;
+        let clock_high_water = parts
+            .store
+            .load_clock()
+            .map_err(|error| error.to_string())?;
         parts.config_version.store(config_version, Ordering::SeqCst);
         tracing::info!(
-            node_id = %parts.audience.node,
-            deployment_id = %parts.audience.deployment,
+            node_id = %parts.identity.node,
+            deployment_id = %parts.identity.deployment,
             records = records.len(),
             config_version,
+            trust_version = trust.version,
             "task runner loaded its state"
         );
-        let core = WardenCore::new(
-            parts.audience.clone(),
-            parts.clock_skew,
+        let persisted = Persisted {
             records,
             config_version,
-        );
+            trust,
+            clock_high_water,
+        };
+        let core = WardenCore::new(parts.identity.clone(), parts.limits, persisted);
         Ok(Self {
             core: Some(core),
             parts,
@@ -87,6 +107,54 @@ impl TaskRunner {
 
 impl Actor for TaskRunner {
     type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        ctx.run_interval(PRUNE_INTERVAL, |runner, ctx| {
+            let Some(mut core) = runner.core.take() else {
+                return;
+            };
+            let parts = runner.parts.clone();
+            let work = async move {
+                let mut io = ProductionIo {
+                    parts: &parts,
+                    delivery: None,
+                };
+                let result = prune(&mut core, &mut io).await;
+                (core, result)
+            };
+            // wait: no delivery is handled while records are being deleted.
+            ctx.wait(
+                work.into_actor(runner).map(|(core, result), runner, ctx| {
+                    runner.finish(core, result, ctx).unwrap_or(())
+                }),
+            );
+        });
+    }
+}
+
+impl TaskRunner {
+    fn finish(
+        &mut self,
+        core: WardenCore,
+        result: Result<(), IoFailure>,
+        ctx: &mut Context<Self>,
+    ) -> Result<(), String> {
+        match result {
+            Ok(()) => {
+                self.parts
+                    .config_version
+                    .store(core.config_version(), Ordering::SeqCst);
+                self.core = Some(core);
+                Ok(())
+            }
+            Err(failure) => {
+                // The core may be ahead of the disk now; stop, and the restart reloads it.
+                tracing::error!(node_id = %self.parts.identity.node, error = %failure, "task handling failed; restarting the task runner");
+                ctx.stop();
+                Err(failure.to_string())
+            }
+        }
+    }
 }
 
 impl Handler<PulledTask> for TaskRunner {
@@ -102,7 +170,7 @@ impl Handler<PulledTask> for TaskRunner {
         let work = async move {
             let mut io = ProductionIo {
                 parts: &parts,
-                delivery: &delivery,
+                delivery: Some(&delivery),
             };
             let pulled = Pulled {
                 payload: &delivery.payload,
@@ -111,25 +179,16 @@ impl Handler<PulledTask> for TaskRunner {
             let result = handle_pulled(&mut core, &mut io, pulled).await;
             (core, result)
         };
-        Box::pin(work.into_actor(self).map(|(core, result), runner, ctx| match result {
-            Ok(()) => {
-                runner.parts.config_version.store(core.config_version(), Ordering::SeqCst);
-                runner.core = Some(core);
-                Ok(())
-            }
-            Err(failure) => {
-                // The core may be ahead of the disk now; stop, and the restart reloads it.
-                tracing::error!(node_id = %runner.parts.audience.node, error = %failure, "task handling failed; restarting the task runner");
-                ctx.stop();
-                Err(failure.to_string())
-            }
-        }))
+        Box::pin(
+            work.into_actor(self)
+                .map(|(core, result), runner, ctx| runner.finish(core, result, ctx)),
+        )
     }
 }
 
 struct ProductionIo<'a> {
     parts: &'a RunnerParts,
-    delivery: &'a Delivery,
+    delivery: Option<&'a Delivery>,
 }
 
 impl ProductionIo<'_> {
@@ -143,6 +202,20 @@ impl ProductionIo<'_> {
 
     #[cfg(not(debug_assertions))]
     fn failpoint(&self, _name: &str) {}
+
+    fn delivery(&self, operation: &'static str) -> Result<&Delivery, IoFailure> {
+        self.delivery.ok_or(IoFailure {
+            operation,
+            reason: "no delivery is being handled".into(),
+        })
+    }
+}
+
+fn store_failure(operation: &'static str) -> impl Fn(crate::store::StoreError) -> IoFailure {
+    move |error| IoFailure {
+        operation,
+        reason: error.to_string(),
+    }
 }
 
 impl NodeIo for ProductionIo<'_> {
@@ -151,21 +224,52 @@ impl NodeIo for ProductionIo<'_> {
             .store
             .persist(record)
             .await
-            .map_err(|error| IoFailure {
-                operation: "persisting a task record",
-                reason: error.to_string(),
-            })
+            .map_err(store_failure("persisting a task record"))
+    }
+
+    async fn forget(&mut self, ids: &[TaskId]) -> Result<(), IoFailure> {
+        self.parts
+            .store
+            .forget(ids)
+            .await
+            .map_err(store_failure("deleting expired task records"))?;
+        tracing::info!(node_id = %self.parts.identity.node, records = ids.len(), "forgot task records past their expiry");
+        Ok(())
+    }
+
+    async fn persist_clock(&mut self, time: UnixMillis) -> Result<(), IoFailure> {
+        self.parts
+            .store
+            .persist_clock(time)
+            .await
+            .map_err(store_failure("recording the latest time seen"))
     }
 
     async fn execute(&mut self, task: &VerifiedTask) -> ExecutionOutcome {
         tracing::info!(
-            node_id = %self.parts.audience.node,
-            deployment_id = %self.parts.audience.deployment,
+            node_id = %self.parts.identity.node,
+            deployment_id = %self.parts.identity.deployment,
             task_id = %task.id(),
             kind = task.action().kind(),
             "executing task"
         );
-        let outcome = self.parts.executor.execute(task).await;
+        let outcome = match task.action() {
+            // The trust document is state of the Warden itself, kept in its store.
+            TaskAction::UpdateTrust(update) => {
+                match self.parts.store.persist_trust(&update.document).await {
+                    Ok(()) => {
+                        let version = update
+                            .document
+                            .document_unverified()
+                            .map(|doc| doc.version)
+                            .unwrap_or(0);
+                        Ok([("trust_version".to_owned(), version.to_string())].into())
+                    }
+                    Err(error) => Err(format!("failed to store the trust document: {error}")),
+                }
+            }
+            _ => self.parts.executor.execute(task).await,
+        };
         match &outcome {
             Ok(_) => tracing::info!(task_id = %task.id(), "task succeeded"),
             Err(reason) => tracing::warn!(task_id = %task.id(), reason = %reason, "task failed"),
@@ -178,9 +282,11 @@ impl NodeIo for ProductionIo<'_> {
             operation: "publishing a task report",
             reason,
         };
-        let id = report_message_id(report, self.delivery.stream_sequence);
+        let sequence = self.delivery("publishing a task report")?.stream_sequence;
+        let id = report_message_id(report, sequence, &self.parts.node_key.seed());
         let bytes = Envelope::seal(id.clone(), report)
-            .and_then(|envelope| envelope.encode())
+            .and_then(|envelope| self.parts.node_key.sign(&envelope))
+            .and_then(|signed| signed.encode())
             .map_err(|error| failure(error.to_string()))?;
         let subject = Subject::telemetry(&report.deployment, &report.node, TelemetryKind::Report);
         self.parts
@@ -193,10 +299,23 @@ impl NodeIo for ProductionIo<'_> {
 
     async fn ack(&mut self) -> Result<(), IoFailure> {
         self.failpoint("crash-before-ack");
-        self.delivery.ack().await.map_err(|error| IoFailure {
-            operation: "acknowledging a task",
-            reason: error.to_string(),
-        })
+        self.delivery("acknowledging a task")?
+            .ack()
+            .await
+            .map_err(|error| IoFailure {
+                operation: "acknowledging a task",
+                reason: error.to_string(),
+            })
+    }
+
+    async fn retry(&mut self, delay: Duration) -> Result<(), IoFailure> {
+        self.delivery("asking for redelivery")?
+            .nak(Some(delay))
+            .await
+            .map_err(|error| IoFailure {
+                operation: "asking for redelivery",
+                reason: error.to_string(),
+            })
     }
 
     fn now(&self) -> UnixMillis {
@@ -205,8 +324,14 @@ impl NodeIo for ProductionIo<'_> {
 }
 
 /// Derives a report's message id from its content and the delivery, so the broker drops a
-/// report republished for the same message and keeps one for a different message.
-pub fn report_message_id(report: &TaskReport, stream_sequence: u64) -> MessageId {
+/// report republished for the same message and keeps one for a different message. The id is
+/// keyed with the node's secret so no one else can predict it and take it first, which would
+/// make the broker drop the real report as a duplicate.
+pub fn report_message_id(
+    report: &TaskReport,
+    stream_sequence: u64,
+    secret: &[u8; 32],
+) -> MessageId {
     let status = match &report.status {
         ReportStatus::Delivered => "delivered".to_owned(),
         ReportStatus::Succeeded { .. } => "succeeded".to_owned(),
@@ -214,6 +339,8 @@ pub fn report_message_id(report: &TaskReport, stream_sequence: u64) -> MessageId
         ReportStatus::Rejected { code, .. } => format!("rejected-{code}"),
     };
     let mut hasher = Sha256::new();
+    hasher.update(b"warden report id\0");
+    hasher.update(secret);
     hasher.update(report.task_id.as_str().as_bytes());
     hasher.update([0]);
     hasher.update(status.as_bytes());

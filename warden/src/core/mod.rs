@@ -1,9 +1,9 @@
 //! The Warden's decisions, free of I/O.
 //!
 //! [`WardenCore`] takes inputs (a pulled message with the current time, the outcome of an
-//! execution) and returns [`Effect`]s in the order they must happen. The caller carries them
-//! out one by one and stops at the first failure; the next start rebuilds the core from the
-//! persisted records, so a failure at any point leaves a consistent state.
+//! execution, a pruning tick) and returns [`Effect`]s in the order they must happen. The caller
+//! carries them out one by one and stops at the first failure; the next start rebuilds the core
+//! from the persisted state, so a failure at any point leaves a consistent state.
 //!
 //! For a new valid task the effects are: persist `Started`, report `Delivered`, execute. The
 //! execution's outcome then gives: persist `Finished`, report the outcome, acknowledge. The
@@ -17,26 +17,36 @@ pub mod verify;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use warden_bus::messages::ApplyConfig;
-use warden_bus::{ReportStatus, Task, TaskAction, TaskId, TaskReport, UnixMillis};
+use warden_bus::trust::{TrustDocument, TrustError};
+use warden_bus::{RejectCode, ReportStatus, Task, TaskAction, TaskId, TaskReport, UnixMillis};
 
 use self::record::{RecordState, TaskRecord};
-use self::verify::{Audience, Rejection, VerifiedTask};
+use self::verify::{Identity, Limits, Rejection, VerifiedTask};
 
 /// Default tolerance for clock differences between control plane and node.
 pub const CLOCK_SKEW_DEFAULT: Duration = Duration::from_secs(300);
 
+/// How long a Warden waits before it looks again at a task it could not judge because its clock
+/// went backwards.
+pub const CLOCK_REGRESSION_RETRY: Duration = Duration::from_secs(30);
+
 /// Something the caller must do, in order.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Effect {
+    /// Write the latest time seen and flush it, before anything that depends on it.
+    PersistClock(UnixMillis),
     /// Write the record and flush it to disk.
     Persist(TaskRecord),
+    /// Delete these records and flush; each is past its expiry plus the clock skew.
+    Forget(Vec<TaskId>),
     /// Execute the task and feed the outcome to [`WardenCore::on_executed`].
     Execute(VerifiedTask),
     /// Publish the report and wait until the broker stored it.
     Report(TaskReport),
     /// Acknowledge the delivery being handled.
     Ack,
+    /// Leave the delivery unacknowledged and ask for it again after the delay.
+    Retry(Duration),
 }
 
 /// Outcome of executing a task: output facts, or why it failed.
@@ -51,13 +61,28 @@ pub struct Pulled<'a> {
     pub stream_sequence: u64,
 }
 
+/// What a Warden has persisted, to rebuild its core from.
+#[derive(Debug, Clone)]
+pub struct Persisted {
+    /// Execution records.
+    pub records: Vec<TaskRecord>,
+    /// Version of the configuration on disk.
+    pub config_version: u64,
+    /// The current trust document, already verified when it was stored.
+    pub trust: TrustDocument,
+    /// The latest wall-clock time the Warden has seen.
+    pub clock_high_water: UnixMillis,
+}
+
 /// The Warden's state machine for tasks.
 #[derive(Debug, Clone)]
 pub struct WardenCore {
-    audience: Audience,
-    skew: Duration,
+    identity: Identity,
+    limits: Limits,
+    trust: TrustDocument,
     records: BTreeMap<TaskId, TaskRecord>,
     config_version: u64,
+    clock_high_water: UnixMillis,
     in_flight: Option<InFlight>,
 }
 
@@ -65,25 +90,31 @@ pub struct WardenCore {
 struct InFlight {
     task: Task,
     stream_sequence: u64,
-    config_version: Option<u64>,
+    change: Change,
+}
+
+/// A versioned document the task in flight replaces when it succeeds.
+#[derive(Debug, Clone)]
+enum Change {
+    None,
+    ConfigVersion(u64),
+    Trust(Box<TrustDocument>),
 }
 
 impl WardenCore {
-    /// Rebuilds the core from persisted records and the version of the configuration on disk.
-    pub fn new(
-        audience: Audience,
-        skew: Duration,
-        records: impl IntoIterator<Item = TaskRecord>,
-        config_version: u64,
-    ) -> Self {
+    /// Rebuilds the core from what was persisted.
+    pub fn new(identity: Identity, limits: Limits, persisted: Persisted) -> Self {
         Self {
-            audience,
-            skew,
-            records: records
+            identity,
+            limits,
+            trust: persisted.trust,
+            records: persisted
+                .records
                 .into_iter()
                 .map(|record| (record.task_id.clone(), record))
                 .collect(),
-            config_version,
+            config_version: persisted.config_version,
+            clock_high_water: persisted.clock_high_water,
             in_flight: None,
         }
     }
@@ -91,6 +122,11 @@ impl WardenCore {
     /// Version of the applied Iggy configuration, 0 if none.
     pub fn config_version(&self) -> u64 {
         self.config_version
+    }
+
+    /// The current trust document.
+    pub fn trust(&self) -> &TrustDocument {
+        &self.trust
     }
 
     /// The execution record of a task, if this node accepted it.
@@ -106,82 +142,84 @@ impl WardenCore {
     /// Decides what to do with a pulled message.
     pub fn on_pulled(&mut self, pulled: Pulled<'_>, now: UnixMillis) -> Vec<Effect> {
         debug_assert!(self.in_flight.is_none(), "a task is already executing");
-        let task = match verify::verify_signed(pulled.payload, &self.audience) {
-            Ok(task) => task,
-            Err(rejection) => return self.reject(rejection, now),
+
+        // Expiry and replay decisions need a clock that did not go back past what was seen.
+        let mut effects = Vec::new();
+        if now.saturating_add(self.limits.clock_skew) < self.clock_high_water {
+            tracing::error!(
+                node_id = %self.identity.node,
+                now = %now,
+                latest_seen = %self.clock_high_water,
+                "clock went backwards past the latest time seen; not judging tasks until it recovers"
+            );
+            let detail = format!(
+                "the node's clock reads {now}, before the latest time it recorded, {}; fix the clock",
+                self.clock_high_water
+            );
+            let rejection = Rejection::new(
+                RejectCode::ClockRegressed,
+                detail,
+                self.claimed_id(pulled.payload),
+            );
+            effects.extend(self.report_rejection(&rejection, now));
+            effects.push(Effect::Retry(CLOCK_REGRESSION_RETRY));
+            return effects;
+        }
+        if now > self.clock_high_water {
+            self.clock_high_water = now;
+            effects.push(Effect::PersistClock(now));
+        }
+
+        let signed = match verify::verify_signed(pulled.payload, &self.identity, &self.trust) {
+            Ok(signed) => signed,
+            Err(rejection) => return self.reject(effects, rejection, now),
         };
 
         // A task with a record was accepted before: from this message it is a redelivery,
         // from another message a replay.
-        if let Some(record) = self.records.get(&task.id) {
+        let task_id = signed.task.id.clone();
+        if let Some(record) = self.records.get(&task_id) {
             if record.stream_sequence != pulled.stream_sequence {
                 let detail = format!(
-                    "task {} was already accepted from stream message {}; this copy is message {}",
-                    task.id, record.stream_sequence, pulled.stream_sequence
+                    "task {task_id} was already accepted from stream message {}; this copy is message {}",
+                    record.stream_sequence, pulled.stream_sequence
                 );
                 return self.reject(
-                    Rejection {
-                        code: warden_bus::RejectCode::Replayed,
-                        detail,
-                        claimed_id: Some(task.id),
-                    },
+                    effects,
+                    Rejection::new(RejectCode::Replayed, detail, Some(task_id)),
                     now,
                 );
             }
             if let RecordState::Finished(status) = &record.state {
                 tracing::info!(
-                    node_id = %self.audience.node,
-                    task_id = %task.id,
+                    node_id = %self.identity.node,
+                    task_id = %task_id,
                     stream_sequence = pulled.stream_sequence,
                     "task redelivered; reporting its recorded outcome again without executing"
                 );
-                let report = self.report(&task.id, status.clone(), now);
-                return vec![Effect::Report(report), Effect::Ack];
+                let report = self.report(&task_id, status.clone(), now);
+                effects.extend([Effect::Report(report), Effect::Ack]);
+                return effects;
             }
-            // Started but never finished: the Warden stopped mid-execution. Every action is
-            // idempotent, so it runs again below; ApplyConfig sees its own version on disk.
+            // Started but never finished: the Warden stopped mid-execution. Every supported
+            // action is idempotent, so it runs again below and recognises its own version.
         }
+        let resumed = self.records.contains_key(&task_id);
 
-        let verified = match verify::check_window_and_action(task, now, self.skew) {
+        let verified = match verify::check_window_and_action(
+            signed,
+            &self.trust,
+            &self.identity,
+            now,
+            self.limits,
+            resumed,
+        ) {
             Ok(verified) => verified,
-            Err(rejection) => return self.reject(rejection, now),
+            Err(rejection) => return self.reject(effects, rejection, now),
         };
-        let resumed = self.records.contains_key(verified.id());
-        let config_version = match verified.action() {
-            TaskAction::ApplyConfig(ApplyConfig { version, content }) => {
-                if let Err(error) = content.parse::<toml::Table>() {
-                    let detail = format!(
-                        "configuration of task {} is not valid TOML: {error}",
-                        verified.id()
-                    );
-                    let claimed_id = Some(verified.id().clone());
-                    return self.reject(
-                        Rejection {
-                            code: warden_bus::RejectCode::InvalidParams,
-                            detail,
-                            claimed_id,
-                        },
-                        now,
-                    );
-                }
-                if *version < self.config_version || (*version == self.config_version && !resumed) {
-                    let detail = format!(
-                        "configuration version {version} is not above the applied version {}; issue a higher version",
-                        self.config_version
-                    );
-                    let claimed_id = Some(verified.id().clone());
-                    return self.reject(
-                        Rejection {
-                            code: warden_bus::RejectCode::StaleVersion,
-                            detail,
-                            claimed_id,
-                        },
-                        now,
-                    );
-                }
-                Some(*version)
-            }
-            TaskAction::CollectDiagnostics => None,
+        let change = match self.decide_change(&verified, now, resumed) {
+            Ok(change) => change,
+            Err(rejection) => return self.reject(effects, rejection, now),
         };
 
         let record = TaskRecord {
@@ -194,14 +232,79 @@ impl WardenCore {
         self.in_flight = Some(InFlight {
             task: verified.task().clone(),
             stream_sequence: pulled.stream_sequence,
-            config_version,
+            change,
         });
         let delivered = self.report(verified.id(), ReportStatus::Delivered, now);
-        vec![
+        effects.extend([
             Effect::Persist(record),
             Effect::Report(delivered),
             Effect::Execute(verified),
-        ]
+        ]);
+        effects
+    }
+
+    /// Checks what the action would change against the documents in place.
+    fn decide_change(
+        &self,
+        verified: &VerifiedTask,
+        now: UnixMillis,
+        resumed: bool,
+    ) -> Result<Change, Rejection> {
+        let id = Some(verified.id().clone());
+        match verified.action() {
+            TaskAction::ApplyConfig(config) => {
+                if let Err(error) = config.content.parse::<toml::Table>() {
+                    let detail = format!(
+                        "configuration of task {} is not valid TOML: {error}",
+                        verified.id()
+                    );
+                    return Err(Rejection::new(RejectCode::InvalidParams, detail, id));
+                }
+                let applied = self.config_version;
+                if config.version < applied || (config.version == applied && !resumed) {
+                    let detail = format!(
+                        "configuration version {} is not above the applied version {applied}; issue a higher version",
+                        config.version
+                    );
+                    return Err(Rejection::new(RejectCode::StaleVersion, detail, id));
+                }
+                Ok(Change::ConfigVersion(config.version))
+            }
+            TaskAction::UpdateTrust(update) => {
+                // A resumed update may find its own document already in place.
+                if resumed
+                    && update.document.document_unverified().ok().as_ref() == Some(&self.trust)
+                {
+                    return Ok(Change::Trust(Box::new(self.trust.clone())));
+                }
+                match update
+                    .document
+                    .verify_successor(&self.trust, now, self.limits.clock_skew)
+                {
+                    Ok(document) => Ok(Change::Trust(Box::new(document))),
+                    Err(error) => {
+                        let code = match error {
+                            TrustError::Downgrade { .. } => RejectCode::TrustDowngrade,
+                            TrustError::NotSignedByRoot { .. }
+                            | TrustError::NewRootNotProven { .. }
+                            | TrustError::BadSignature { .. } => RejectCode::TrustNotRootSigned,
+                            TrustError::Expired { .. } => RejectCode::Expired,
+                            _ => RejectCode::InvalidParams,
+                        };
+                        Err(Rejection::new(code, error.to_string(), id))
+                    }
+                }
+            }
+            TaskAction::CollectDiagnostics => Ok(Change::None),
+            unsupported => {
+                let detail = format!(
+                    "task kind {} is in the vocabulary but this Warden {} cannot carry it out yet",
+                    unsupported.kind(),
+                    env!("CARGO_PKG_VERSION")
+                );
+                Err(Rejection::new(RejectCode::Unsupported, detail, id))
+            }
+        }
     }
 
     /// Records the outcome of the task in flight.
@@ -212,8 +315,20 @@ impl WardenCore {
         };
         let status = match outcome {
             Ok(output) => {
-                if let Some(version) = in_flight.config_version {
-                    self.config_version = self.config_version.max(version);
+                match in_flight.change {
+                    Change::None => {}
+                    Change::ConfigVersion(version) => {
+                        self.config_version = self.config_version.max(version)
+                    }
+                    Change::Trust(document) => {
+                        tracing::info!(
+                            node_id = %self.identity.node,
+                            from_version = self.trust.version,
+                            to_version = document.version,
+                            "trust document replaced"
+                        );
+                        self.trust = *document;
+                    }
                 }
                 ReportStatus::Succeeded { output }
             }
@@ -230,31 +345,109 @@ impl WardenCore {
         vec![Effect::Persist(record), Effect::Report(report), Effect::Ack]
     }
 
-    fn reject(&self, rejection: Rejection, now: UnixMillis) -> Vec<Effect> {
+    /// Forgets records whose task expired more than the clock skew ago: a copy of such a task
+    /// is rejected as expired, so its record is no longer needed to reject it as a replay.
+    pub fn prune(&mut self, now: UnixMillis) -> Vec<Effect> {
+        if self.in_flight.is_some()
+            || now.saturating_add(self.limits.clock_skew) < self.clock_high_water
+        {
+            return Vec::new();
+        }
+        let horizon = now.saturating_sub(self.limits.clock_skew);
+        let expired: Vec<TaskId> = self
+            .records
+            .values()
+            .filter(|record| record.expires_at < horizon)
+            .map(|record| record.task_id.clone())
+            .collect();
+        if expired.is_empty() {
+            return Vec::new();
+        }
+        for id in &expired {
+            self.records.remove(id);
+        }
+        vec![Effect::Forget(expired)]
+    }
+
+    fn claimed_id(&self, payload: &[u8]) -> Option<TaskId> {
+        let signed = warden_bus::SignedEnvelope::decode(payload).ok()?;
+        signed
+            .decode_unverified()
+            .ok()?
+            .open::<Task>()
+            .ok()
+            .map(|task| task.id)
+    }
+
+    fn reject(
+        &self,
+        mut effects: Vec<Effect>,
+        rejection: Rejection,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
+        effects.extend(self.report_rejection(&rejection, now));
+        effects.push(Effect::Ack);
+        effects
+    }
+
+    fn report_rejection(&self, rejection: &Rejection, now: UnixMillis) -> Option<Effect> {
         tracing::warn!(
-            node_id = %self.audience.node,
-            deployment_id = %self.audience.deployment,
+            node_id = %self.identity.node,
+            deployment_id = %self.identity.deployment,
             task_id = rejection.claimed_id.as_ref().map(TaskId::as_str).unwrap_or("unknown"),
             code = %rejection.code,
             detail = %rejection.detail,
             "rejected task"
         );
-        let mut effects = Vec::new();
-        if let Some(id) = &rejection.claimed_id {
-            let status = ReportStatus::rejected(rejection.code, &rejection.detail);
-            effects.push(Effect::Report(self.report(id, status, now)));
-        }
-        effects.push(Effect::Ack);
-        effects
+        let id = rejection.claimed_id.as_ref()?;
+        let status = ReportStatus::rejected(rejection.code, &rejection.detail);
+        Some(Effect::Report(self.report(id, status, now)))
     }
 
     fn report(&self, task_id: &TaskId, status: ReportStatus, now: UnixMillis) -> TaskReport {
         TaskReport {
             task_id: task_id.clone(),
-            deployment: self.audience.deployment.clone(),
-            node: self.audience.node.clone(),
+            deployment: self.identity.deployment.clone(),
+            node: self.identity.node.clone(),
             at: now,
             status,
+        }
+    }
+}
+
+/// Chooses the trust document a Warden starts with, and returns the signed document to persist
+/// if it changed.
+///
+/// With nothing stored, the bootstrap document must verify against the pinned root. With a
+/// stored document, a newer bootstrap document must verify as its successor; an older or
+/// unverifiable one is ignored with a warning, so a stale bootstrap file cannot roll trust back.
+pub fn starting_trust(
+    pinned_root: &warden_bus::PublicKey,
+    from_bootstrap: &warden_bus::trust::SignedDocument,
+    stored: Option<&warden_bus::trust::SignedDocument>,
+    now: UnixMillis,
+    skew: Duration,
+) -> Result<(TrustDocument, Option<warden_bus::trust::SignedDocument>), TrustError> {
+    let Some(stored) = stored else {
+        let document = from_bootstrap.verify_initial(pinned_root, now, skew)?;
+        return Ok((document, Some(from_bootstrap.clone())));
+    };
+    let current = stored.document_unverified()?;
+    current.validate()?;
+    let offered = from_bootstrap.document_unverified()?;
+    if offered.version <= current.version {
+        return Ok((current, None));
+    }
+    match from_bootstrap.verify_successor(&current, now, skew) {
+        Ok(document) => Ok((document, Some(from_bootstrap.clone()))),
+        Err(error) => {
+            tracing::warn!(
+                stored_version = current.version,
+                bootstrap_version = offered.version,
+                error = %error,
+                "ignoring the bootstrap file's trust document; keeping the stored one"
+            );
+            Ok((current, None))
         }
     }
 }

@@ -85,40 +85,51 @@ pub enum RecordError {
 impl TaskRecord {
     /// Encodes the record with its version and checksum.
     pub fn encode(&self) -> Result<Vec<u8>, RecordError> {
-        let payload = rmp_serde::to_vec(self).map_err(|error| RecordError::Encode {
-            reason: error.to_string(),
-        })?;
-        let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
-        bytes.push(RECORD_VERSION);
-        bytes.extend_from_slice(&checksum(&payload));
-        bytes.extend_from_slice(&payload);
-        if bytes.len() > RECORD_BYTES_MAX {
-            return Err(RecordError::TooLarge { len: bytes.len() });
-        }
-        Ok(bytes)
+        encode_stored(self)
     }
 
     /// Decodes stored bytes, checking size, version and checksum before the payload.
     pub fn decode(bytes: &[u8]) -> Result<Self, RecordError> {
-        if bytes.len() > RECORD_BYTES_MAX {
-            return Err(RecordError::TooLarge { len: bytes.len() });
-        }
-        let (header, payload) = bytes
-            .split_at_checked(HEADER_BYTES)
-            .ok_or(RecordError::Truncated { len: bytes.len() })?;
-        let (version, stored_checksum) = header
-            .split_first()
-            .ok_or(RecordError::Truncated { len: bytes.len() })?;
-        if *version != RECORD_VERSION {
-            return Err(RecordError::UnsupportedVersion { found: *version });
-        }
-        if stored_checksum != checksum(payload) {
-            return Err(RecordError::Checksum);
-        }
-        rmp_serde::from_slice(payload).map_err(|error| RecordError::Malformed {
-            reason: error.to_string(),
-        })
+        decode_stored(bytes)
     }
+}
+
+/// Encodes any stored value as `version | checksum | MessagePack`.
+pub fn encode_stored<T: Serialize>(value: &T) -> Result<Vec<u8>, RecordError> {
+    let payload = rmp_serde::to_vec(value).map_err(|error| RecordError::Encode {
+        reason: error.to_string(),
+    })?;
+    let mut bytes = Vec::with_capacity(HEADER_BYTES + payload.len());
+    bytes.push(RECORD_VERSION);
+    bytes.extend_from_slice(&checksum(&payload));
+    bytes.extend_from_slice(&payload);
+    if bytes.len() > RECORD_BYTES_MAX {
+        return Err(RecordError::TooLarge { len: bytes.len() });
+    }
+    Ok(bytes)
+}
+
+/// Decodes a value written by [`encode_stored`], checking size, version and checksum before
+/// the payload.
+pub fn decode_stored<T: serde::de::DeserializeOwned>(bytes: &[u8]) -> Result<T, RecordError> {
+    if bytes.len() > RECORD_BYTES_MAX {
+        return Err(RecordError::TooLarge { len: bytes.len() });
+    }
+    let (header, payload) = bytes
+        .split_at_checked(HEADER_BYTES)
+        .ok_or(RecordError::Truncated { len: bytes.len() })?;
+    let (version, stored_checksum) = header
+        .split_first()
+        .ok_or(RecordError::Truncated { len: bytes.len() })?;
+    if *version != RECORD_VERSION {
+        return Err(RecordError::UnsupportedVersion { found: *version });
+    }
+    if stored_checksum != checksum(payload) {
+        return Err(RecordError::Checksum);
+    }
+    rmp_serde::from_slice(payload).map_err(|error| RecordError::Malformed {
+        reason: error.to_string(),
+    })
 }
 
 fn checksum(payload: &[u8]) -> [u8; CHECKSUM_BYTES] {

@@ -1,18 +1,34 @@
 //! Task verification: the checks a task must pass before a Warden acts on it.
 //!
 //! The checks run in a fixed order and the first failure decides the [`RejectCode`]:
-//! decode, known key, valid signature, body, deployment, node, then (in the caller) the
-//! execution record, expiry, kind and parameters. Only [`check_window_and_action`] builds a
-//! [`VerifiedTask`],
-//! so code that executes tasks cannot be handed one that skipped a check.
+//!
+//! 1. size cap, then decoding of the signed envelope;
+//! 2. the signing key is a task key of the current trust document, and the signature verifies;
+//! 3. the task body decodes and names the same key id;
+//! 4. every approval signature verifies with the deployment's approval key;
+//! 5. the task is for this deployment and this node;
+//! 6. (the caller's execution records: redelivery or replay);
+//! 7. the trust document has not expired, unless the task replaces it;
+//! 8. the signing key is inside its validity window;
+//! 9. the task's validity is well formed and no longer than the maximum;
+//! 10. the task is not expired and not before its start;
+//! 11. the kind is in the vocabulary and its parameters are valid;
+//! 12. an action that needs approval has it.
+//!
+//! Only [`check_window_and_action`] builds a [`VerifiedTask`], so code that executes tasks cannot
+//! be handed one that skipped a check.
 
 use std::time::Duration;
 
 use warden_bus::messages::ActionError;
-use warden_bus::signed::SignatureError;
+use warden_bus::trust::{KeyGrant, TrustDocument};
 use warden_bus::{
-    DeploymentId, Keyring, NodeId, RejectCode, SignedEnvelope, Task, TaskAction, TaskId, UnixMillis,
+    DeploymentId, NodeId, PublicKey, RejectCode, SignedEnvelope, Task, TaskAction, TaskId,
+    UnixMillis, ENVELOPE_BYTES_MAX,
 };
+
+/// Default maximum time between a task's issue and its expiry.
+pub const TASK_VALIDITY_MAX_DEFAULT: Duration = Duration::from_secs(3600);
 
 /// A task whose signature, audience and validity window were checked.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -50,7 +66,8 @@ pub struct Rejection {
 }
 
 impl Rejection {
-    fn new(code: RejectCode, detail: impl Into<String>, claimed_id: Option<TaskId>) -> Self {
+    /// A rejection of the task with `id`.
+    pub fn new(code: RejectCode, detail: impl Into<String>, claimed_id: Option<TaskId>) -> Self {
         Self {
             code,
             detail: detail.into(),
@@ -59,101 +76,224 @@ impl Rejection {
     }
 }
 
-/// Whom a Warden acts for and which keys it trusts.
+/// Whom a Warden acts for.
 #[derive(Debug, Clone)]
-pub struct Audience {
+pub struct Identity {
     /// This node's deployment.
     pub deployment: DeploymentId,
     /// This node.
     pub node: NodeId,
-    /// Keys whose task signatures this node accepts.
-    pub keyring: Keyring,
+    /// The customer approval key pinned for this deployment, if any.
+    pub approval_key: Option<PublicKey>,
 }
 
-/// Runs the signature and audience checks and decodes the task.
-///
-/// Time and replay are checked by [`check_window`] and by the caller's execution records,
-/// because a redelivered task must be recognised even after it expired.
-pub fn verify_signed(bytes: &[u8], audience: &Audience) -> Result<Task, Rejection> {
+/// Limits a Warden applies to every task.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Tolerated clock difference on each side of a time comparison.
+    pub clock_skew: Duration,
+    /// Maximum time between a task's issue and its expiry.
+    pub validity_max: Duration,
+}
+
+/// A task whose signature checked out, before its time and content checks.
+#[derive(Debug, Clone)]
+pub struct Signed {
+    /// The task body.
+    pub task: Task,
+    /// The grant of the key that signed it.
+    pub grant: KeyGrant,
+    /// Whether the deployment's approval key signed it too.
+    pub approved: bool,
+}
+
+/// Runs checks 1 to 5.
+pub fn verify_signed(
+    bytes: &[u8],
+    identity: &Identity,
+    trust: &TrustDocument,
+) -> Result<Signed, Rejection> {
+    if bytes.len() > ENVELOPE_BYTES_MAX {
+        let detail = format!(
+            "task message of {} bytes is over the maximum of {ENVELOPE_BYTES_MAX}",
+            bytes.len()
+        );
+        return Err(Rejection::new(RejectCode::Oversized, detail, None));
+    }
     let signed = SignedEnvelope::decode(bytes)
         .map_err(|error| Rejection::new(RejectCode::Malformed, error.to_string(), None))?;
-    let envelope = signed.verify(&audience.keyring).map_err(|error| {
-        let claimed_id = claimed_id(&signed);
-        match error {
-            SignatureError::UnknownKey { .. } => {
-                Rejection::new(RejectCode::UnknownKey, error.to_string(), claimed_id)
-            }
-            SignatureError::BadSignature { .. } => {
-                Rejection::new(RejectCode::BadSignature, error.to_string(), claimed_id)
-            }
-            other => Rejection::new(RejectCode::Malformed, other.to_string(), claimed_id),
-        }
+    let Some((grant, key)) = trust.task_key(&signed.key_id) else {
+        let detail = format!(
+            "task signed by unknown key {}; trust document version {} does not list it",
+            signed.key_id, trust.version
+        );
+        return Err(Rejection::new(
+            RejectCode::UnknownKey,
+            detail,
+            claimed_id(&signed),
+        ));
+    };
+    let envelope = signed.verify_with(&key).map_err(|error| {
+        Rejection::new(
+            RejectCode::BadSignature,
+            error.to_string(),
+            claimed_id(&signed),
+        )
     })?;
     let task: Task = envelope
         .open()
         .map_err(|error| Rejection::new(RejectCode::Malformed, error.to_string(), None))?;
-    if task.deployment != audience.deployment {
+    if task.key_id != signed.key_id {
+        let detail = format!(
+            "task {} names key {} but is signed by {}",
+            task.id, task.key_id, signed.key_id
+        );
+        return Err(Rejection::new(RejectCode::Malformed, detail, Some(task.id)));
+    }
+
+    // Every approval must verify, so no unverifiable bytes ride along with a task.
+    let approved = !signed.approvals.is_empty();
+    for approval in &signed.approvals {
+        let valid = identity
+            .approval_key
+            .as_ref()
+            .is_some_and(|key| key.verify_signature(&signed.body, approval));
+        if !valid {
+            let detail = format!(
+                "task {} carries an approval by {} that does not verify with this deployment's approval key",
+                task.id, approval.key_id
+            );
+            return Err(Rejection::new(
+                RejectCode::ApprovalInvalid,
+                detail,
+                Some(task.id),
+            ));
+        }
+    }
+
+    if task.deployment != identity.deployment {
+        let detail = format!(
+            "task {} is for deployment {} but this node belongs to {}",
+            task.id, task.deployment, identity.deployment
+        );
         return Err(Rejection::new(
             RejectCode::WrongDeployment,
-            format!(
-                "task {} is for deployment {} but this node belongs to {}",
-                task.id, task.deployment, audience.deployment
-            ),
+            detail,
             Some(task.id),
         ));
     }
-    if task.node != audience.node {
-        return Err(Rejection::new(
-            RejectCode::WrongNode,
-            format!(
-                "task {} is for node {} but this is node {}",
-                task.id, task.node, audience.node
-            ),
-            Some(task.id),
-        ));
+    if task.node != identity.node {
+        let detail = format!(
+            "task {} is for node {} but this is node {}",
+            task.id, task.node, identity.node
+        );
+        return Err(Rejection::new(RejectCode::WrongNode, detail, Some(task.id)));
     }
-    Ok(task)
+    Ok(Signed {
+        task,
+        grant: grant.clone(),
+        approved,
+    })
 }
 
-/// Checks the validity window with `skew` of tolerance on each side, then decodes the action.
+/// Runs checks 7 to 12. A `resumed` task was accepted inside its window before the Warden
+/// stopped mid-execution, so the time checks (7, 8 and 10) are not repeated: it finishes
+/// instead of being left half-done as expired.
 pub fn check_window_and_action(
-    task: Task,
+    signed: Signed,
+    trust: &TrustDocument,
+    identity: &Identity,
     now: UnixMillis,
-    skew: Duration,
+    limits: Limits,
+    resumed: bool,
 ) -> Result<VerifiedTask, Rejection> {
+    let Signed {
+        task,
+        grant,
+        approved,
+    } = signed;
     let id = Some(task.id.clone());
-    if now.saturating_sub(skew) > task.expires_at {
-        return Err(Rejection::new(
+    let skew = limits.clock_skew;
+    let reject = |code: RejectCode, detail: String| Err(Rejection::new(code, detail, id.clone()));
+
+    if !resumed && now.saturating_sub(skew) > trust.expires_at && task.kind != "update_trust" {
+        return reject(
+            RejectCode::TrustExpired,
+            format!(
+                "trust document version {} expired at {}; only an update_trust task is accepted until a newer one arrives",
+                trust.version, trust.expires_at
+            ),
+        );
+    }
+    if !resumed && !grant.is_valid_at(now, skew) {
+        return reject(
+            RejectCode::KeyOutsideWindow,
+            format!(
+                "task {} is signed by key {} whose validity is {} to {}, and it is now {now}",
+                task.id, task.key_id, grant.not_before, grant.not_after
+            ),
+        );
+    }
+    if task.expires_at <= task.not_before || task.not_before < task.issued_at.saturating_sub(skew) {
+        return reject(
+            RejectCode::Malformed,
+            format!(
+                "task {} has an invalid window: issued {}, not before {}, expires {}",
+                task.id, task.issued_at, task.not_before, task.expires_at
+            ),
+        );
+    }
+    let validity = task.expires_at.since(task.issued_at);
+    if validity > limits.validity_max {
+        return reject(
+            RejectCode::ValidityTooLong,
+            format!(
+                "task {} is valid for {}s, over the maximum of {}s",
+                task.id,
+                validity.as_secs(),
+                limits.validity_max.as_secs()
+            ),
+        );
+    }
+    if !resumed && now.saturating_sub(skew) > task.expires_at {
+        return reject(
             RejectCode::Expired,
             format!(
-                "task {} expired at {} and it is now {} (clock skew tolerance {}s)",
+                "task {} expired at {} and it is now {now} (clock skew tolerance {}s)",
                 task.id,
                 task.expires_at,
-                now,
                 skew.as_secs()
             ),
-            id,
-        ));
+        );
     }
-    if now.saturating_add(skew) < task.not_before {
-        return Err(Rejection::new(
+    if !resumed && now.saturating_add(skew) < task.not_before {
+        return reject(
             RejectCode::NotYetValid,
             format!(
-                "task {} is not valid before {} and it is now {} (clock skew tolerance {}s)",
+                "task {} is not valid before {} and it is now {now} (clock skew tolerance {}s)",
                 task.id,
                 task.not_before,
-                now,
                 skew.as_secs()
             ),
-            id,
-        ));
+        );
     }
-    let action = task.action().map_err(|error| match error {
-        ActionError::UnknownKind { .. } => {
-            Rejection::new(RejectCode::UnknownKind, error.to_string(), id.clone())
+    let action = match task.action() {
+        Ok(action) => action,
+        Err(error @ ActionError::UnknownKind { .. }) => {
+            return reject(RejectCode::UnknownKind, error.to_string())
         }
-        _ => Rejection::new(RejectCode::InvalidParams, error.to_string(), id.clone()),
-    })?;
+        Err(error) => return reject(RejectCode::InvalidParams, error.to_string()),
+    };
+    if action.needs_approval() && identity.approval_key.is_some() && !approved {
+        return reject(
+            RejectCode::ApprovalMissing,
+            format!(
+                "task {} ({}) needs this deployment's approval signature; approve it with `wardenctl task approve`",
+                task.id,
+                action.kind()
+            ),
+        );
+    }
     Ok(VerifiedTask { task, action })
 }
 
