@@ -218,3 +218,38 @@ async fn nats_connect_error_names_url() {
     let error = NatsBus::connect(&url, "test").await.err().unwrap();
     assert!(error.to_string().contains(&url), "{error}");
 }
+
+#[tokio::test]
+async fn memory_bus_expires_messages_and_dedup_ids() {
+    let clock = ManualClock::new(UnixMillis(1_000_000));
+    let bus = MemoryBus::new(Arc::new(clock.clone()));
+    let (deployment, node) = ids("a");
+    bus.ensure_stream(&StreamSpec {
+        name: "TEST".into(),
+        subjects: vec![Subject::all_tasks()],
+        max_age: Duration::from_secs(60),
+        duplicate_window: Duration::from_secs(10),
+    })
+    .await
+    .unwrap();
+    bus.ensure_consumer(&ConsumerSpec {
+        stream: "TEST".into(),
+        name: "c".into(),
+        filter: Subject::tasks(&deployment, &node),
+        ack_wait: ACK_WAIT,
+    })
+    .await
+    .unwrap();
+    let subject = Subject::tasks(&deployment, &node);
+    let first = bus.persist(&subject, Bytes::from_static(b"old"), Some("id")).await.unwrap();
+
+    // Past the dedup window the same id stores a new copy.
+    clock.advance(Duration::from_secs(11));
+    let second = bus.persist(&subject, Bytes::from_static(b"new"), Some("id")).await.unwrap();
+    assert_ne!(first, second);
+
+    // Past the maximum age the first message is gone before anyone pulled it.
+    clock.advance(Duration::from_secs(50));
+    let pulled = pull_payloads(&bus, "c").await;
+    assert_eq!(pulled, vec![(Bytes::from_static(b"new"), second, 1)]);
+}

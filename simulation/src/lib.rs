@@ -1,18 +1,31 @@
-//! Deterministic runs of the Warden and control-plane code over the in-memory bus.
+//! Deterministic simulation of the Warden system under faults, replayable from a seed.
 //!
-//! A [`World`] holds one control-plane replica ([`ControlPlane`], the same type the binary runs)
-//! and any number of nodes, each a [`WardenCore`] driven through the same
-//! [`warden::pipeline::handle_pulled`] the Warden binary uses. Time comes from a
-//! [`ManualClock`] and every random choice from one seeded generator, so a seed replays a run
-//! exactly; the [`Trace`] of a run is hashed to compare runs.
+//! A [`World`] runs control-plane replicas (the same [`warden_control_plane::service::ControlPlane`]
+//! the binary runs) and nodes (the same [`warden::core::WardenCore`] and
+//! [`warden::pipeline`] functions the Warden runs) in one thread, over a simulated network to one
+//! in-memory broker with JetStream's semantics, with a simulated clock per node and simulated
+//! disks. Every random choice comes from the run's seed, so a seed replays a run exactly and gives
+//! the same trace hash.
 //!
-//! What is simulated rather than real: the broker (the in-memory bus), the disk (records and the
-//! configuration version in memory, written when the pipeline persists), and task effects
-//! (ApplyConfig sets the node's configuration version; CollectDiagnostics returns fixed facts).
-//! Faults are not injected yet.
+//! Faults: message loss, delay, duplication and reordering; one-way and symmetric partitions;
+//! lost acknowledgements and redelivery; ambiguous store failures; node crashes at any I/O step;
+//! control-plane replica crashes; clock jumps on nodes; and a hostile publisher of forged,
+//! replayed, misaddressed and stale tasks.
+//!
+//! Invariants, checked as the run goes by an oracle outside the code under test: no task runs
+//! without the task key's signature, on the wrong node or outside its validity; no task runs
+//! twice unless a crash interrupted it; no configuration version is applied after a newer one.
+//! In liveness mode the faults stop after the given duration, the control plane issues one more
+//! configuration to every node, and every node must reach it and every task must reach an
+//! outcome within [`world::LIVENESS_BOUND`] of simulated time.
 
 #![forbid(unsafe_code)]
 
-mod world;
+pub mod config;
+pub mod net;
+pub mod trace;
+pub mod world;
 
-pub use world::{Outcome, RunConfig, Trace, World};
+pub use config::{FaultRates, Mode, RunConfig};
+pub use trace::Trace;
+pub use world::{Outcome, Stats, Violation, World};

@@ -1,18 +1,24 @@
-//! The simulated world: one control plane, many nodes, one clock, one seed.
+//! The simulated world: control-plane replicas and nodes running the real code over a faulty
+//! network to one in-memory broker, driven by an event queue in simulated time.
+//!
+//! The replicas are [`ControlPlane`] values, the same type the `control-plane` binary runs. Each
+//! node is a [`WardenCore`] driven through [`warden::pipeline`], the same functions the `warden`
+//! binary runs, with a simulated disk. Only the I/O is simulated; no decision is copied.
 
-use std::collections::{BTreeMap, VecDeque};
-use std::sync::Arc;
-use std::time::Duration;
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::executor::block_on;
 use futures::{FutureExt, StreamExt};
-use rand::{Rng, RngCore};
-use sha2::{Digest, Sha256};
+use rand::{Rng, RngCore, SeedableRng};
 use warden::core::heartbeat::HeartbeatSchedule;
-use warden::core::record::TaskRecord as NodeRecord;
+use warden::core::record::{RecordState, TaskRecord as NodeRecord};
 use warden::core::verify::{Identity, Limits, VerifiedTask, TASK_VALIDITY_MAX_DEFAULT};
 use warden::core::{ExecutionOutcome, Persisted, Pulled, WardenCore, CLOCK_SKEW_DEFAULT};
-use warden::pipeline::{handle_pulled, IoFailure, NodeIo};
+use warden::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
 use warden_actors::entropy::{self, Entropy};
 use warden_bus::subject::{
     task_consumer, CONTROL_PLANE_QUEUE, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
@@ -21,8 +27,9 @@ use warden_bus::transport::memory::MemoryBus;
 use warden_bus::transport::Subscription;
 use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
 use warden_bus::{
-    Bus, Clock, Delivery, DeploymentId, Envelope, ManualClock, MessageId, NodeId, SigningKey,
-    Subject, TaskAction, TaskId, TaskReport, TelemetryKind, UnixMillis,
+    Bus, Clock, Delivery, DeploymentId, Envelope, ManualClock, MessageId, NodeId, PublicKey,
+    SignedEnvelope, SigningKey, Subject, Task, TaskAction, TaskId, TaskReport, TelemetryKind,
+    UnixMillis,
 };
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::TaskStatus;
@@ -30,121 +37,393 @@ use warden_control_plane::service::{
     ControlPlane, Disposition, NodeOptions, Settings, Target, TaskFilter,
 };
 
+use crate::config::{FaultRates, Mode, RunConfig};
+use crate::net::{self, Cut, FaultCounts, FaultyBus, Network, Participant};
+use crate::trace::Trace;
+
 /// Wall-clock time at which every run starts: 2026-12-05T00:00:00Z.
-const START: UnixMillis = UnixMillis(1_796_428_800_000);
+pub const START: UnixMillis = UnixMillis(1_796_428_800_000);
+/// Number of control-plane replicas.
+pub const REPLICAS: usize = 2;
+/// Largest clock error a node is given, in either direction.
+pub const CLOCK_OFFSET_MAX: Duration = Duration::from_secs(600);
+/// Time a live node has, after the faults stop, to converge: the default task validity plus
+/// the expiry grace, the largest clock error, and a margin for the sweep interval.
+pub const LIVENESS_BOUND: Duration = Duration::from_secs(15 * 60 + 330 + 600 + 120);
+/// How often a node pulls when nothing wakes it, like the Warden's long poll.
+const POLL_INTERVAL: Duration = Duration::from_secs(5);
+/// How often a replica pulls reports and takes heartbeats.
+const REPORT_INTERVAL: Duration = Duration::from_millis(500);
+/// How often a replica sweeps.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(5);
+/// Mean time between operator requests.
+const ISSUE_EVERY: Duration = Duration::from_secs(15);
+/// Deliveries one node poll handles at most.
+const POLL_BATCH_MAX: usize = 16;
 const DEPLOYMENT: &str = "sim";
 
-/// Size and seed of a run.
-#[derive(Debug, Clone, Copy)]
-pub struct RunConfig {
-    /// Seed of every random choice.
-    pub seed: u64,
-    /// Number of nodes.
-    pub nodes: usize,
-    /// Number of random steps before the final drain.
-    pub steps: usize,
+/// A broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// Simulated time of the violation.
+    pub at: UnixMillis,
+    /// Which invariant.
+    pub invariant: &'static str,
+    /// What happened.
+    pub detail: String,
 }
 
-/// The ordered events of a run and their hash.
+/// Counters of a run.
 #[derive(Debug, Clone, Default)]
-pub struct Trace {
-    events: Vec<String>,
+pub struct Stats {
+    /// Events handled.
+    pub events: u64,
+    /// Faults injected, by kind.
+    pub faults: FaultCounts,
+    /// Tasks the control plane issued.
+    pub tasks: u64,
+    /// Invariant checks made.
+    pub checks: u64,
+    /// Simulated time covered.
+    pub simulated: Duration,
+    /// Wall time taken.
+    pub wall: Duration,
 }
 
-impl Trace {
-    fn push(&mut self, at: UnixMillis, event: String) {
-        self.events.push(format!("{} {event}", at.0 - START.0));
-    }
-
-    /// The events, one line each, with milliseconds since the start of the run.
-    pub fn events(&self) -> &[String] {
-        &self.events
-    }
-
-    /// SHA-256 over all events, hex.
-    pub fn hash(&self) -> String {
-        let mut hasher = Sha256::new();
-        for event in &self.events {
-            hasher.update(event.as_bytes());
-            hasher.update(b"\n");
-        }
-        hex::encode(hasher.finalize())
-    }
-}
-
-/// Summary of a finished run.
+/// Result of a run.
 #[derive(Debug, Clone)]
 pub struct Outcome {
-    /// The trace.
+    /// The run.
+    pub config: RunConfig,
+    /// Its events.
     pub trace: Trace,
-    /// Tasks issued.
-    pub tasks: usize,
-    /// Task count by final status.
+    /// Its counters.
+    pub stats: Stats,
+    /// The first broken invariant, if any.
+    pub violation: Option<Violation>,
+    /// Final task count by status, as the control plane recorded them.
     pub statuses: BTreeMap<String, usize>,
     /// Executions per task id, over all nodes.
-    pub executions: BTreeMap<String, usize>,
+    pub executions: BTreeMap<String, u64>,
 }
 
-/// A node's simulated disk: what survives a restart of its Warden.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Event {
+    NodePoll(usize),
+    NodeBeat(usize),
+    NodeRestart(usize),
+    ClockJump,
+    Reports(usize),
+    Sweep(usize),
+    ReplicaCrash,
+    ReplicaRestart(usize),
+    Partition,
+    PartitionEnd(Participant),
+    Issue,
+    Hostile,
+    Heal,
+    LivenessCheck,
+}
+
+/// A clock offset from the true time by an adjustable amount.
+#[derive(Clone)]
+struct OffsetClock {
+    base: ManualClock,
+    offset_ms: Arc<AtomicI64>,
+}
+
+impl Clock for OffsetClock {
+    fn now(&self) -> UnixMillis {
+        let now = self.base.now();
+        let offset = self.offset_ms.load(Ordering::SeqCst);
+        let magnitude = Duration::from_millis(offset.unsigned_abs());
+        if offset < 0 {
+            now.saturating_sub(magnitude)
+        } else {
+            now.saturating_add(magnitude)
+        }
+    }
+}
+
+/// What survives a node's crash: everything persisted, since every write is flushed.
+#[derive(Debug, Clone)]
 struct Disk {
-    records: BTreeMap<String, NodeRecord>,
+    records: BTreeMap<TaskId, NodeRecord>,
     config_version: u64,
-    trust: Option<SignedDocument>,
+    trust: TrustDocument,
     clock_high_water: UnixMillis,
 }
 
 struct SimNode {
     id: NodeId,
     key: SigningKey,
-    core: WardenCore,
+    bus: FaultyBus,
+    clock: OffsetClock,
+    core: Option<WardenCore>,
     disk: Disk,
     heartbeat: HeartbeatSchedule,
-    next_beat_at: UnixMillis,
+    in_flight: Option<TaskId>,
 }
 
-/// The simulated world.
-pub struct World {
-    clock: ManualClock,
-    rng: Entropy,
-    bus: MemoryBus,
+struct Replica {
     control_plane: ControlPlane,
-    heartbeats: Subscription,
-    deployment: DeploymentId,
-    nodes: Vec<SimNode>,
-    trace: Trace,
-    executions: BTreeMap<String, usize>,
-    next_config_version: u64,
-    tasks: usize,
+    up: bool,
+    heartbeats: Option<Subscription>,
+}
+
+/// Independent checks of what nodes do, from outside the code under test.
+struct Oracle {
+    task_key: PublicKey,
+    skew: Duration,
+    interrupted: BTreeSet<TaskId>,
+    executions: BTreeMap<String, u64>,
+    applied_config: Vec<u64>,
+    checks: u64,
+    violation: Option<Violation>,
+}
+
+impl Oracle {
+    fn fail(&mut self, at: UnixMillis, invariant: &'static str, detail: String) {
+        if self.violation.is_none() {
+            self.violation = Some(Violation {
+                at,
+                invariant,
+                detail,
+            });
+        }
+    }
+
+    /// Checks an execution against the raw message it came from.
+    fn check_execution(
+        &mut self,
+        node_index: usize,
+        node: &NodeId,
+        payload: &[u8],
+        task: &VerifiedTask,
+        node_now: UnixMillis,
+        true_now: UnixMillis,
+    ) {
+        self.checks += 4;
+        let id = task.id().clone();
+        let resumed = self.interrupted.contains(&id);
+
+        // Signed by the control plane's task key, with exactly this body.
+        let signed_body = SignedEnvelope::decode(payload)
+            .ok()
+            .and_then(|signed| signed.verify_with(&self.task_key).ok())
+            .and_then(|envelope| envelope.open::<Task>().ok());
+        if signed_body.as_ref() != Some(task.task()) {
+            self.fail(
+                true_now,
+                "no task runs without a valid signature",
+                format!("node {node} executed task {id} that the task key did not sign"),
+            );
+        }
+        if &task.task().node != node || task.task().deployment.as_str() != DEPLOYMENT {
+            self.fail(
+                true_now,
+                "no task runs on the wrong node",
+                format!(
+                    "node {node} executed task {id} addressed to {}",
+                    task.task().node
+                ),
+            );
+        }
+        let within_window = node_now.saturating_add(self.skew) >= task.task().not_before
+            && node_now.saturating_sub(self.skew) <= task.task().expires_at
+            && true_now.saturating_sub(self.skew + CLOCK_OFFSET_MAX) <= task.task().expires_at;
+        // Strict even for a resumed task: one outside its window is settled, never run.
+        if !within_window {
+            self.fail(
+                true_now,
+                "no task runs outside its validity",
+                format!(
+                    "node {node} executed task {id} at {node_now} outside {}..{}",
+                    task.task().not_before,
+                    task.task().expires_at
+                ),
+            );
+        }
+
+        let count = {
+            let count = self.executions.entry(id.to_string()).or_insert(0);
+            *count += 1;
+            *count
+        };
+        if count > 1 && !resumed {
+            self.fail(
+                true_now,
+                "no task runs twice",
+                format!("node {node} executed task {id} {count} times without an interruption"),
+            );
+        }
+
+        if let TaskAction::ApplyConfig(config) = task.action() {
+            let applied = self.applied_config.get(node_index).copied().unwrap_or(0);
+            let stale = config.version < applied || (config.version == applied && !resumed);
+            if stale {
+                self.fail(
+                    true_now,
+                    "no document version applied after a newer one",
+                    format!(
+                        "node {node} applied configuration {} after {applied}",
+                        config.version
+                    ),
+                );
+            }
+        }
+    }
+
+    fn record_applied(&mut self, node_index: usize, version: u64) {
+        if let Some(applied) = self.applied_config.get_mut(node_index) {
+            *applied = (*applied).max(version);
+        }
+    }
 }
 
 struct SimIo<'a> {
-    node: &'a NodeId,
-    disk: &'a mut Disk,
-    bus: &'a MemoryBus,
-    clock: &'a ManualClock,
-    delivery: &'a Delivery,
-    trace: &'a mut Trace,
-    executions: &'a mut BTreeMap<String, usize>,
+    node_index: usize,
+    node: &'a mut SimNode,
+    delivery: Option<&'a Delivery>,
+    oracle: &'a mut Oracle,
     rng: &'a mut Entropy,
-    key: &'a SigningKey,
+    faults: &'a mut FaultCounts,
+    crash_rate: f64,
+    crashed: bool,
+    true_clock: &'a ManualClock,
+}
+
+impl SimIo<'_> {
+    fn step(&mut self, operation: &'static str) -> Result<(), IoFailure> {
+        if self.crashed {
+            return Err(IoFailure {
+                operation,
+                reason: "simulated crash".into(),
+            });
+        }
+        if self.crash_rate > 0.0 && self.rng.gen_bool(self.crash_rate) {
+            self.crashed = true;
+            self.faults.add("node crash");
+            return Err(IoFailure {
+                operation,
+                reason: "simulated crash".into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn delivery(&self, operation: &'static str) -> Result<&Delivery, IoFailure> {
+        self.delivery.ok_or(IoFailure {
+            operation,
+            reason: "no delivery".into(),
+        })
+    }
 }
 
 impl NodeIo for SimIo<'_> {
+    async fn persist(&mut self, record: &NodeRecord) -> Result<(), IoFailure> {
+        self.step("persisting a task record")?;
+        self.node.in_flight = match record.state {
+            RecordState::Started => Some(record.task_id.clone()),
+            RecordState::Finished(_) => None,
+        };
+        self.node
+            .disk
+            .records
+            .insert(record.task_id.clone(), record.clone());
+        Ok(())
+    }
+
     async fn forget(&mut self, ids: &[TaskId]) -> Result<(), IoFailure> {
+        self.step("deleting task records")?;
         for id in ids {
-            self.disk.records.remove(id.as_str());
+            self.node.disk.records.remove(id);
         }
         Ok(())
     }
 
     async fn persist_clock(&mut self, time: UnixMillis) -> Result<(), IoFailure> {
-        self.disk.clock_high_water = time;
+        self.step("recording the latest time seen")?;
+        self.node.disk.clock_high_water = time;
         Ok(())
     }
 
+    async fn execute(&mut self, task: &VerifiedTask) -> ExecutionOutcome {
+        let payload = self
+            .delivery
+            .map(|delivery| delivery.payload.clone())
+            .unwrap_or_default();
+        self.oracle.check_execution(
+            self.node_index,
+            &self.node.id,
+            &payload,
+            task,
+            self.node.clock.now(),
+            self.true_clock.now(),
+        );
+        let outcome = match task.action() {
+            TaskAction::ApplyConfig(config) => {
+                // The file write is atomic: after a crash it is either all there or not at all.
+                self.node.disk.config_version = self.node.disk.config_version.max(config.version);
+                self.oracle.record_applied(self.node_index, config.version);
+                Ok(BTreeMap::from([(
+                    "config_version".to_owned(),
+                    config.version.to_string(),
+                )]))
+            }
+            TaskAction::UpdateTrust(update) => match update.document.document_unverified() {
+                Ok(document) => {
+                    self.node.disk.trust = document;
+                    Ok(BTreeMap::new())
+                }
+                Err(error) => Err(error.to_string()),
+            },
+            TaskAction::CollectDiagnostics => Ok(BTreeMap::from([(
+                "hostname".to_owned(),
+                self.node.id.to_string(),
+            )])),
+            other => Err(format!("{} is not simulated", other.kind())),
+        };
+        // A crash right after the effect: the outcome is never recorded.
+        let _ = self.step("executing a task");
+        outcome
+    }
+
+    async fn report(&mut self, report: &TaskReport) -> Result<(), IoFailure> {
+        self.step("publishing a task report")?;
+        let failure = |reason: String| IoFailure {
+            operation: "publishing a task report",
+            reason,
+        };
+        let sequence = self.delivery("publishing a task report")?.stream_sequence;
+        let id = warden::actors::tasks::report_message_id(report, sequence, &self.node.key.seed());
+        let bytes = Envelope::seal(id.clone(), report)
+            .and_then(|envelope| self.node.key.sign(&envelope))
+            .and_then(|signed| signed.encode())
+            .map_err(|error| failure(error.to_string()))?;
+        let subject = Subject::telemetry(&report.deployment, &report.node, TelemetryKind::Report);
+        self.node
+            .bus
+            .persist(&subject, bytes.into(), Some(id.as_str()))
+            .await
+            .map_err(|error| failure(error.to_string()))?;
+        Ok(())
+    }
+
+    async fn ack(&mut self) -> Result<(), IoFailure> {
+        self.step("acknowledging a task")?;
+        self.delivery("acknowledging a task")?
+            .ack()
+            .await
+            .map_err(|error| IoFailure {
+                operation: "acknowledging a task",
+                reason: error.to_string(),
+            })
+    }
+
     async fn retry(&mut self, delay: Duration) -> Result<(), IoFailure> {
-        self.delivery
+        self.step("asking for redelivery")?;
+        self.delivery("asking for redelivery")?
             .nak(Some(delay))
             .await
             .map_err(|error| IoFailure {
@@ -153,92 +432,72 @@ impl NodeIo for SimIo<'_> {
             })
     }
 
-    async fn persist(&mut self, record: &NodeRecord) -> Result<(), IoFailure> {
-        self.disk
-            .records
-            .insert(record.task_id.to_string(), record.clone());
-        Ok(())
-    }
-
-    async fn execute(&mut self, task: &VerifiedTask) -> ExecutionOutcome {
-        *self.executions.entry(task.id().to_string()).or_default() += 1;
-        self.trace.push(
-            self.clock.now(),
-            format!(
-                "{} execute {} {}",
-                self.node,
-                task.id(),
-                task.action().kind()
-            ),
-        );
-        match task.action() {
-            TaskAction::ApplyConfig(config) => {
-                self.disk.config_version = self.disk.config_version.max(config.version);
-                Ok(BTreeMap::from([(
-                    "config_version".to_owned(),
-                    config.version.to_string(),
-                )]))
-            }
-            TaskAction::CollectDiagnostics => Ok(BTreeMap::from([(
-                "hostname".to_owned(),
-                self.node.to_string(),
-            )])),
-            TaskAction::UpdateTrust(update) => {
-                self.disk.trust = Some(update.document.clone());
-                Ok(BTreeMap::new())
-            }
-            other => Err(format!("{} is not simulated", other.kind())),
-        }
-    }
-
-    async fn report(&mut self, report: &TaskReport) -> Result<(), IoFailure> {
-        let failure = |reason: String| IoFailure {
-            operation: "publishing a report",
-            reason,
-        };
-        let mut id = [0u8; 16];
-        self.rng.fill_bytes(&mut id);
-        let bytes = Envelope::seal(MessageId::from_random(id), report)
-            .and_then(|envelope| self.key.sign(&envelope))
-            .and_then(|signed| signed.encode())
-            .map_err(|error| failure(error.to_string()))?;
-        let subject = Subject::telemetry(&report.deployment, &report.node, TelemetryKind::Report);
-        self.bus
-            .persist(&subject, bytes.into(), None)
-            .await
-            .map_err(|error| failure(error.to_string()))?;
-        Ok(())
-    }
-
-    async fn ack(&mut self) -> Result<(), IoFailure> {
-        self.delivery.ack().await.map_err(|error| IoFailure {
-            operation: "acknowledging",
-            reason: error.to_string(),
-        })
-    }
-
     fn now(&self) -> UnixMillis {
-        self.clock.now()
+        self.node.clock.now()
+    }
+}
+
+/// The simulated world.
+pub struct World {
+    config: RunConfig,
+    rates: FaultRates,
+    rng: Entropy,
+    clock: ManualClock,
+    broker: MemoryBus,
+    network: Arc<Mutex<Network>>,
+    replicas: Vec<Replica>,
+    nodes: Vec<SimNode>,
+    deployment: DeploymentId,
+    queue: BinaryHeap<Reverse<(UnixMillis, u64, Event)>>,
+    queued: u64,
+    oracle: Oracle,
+    trace: Trace,
+    stats: Stats,
+    faults: FaultCounts,
+    next_config_version: u64,
+    faults_on: bool,
+    healed_at: Option<UnixMillis>,
+    final_version: Option<u64>,
+    converged: bool,
+    signed_tasks: Vec<(usize, Vec<u8>)>,
+}
+
+fn expect<T, E: std::fmt::Display>(result: Result<T, E>, step: &str) -> T {
+    match result {
+        Ok(value) => value,
+        // The world's own set-up runs without faults; a failure there is a bug in the world.
+        Err(error) => unreachable!("simulation set-up step {step} failed: {error}"),
     }
 }
 
 impl World {
-    /// Builds a world: the control plane's streams and buckets, one deployment and its nodes.
+    /// Builds the world: replicas, trust, one deployment and its enrolled nodes.
     pub fn new(config: RunConfig) -> Self {
         let clock = ManualClock::new(START);
         let mut rng = entropy::from_seed(config.seed);
-        let bus = MemoryBus::new(Arc::new(clock.clone()));
+        let rates = if config.faults {
+            FaultRates::draw(&mut rng)
+        } else {
+            FaultRates::none()
+        };
+        let network = Arc::new(Mutex::new(Network::new(
+            Entropy::seed_from_u64(rng.next_u64()),
+            rates,
+        )));
+        let broker = MemoryBus::new(Arc::new(clock.clone()));
+
+        // The operator's offline steps: a root key signs a trust document listing the task key.
         let root = SigningKey::generate(&mut rng);
-        let signer = SigningKey::generate(&mut rng);
+        let task_key = SigningKey::generate(&mut rng);
         let year = Duration::from_secs(365 * 86_400);
         let trust = TrustDocument {
             version: 1,
-            issued_at: START,
+            issued_at: START.saturating_sub(Duration::from_secs(3600)),
             expires_at: START.saturating_add(year),
             root_key: root.public_key().as_bytes().to_vec(),
             task_keys: vec![KeyGrant {
-                public_key: signer.public_key().as_bytes().to_vec(),
-                not_before: START,
+                public_key: task_key.public_key().as_bytes().to_vec(),
+                not_before: START.saturating_sub(Duration::from_secs(3600)),
                 not_after: START.saturating_add(year),
             }],
             release_keys: Vec::new(),
@@ -247,6 +506,7 @@ impl World {
             SignedDocument::sign(&trust, &[&root]),
             "sign the trust document",
         );
+
         let settings = Settings {
             advertise_nats_url: "nats://simulated:4222".into(),
             unreachable_after: Duration::from_secs(120),
@@ -256,51 +516,74 @@ impl World {
             enrollment_ttl: Duration::from_secs(3600),
             failpoint: None,
         };
-        let control_plane = ControlPlane::new(
-            Arc::new(bus.clone()),
-            signer,
-            Arc::new(clock.clone()),
-            entropy::from_seed(rng.next_u64()),
-            settings,
-        );
-        let deployment =
-            DeploymentId::new(DEPLOYMENT).unwrap_or_else(|_| unreachable!("constant id is valid"));
-        let heartbeats = block_on(async {
-            expect(control_plane.setup().await, "setup");
-            expect(
-                control_plane.setup_trust(&signed_trust).await,
-                "set up trust",
+        let mut replicas = Vec::with_capacity(REPLICAS);
+        for index in 0..REPLICAS {
+            let bus = FaultyBus::new(
+                broker.clone(),
+                Participant::Replica(index),
+                network.clone(),
+                clock.clone(),
             );
+            let replica_clock = OffsetClock {
+                base: clock.clone(),
+                offset_ms: Arc::new(AtomicI64::new(rng.gen_range(-1000..=1000))),
+            };
+            let control_plane = ControlPlane::new(
+                Arc::new(bus),
+                task_key.clone(),
+                Arc::new(replica_clock),
+                Entropy::seed_from_u64(rng.next_u64()),
+                settings.clone(),
+            );
+            replicas.push(Replica {
+                control_plane,
+                up: true,
+                heartbeats: None,
+            });
+        }
+
+        // Set-up happens before any fault: the network is quiet until the first event.
+        lock_network(&network).set_enabled(false);
+        let deployment = expect(DeploymentId::new(DEPLOYMENT), "deployment id");
+        let first = expect(replicas.first().map(|replica| replica.control_plane.clone()).ok_or("no replica"), "first replica");
+        block_on(async {
+            expect(first.setup().await, "setup");
+            expect(first.setup_trust(&signed_trust).await, "set up trust");
             expect(
-                control_plane
+                first
                     .create_deployment(deployment.clone(), String::new(), None)
                     .await,
                 "create deployment",
             );
-            expect(
-                bus.subscribe(
+        });
+        for replica in &mut replicas {
+            replica.heartbeats = Some(expect(
+                block_on(replica.control_plane.bus().subscribe(
                     &Subject::all_telemetry(TelemetryKind::Heartbeat),
                     Some(CONTROL_PLANE_QUEUE),
-                )
-                .await,
+                )),
                 "subscribe to heartbeats",
-            )
-        });
+            ));
+        }
 
         let mut nodes = Vec::with_capacity(config.nodes);
         for index in 0..config.nodes {
-            let id = NodeId::new(format!("node-{index}"))
-                .unwrap_or_else(|_| unreachable!("generated id is valid"));
+            let id = expect(NodeId::new(format!("node-{index}")), "node id");
             let options = NodeOptions {
                 state_dir: "/sim".into(),
                 heartbeat_interval_secs: None,
             };
             let (_, bootstrap) = expect(
-                block_on(control_plane.add_node(deployment.clone(), id.clone(), options)),
+                block_on(first.add_node(deployment.clone(), id.clone(), options)),
                 "add node",
             );
-            // The node makes its key and enrolls it with the bootstrap file's token.
             let key = SigningKey::generate(&mut rng);
+            let bus = FaultyBus::new(
+                broker.clone(),
+                Participant::Node(index),
+                network.clone(),
+                clock.clone(),
+            );
             let token = bootstrap.enrollment_token.unwrap_or_default();
             let enrollment = expect(
                 warden::enroll::request(&deployment, &id, &token, &key, START),
@@ -314,96 +597,490 @@ impl World {
                 )),
                 "send enrollment",
             );
-            let identity = Identity {
-                deployment: deployment.clone(),
-                node: id.clone(),
-                approval_key: None,
-            };
-            let limits = Limits {
-                clock_skew: CLOCK_SKEW_DEFAULT,
-                validity_max: TASK_VALIDITY_MAX_DEFAULT,
-            };
-            let persisted = Persisted {
-                records: Vec::new(),
+            let disk = Disk {
+                records: BTreeMap::new(),
                 config_version: 0,
                 trust: trust.clone(),
                 clock_high_water: UnixMillis(0),
             };
-            let jitter = rng.gen_range(0..10_000);
-            nodes.push(SimNode {
-                core: WardenCore::new(identity, limits, persisted),
-                disk: Disk {
-                    trust: Some(signed_trust.clone()),
-                    ..Disk::default()
-                },
-                heartbeat: HeartbeatSchedule::new(
-                    deployment.clone(),
-                    id.clone(),
-                    Duration::from_secs(10),
-                    "sim".into(),
-                ),
-                next_beat_at: START.saturating_add(Duration::from_millis(jitter)),
+            let clock = OffsetClock {
+                base: clock.clone(),
+                offset_ms: Arc::new(AtomicI64::new(0)),
+            };
+            let heartbeat = HeartbeatSchedule::new(
+                deployment.clone(),
+                id.clone(),
+                Duration::from_secs(10),
+                "sim".into(),
+            );
+            let mut node = SimNode {
                 id,
                 key,
-            });
+                bus,
+                clock,
+                core: None,
+                disk,
+                heartbeat,
+                in_flight: None,
+            };
+            node.core = Some(Self::boot(&node, &deployment));
+            nodes.push(node);
         }
-        Self {
-            clock,
-            rng,
-            bus,
-            control_plane,
-            heartbeats,
-            deployment,
-            nodes,
-            trace: Trace::default(),
+        lock_network(&network).set_enabled(config.faults);
+
+        let oracle = Oracle {
+            task_key: task_key.public_key(),
+            skew: CLOCK_SKEW_DEFAULT,
+            interrupted: BTreeSet::new(),
             executions: BTreeMap::new(),
+            applied_config: vec![0; config.nodes],
+            checks: 0,
+            violation: None,
+        };
+        let mut world = Self {
+            config,
+            rates,
+            rng,
+            clock,
+            broker,
+            network,
+            replicas,
+            nodes,
+            deployment,
+            queue: BinaryHeap::new(),
+            queued: 0,
+            oracle,
+            trace: Trace::default(),
+            stats: Stats::default(),
+            faults: FaultCounts::default(),
             next_config_version: 1,
-            tasks: 0,
+            faults_on: config.faults,
+            healed_at: None,
+            final_version: None,
+            converged: false,
+            signed_tasks: Vec::new(),
+        };
+        world.schedule_start();
+        world
+    }
+
+    fn boot(node: &SimNode, deployment: &DeploymentId) -> WardenCore {
+        let identity = Identity {
+            deployment: deployment.clone(),
+            node: node.id.clone(),
+            approval_key: None,
+        };
+        let limits = Limits {
+            clock_skew: CLOCK_SKEW_DEFAULT,
+            validity_max: TASK_VALIDITY_MAX_DEFAULT,
+        };
+        let persisted = Persisted {
+            records: node.disk.records.values().cloned().collect(),
+            config_version: node.disk.config_version,
+            trust: node.disk.trust.clone(),
+            clock_high_water: node.disk.clock_high_water,
+        };
+        WardenCore::new(identity, limits, persisted)
+    }
+
+    fn schedule_start(&mut self) {
+        for index in 0..self.nodes.len() {
+            let offset = Duration::from_millis(self.rng.gen_range(0..10_000));
+            self.schedule(offset, Event::NodeBeat(index));
+            self.schedule(offset, Event::NodePoll(index));
+        }
+        for index in 0..REPLICAS {
+            self.schedule(Duration::from_millis(100), Event::Reports(index));
+            self.schedule(SWEEP_INTERVAL, Event::Sweep(index));
+        }
+        let first_issue = self.exponential(ISSUE_EVERY);
+        self.schedule(first_issue, Event::Issue);
+        if self.config.faults {
+            for (every, event) in [
+                (self.rates.partition_every, Event::Partition),
+                (self.rates.replica_crash_every, Event::ReplicaCrash),
+                (self.rates.clock_jump_every, Event::ClockJump),
+                (self.rates.hostile_every, Event::Hostile),
+            ] {
+                let delay = self.exponential(every);
+                self.schedule(delay, event);
+            }
+        }
+        if self.config.mode == Mode::Liveness {
+            self.schedule(self.config.duration, Event::Heal);
         }
     }
 
-    /// Runs `steps` random steps, then lets every node and the control plane drain.
-    pub fn run(mut self, steps: usize) -> Outcome {
-        for _ in 0..steps {
-            self.step();
-        }
-        // Drain: enough rounds for every issued task to travel to its node and back.
-        for _ in 0..4 {
-            for index in 0..self.nodes.len() {
-                self.node_pulls(index);
-            }
-            self.control_plane_pulls();
-        }
-        self.finish()
+    fn exponential(&mut self, mean: Duration) -> Duration {
+        let unit = entropy::unit_interval(&mut self.rng);
+        mean.mul_f64(-(1.0 - unit).ln()).min(mean * 20)
     }
 
-    fn step(&mut self) {
-        let elapsed = Duration::from_millis(self.rng.gen_range(0..2_000));
-        self.clock.advance(elapsed);
-        self.send_due_heartbeats();
-        match self.rng.gen_range(0..100) {
-            0..=9 => self.issue(),
-            10..=59 => {
-                let index = self.rng.gen_range(0..self.nodes.len().max(1));
-                self.node_pulls(index);
+    fn schedule(&mut self, delay: Duration, event: Event) {
+        self.queued += 1;
+        self.queue.push(Reverse((
+            self.clock.now().saturating_add(delay),
+            self.queued,
+            event,
+        )));
+    }
+
+    fn note(&mut self, event: &str) {
+        self.trace.push(self.clock.now(), START, event);
+    }
+
+    /// Runs the world to its end and returns what happened.
+    pub fn run(mut self) -> Outcome {
+        let wall = Instant::now();
+        let end = match self.config.mode {
+            Mode::Safety => START.saturating_add(self.config.duration),
+            Mode::Liveness => START.saturating_add(self.config.duration + LIVENESS_BOUND),
+        };
+        while let Some(Reverse((at, _, event))) = self.queue.pop() {
+            if at > end || self.oracle.violation.is_some() || self.converged {
+                break;
             }
-            60..=89 => self.control_plane_pulls(),
-            _ => {
-                expect(block_on(self.control_plane.sweep()), "sweep");
+            if at > self.clock.now() {
+                self.clock.set(at);
+            }
+            block_on(net::release_due(&self.network, &self.broker, at));
+            self.handle(event);
+            self.stats.events += 1;
+        }
+        if self.config.mode == Mode::Liveness && !self.converged && self.oracle.violation.is_none()
+        {
+            let detail = self
+                .liveness_gap()
+                .unwrap_or_else(|| "the run ended before the final check".into());
+            self.oracle.fail(
+                self.clock.now(),
+                "every live node converges after the faults stop",
+                detail,
+            );
+        }
+        self.finish(wall.elapsed())
+    }
+
+    fn handle(&mut self, event: Event) {
+        match event {
+            Event::NodePoll(index) => self.node_poll(index, true),
+            Event::NodeBeat(index) => self.node_beat(index),
+            Event::NodeRestart(index) => self.node_restart(index),
+            Event::ClockJump => self.clock_jump(),
+            Event::Reports(index) => self.replica_reports(index),
+            Event::Sweep(index) => self.replica_sweep(index),
+            Event::ReplicaCrash => self.replica_crash(),
+            Event::ReplicaRestart(index) => self.replica_restart(index),
+            Event::Partition => self.partition(),
+            Event::PartitionEnd(who) => {
+                net::lock(&self.network).heal(who);
+                self.note(&format!("partition of {who:?} healed"));
+            }
+            Event::Issue => self.issue(),
+            Event::Hostile => self.hostile(),
+            Event::Heal => self.heal(),
+            Event::LivenessCheck => self.liveness_check(),
+        }
+    }
+
+    fn node_poll(&mut self, index: usize, periodic: bool) {
+        if periodic {
+            self.schedule(POLL_INTERVAL, Event::NodePoll(index));
+        }
+        let crash_rate = if self.faults_on {
+            self.rates.node_crash
+        } else {
+            0.0
+        };
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        let Some(mut core) = node.core.take() else {
+            return;
+        };
+        let consumer = task_consumer(&self.deployment, &node.id);
+        let mut crashed = false;
+        let mut failed = false;
+        let mut handled = Vec::new();
+        for _ in 0..POLL_BATCH_MAX {
+            let deliveries =
+                match block_on(node.bus.pull(TASK_STREAM, &consumer, 1, Duration::ZERO)) {
+                    Ok(deliveries) if !deliveries.is_empty() => deliveries,
+                    _ => break,
+                };
+            for delivery in deliveries {
+                let mut io = SimIo {
+                    node_index: index,
+                    node: &mut *node,
+                    delivery: Some(&delivery),
+                    oracle: &mut self.oracle,
+                    rng: &mut self.rng,
+                    faults: &mut self.faults,
+                    crash_rate,
+                    crashed: false,
+                    true_clock: &self.clock,
+                };
+                let pulled = Pulled {
+                    payload: &delivery.payload,
+                    stream_sequence: delivery.stream_sequence,
+                };
+                let result = block_on(handle_pulled(&mut core, &mut io, pulled));
+                crashed = io.crashed;
+                failed = result.is_err();
+                handled.push(delivery.stream_sequence);
+                if failed {
+                    break;
+                }
+            }
+            if failed {
+                break;
             }
         }
-        self.ingest_heartbeats();
+        if !failed {
+            let mut io = SimIo {
+                node_index: index,
+                node: &mut *node,
+                delivery: None,
+                oracle: &mut self.oracle,
+                rng: &mut self.rng,
+                faults: &mut self.faults,
+                crash_rate,
+                crashed: false,
+                true_clock: &self.clock,
+            };
+            failed = block_on(prune(&mut core, &mut io)).is_err();
+            crashed = io.crashed;
+        }
+
+        let node_id = node.id.clone();
+        if crashed {
+            // The process is gone; whatever was in flight was interrupted.
+            if let Some(task) = node.in_flight.take() {
+                self.oracle.interrupted.insert(task);
+            }
+            let downtime = Duration::from_millis(self.rng.gen_range(1_000..30_000));
+            self.schedule(downtime, Event::NodeRestart(index));
+            self.note(&format!("{node_id} crashed"));
+        } else if failed {
+            // An I/O error: like the Warden's task runner, rebuild the core from disk. A task
+            // with a Started record is resumed on its redelivery.
+            if let Some(task) = node.in_flight.take() {
+                self.oracle.interrupted.insert(task);
+            }
+            node.core = Some(Self::boot(node, &self.deployment));
+        } else {
+            node.core = Some(core);
+        }
+        for sequence in handled {
+            self.note(&format!("{node_id} handled message {sequence}"));
+        }
+    }
+
+    fn node_restart(&mut self, index: usize) {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        if node.core.is_some() {
+            return;
+        }
+        node.in_flight = None;
+        node.core = Some(Self::boot(node, &self.deployment));
+        let id = node.id.clone();
+        self.note(&format!("{id} restarted"));
+        self.schedule(Duration::from_millis(10), Event::NodePoll(index));
+    }
+
+    fn node_beat(&mut self, index: usize) {
+        let unit = entropy::unit_interval(&mut self.rng);
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        let delay = node.heartbeat.next_delay(unit);
+        if let Some(core) = &node.core {
+            let heartbeat = node.heartbeat.beat(node.clock.now(), core.config_version());
+            let mut id = [0u8; 16];
+            self.rng.fill_bytes(&mut id);
+            let signed = Envelope::seal(MessageId::from_random(id), &heartbeat)
+                .and_then(|envelope| node.key.sign(&envelope))
+                .and_then(|signed| signed.encode());
+            if let Ok(bytes) = signed {
+                let subject =
+                    Subject::telemetry(&self.deployment, &node.id, TelemetryKind::Heartbeat);
+                let _ = block_on(node.bus.publish(&subject, bytes.into()));
+            }
+        }
+        self.schedule(delay, Event::NodeBeat(index));
+    }
+
+    fn clock_jump(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let index = self.rng.gen_range(0..self.nodes.len().max(1));
+        let limit = i64::try_from(CLOCK_OFFSET_MAX.as_millis()).unwrap_or(i64::MAX);
+        let jump = self.rng.gen_range(-limit..=limit);
+        if let Some(node) = self.nodes.get(index) {
+            let current = node.clock.offset_ms.load(Ordering::SeqCst);
+            node.clock
+                .offset_ms
+                .store((current + jump).clamp(-limit, limit), Ordering::SeqCst);
+            let id = node.id.clone();
+            self.faults.add(if jump < 0 {
+                "clock jumped back"
+            } else {
+                "clock jumped forward"
+            });
+            self.note(&format!("{id} clock jumped {jump} ms"));
+        }
+        let next = self.exponential(self.rates.clock_jump_every);
+        self.schedule(next, Event::ClockJump);
+    }
+
+    fn replica_reports(&mut self, index: usize) {
+        self.schedule(REPORT_INTERVAL, Event::Reports(index));
+        let Some(replica) = self.replicas.get_mut(index) else {
+            return;
+        };
+        if !replica.up {
+            return;
+        }
+        let mut heartbeats = Vec::new();
+        if let Some(subscription) = replica.heartbeats.as_mut() {
+            while let Some(Some(message)) = subscription.next().now_or_never() {
+                heartbeats.push(message);
+            }
+        }
+        for message in heartbeats {
+            let _ = block_on(
+                replica
+                    .control_plane
+                    .ingest_heartbeat(&message.subject, &message.payload),
+            );
+        }
+        let bus = replica.control_plane.bus().clone();
+        let Ok(deliveries) = block_on(bus.pull(REPORT_STREAM, REPORT_CONSUMER, 64, Duration::ZERO))
+        else {
+            return;
+        };
+        let mut recorded = Vec::new();
+        for delivery in deliveries {
+            let result = block_on(replica.control_plane.ingest_report(
+                &delivery.subject,
+                &delivery.payload,
+                delivery.delivered_count,
+            ));
+            let settled = match result {
+                Ok(Disposition::Done) => block_on(delivery.ack()),
+                Ok(Disposition::Retry(delay)) => block_on(delivery.nak(Some(delay))),
+                // Like the report bridge: stop, and the report comes back after the ack wait.
+                Err(_) => break,
+            };
+            if settled.is_ok() {
+                recorded.push(delivery.stream_sequence);
+            }
+        }
+        for sequence in recorded {
+            self.note(&format!("replica {index} settled report {sequence}"));
+        }
+    }
+
+    fn replica_sweep(&mut self, index: usize) {
+        self.schedule(SWEEP_INTERVAL, Event::Sweep(index));
+        let Some(replica) = self.replicas.get(index) else {
+            return;
+        };
+        if replica.up {
+            let _ = block_on(replica.control_plane.sweep());
+        }
+    }
+
+    fn replica_crash(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let index = self.rng.gen_range(0..REPLICAS);
+        if let Some(replica) = self.replicas.get_mut(index) {
+            if replica.up {
+                replica.up = false;
+                replica.heartbeats = None;
+                self.faults.add("control-plane replica crash");
+                self.note(&format!("replica {index} crashed"));
+                let downtime = Duration::from_millis(self.rng.gen_range(5_000..60_000));
+                self.schedule(downtime, Event::ReplicaRestart(index));
+            }
+        }
+        let next = self.exponential(self.rates.replica_crash_every);
+        self.schedule(next, Event::ReplicaCrash);
+    }
+
+    fn replica_restart(&mut self, index: usize) {
+        let Some(replica) = self.replicas.get_mut(index) else {
+            return;
+        };
+        if replica.up {
+            return;
+        }
+        let subscribed = block_on(replica.control_plane.bus().subscribe(
+            &Subject::all_telemetry(TelemetryKind::Heartbeat),
+            Some(CONTROL_PLANE_QUEUE),
+        ));
+        replica.heartbeats = subscribed.ok();
+        replica.up = true;
+        self.note(&format!("replica {index} restarted"));
+    }
+
+    fn partition(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let total = self.nodes.len() + REPLICAS;
+        let pick = self.rng.gen_range(0..total);
+        let who = if pick < self.nodes.len() {
+            Participant::Node(pick)
+        } else {
+            Participant::Replica(pick - self.nodes.len())
+        };
+        let cut = match self.rng.gen_range(0..3) {
+            0 => Cut::Both,
+            1 => Cut::Sending,
+            _ => Cut::Receiving,
+        };
+        net::lock(&self.network).partition(who, cut);
+        self.note(&format!("partition of {who:?}: {cut:?}"));
+        let length = Duration::from_millis(self.rng.gen_range(5_000..90_000));
+        self.schedule(length, Event::PartitionEnd(who));
+        let next = self.exponential(self.rates.partition_every);
+        self.schedule(next, Event::Partition);
+    }
+
+    fn up_replica(&mut self) -> Option<usize> {
+        let up: Vec<usize> = (0..REPLICAS)
+            .filter(|index| self.replicas.get(*index).is_some_and(|r| r.up))
+            .collect();
+        if up.is_empty() {
+            return None;
+        }
+        up.get(self.rng.gen_range(0..up.len())).copied()
     }
 
     fn issue(&mut self) {
-        let all = self.rng.gen_bool(0.5);
-        let target = if all || self.nodes.is_empty() {
+        if self.healed_at.is_none() || self.config.mode == Mode::Safety {
+            let next = self.exponential(ISSUE_EVERY);
+            self.schedule(next, Event::Issue);
+        }
+        if self.healed_at.is_some() {
+            return;
+        }
+        let target = if self.rng.gen_bool(0.5) || self.nodes.is_empty() {
             Target::AllNodes
         } else {
             let index = self.rng.gen_range(0..self.nodes.len());
-            self.nodes
-                .get(index)
-                .map_or(Target::AllNodes, |node| Target::Node(node.id.clone()))
+            Target::Node(
+                self.nodes
+                    .get(index)
+                    .map(|node| node.id.clone())
+                    .unwrap_or_else(|| unreachable!("index is in range")),
+            )
         };
         let request = if self.rng.gen_bool(0.7) {
             let version = self.next_config_version;
@@ -415,178 +1092,223 @@ impl World {
         } else {
             ActionRequest::CollectDiagnostics
         };
-        let issued = expect(
-            block_on(
-                self.control_plane
-                    .issue(self.deployment.clone(), target, request, None),
-            ),
-            "issue",
-        );
-        for task in issued {
-            self.tasks += 1;
-            self.trace.push(
-                self.clock.now(),
-                format!("issue {} to {} {}", task.id, task.node, task.kind),
-            );
+        self.issue_request(target, request);
+    }
+
+    /// Issues through a live replica; returns whether the replica reported success.
+    fn issue_request(&mut self, target: Target, request: ActionRequest) -> bool {
+        let Some(replica) = self.up_replica() else {
+            return false;
+        };
+        let Some(control_plane) = self.replicas.get(replica).map(|r| r.control_plane.clone())
+        else {
+            return false;
+        };
+        match block_on(control_plane.issue(self.deployment.clone(), target, request, None)) {
+            Ok(tasks) => {
+                for task in tasks {
+                    self.stats.tasks += 1;
+                    let index = self.nodes.iter().position(|node| node.id == task.node);
+                    if let (Some(index), Ok(signed)) = (
+                        index,
+                        warden_control_plane::service::decode_signed_task(&task),
+                    ) {
+                        if let Ok(bytes) = signed.encode() {
+                            self.signed_tasks.push((index, bytes));
+                        }
+                        // The node's long poll returns as soon as the task is stored.
+                        self.schedule(Duration::from_millis(5), Event::NodePoll(index));
+                    }
+                    self.note(&format!(
+                        "issued {} to {} ({})",
+                        task.id, task.node, task.kind
+                    ));
+                }
+                true
+            }
+            Err(error) => {
+                self.note(&format!("issue failed: {error}"));
+                false
+            }
         }
     }
 
-    fn node_pulls(&mut self, index: usize) {
-        let Some(node) = self.nodes.get_mut(index) else {
+    /// A hostile publisher: forged, replayed, misaddressed and stale tasks, and forged reports.
+    fn hostile(&mut self) {
+        if !self.faults_on {
+            return;
+        }
+        let next = self.exponential(self.rates.hostile_every);
+        self.schedule(next, Event::Hostile);
+        let Some(target) =
+            (!self.nodes.is_empty()).then(|| self.rng.gen_range(0..self.nodes.len()))
+        else {
             return;
         };
-        let consumer = task_consumer(&self.deployment, &node.id);
-        let deliveries = expect(
-            block_on(self.bus.pull(TASK_STREAM, &consumer, 1, Duration::ZERO)),
-            "pull tasks",
-        );
-        for delivery in deliveries {
-            let mut io = SimIo {
-                node: &node.id,
-                disk: &mut node.disk,
-                bus: &self.bus,
-                clock: &self.clock,
-                delivery: &delivery,
-                trace: &mut self.trace,
-                executions: &mut self.executions,
-                rng: &mut self.rng,
-                key: &node.key,
-            };
-            let pulled = Pulled {
-                payload: &delivery.payload,
-                stream_sequence: delivery.stream_sequence,
-            };
-            expect(
-                block_on(handle_pulled(&mut node.core, &mut io, pulled)),
-                "handle task",
-            );
-            self.trace.push(
-                self.clock.now(),
-                format!("{} handled message {}", node.id, delivery.stream_sequence),
-            );
+        let Some(target_id) = self.nodes.get(target).map(|node| node.id.clone()) else {
+            return;
+        };
+        let subject = Subject::tasks(&self.deployment, &target_id);
+        let kind = self.rng.gen_range(0..4);
+        let bytes = match kind {
+            // Replay or misaddress a task the control plane really signed.
+            0..=2 if !self.signed_tasks.is_empty() => {
+                let pick = self.rng.gen_range(0..self.signed_tasks.len());
+                self.signed_tasks
+                    .get(pick)
+                    .map(|(_, bytes)| bytes.clone())
+                    .unwrap_or_default()
+            }
+            // A task signed by the attacker's own key.
+            _ => {
+                let attacker = SigningKey::generate(&mut self.rng);
+                let mut id = [0u8; 16];
+                self.rng.fill_bytes(&mut id);
+                let now = self.clock.now();
+                let action = TaskAction::ApplyConfig(warden_bus::messages::ApplyConfig {
+                    version: 1 << 40,
+                    content: "owned = true\n".into(),
+                });
+                let task = Task {
+                    id: TaskId::from_random(id),
+                    deployment: self.deployment.clone(),
+                    node: target_id.clone(),
+                    issued_at: now,
+                    not_before: now,
+                    expires_at: now.saturating_add(Duration::from_secs(600)),
+                    key_id: attacker.id().clone(),
+                    kind: action.kind().to_owned(),
+                    params: action.encode_params().unwrap_or_default(),
+                };
+                Envelope::seal(MessageId::from_random(id), &task)
+                    .and_then(|envelope| attacker.sign(&envelope))
+                    .and_then(|signed| signed.encode())
+                    .unwrap_or_default()
+            }
+        };
+        let _ = block_on(self.broker.persist(&subject, bytes.into(), None));
+        self.faults.add(match kind {
+            0..=2 if !self.signed_tasks.is_empty() => "hostile replayed or misaddressed task",
+            _ => "hostile forged task",
+        });
+        self.note(&format!("hostile message to {target_id}"));
+        self.schedule(Duration::from_millis(5), Event::NodePoll(target));
+    }
+
+    fn heal(&mut self) {
+        self.faults_on = false;
+        net::lock(&self.network).set_enabled(false);
+        self.healed_at = Some(self.clock.now());
+        for node in &self.nodes {
+            node.clock.offset_ms.store(0, Ordering::SeqCst);
+        }
+        for index in 0..REPLICAS {
+            self.replica_restart(index);
+        }
+        for index in 0..self.nodes.len() {
+            self.node_restart(index);
+        }
+        self.note("faults stopped");
+
+        // The desired state every live node must reach.
+        let version = self.next_config_version;
+        self.next_config_version += 1;
+        let request = ActionRequest::ApplyConfig {
+            version,
+            content: format!("[system]\nversion = {version}\n"),
+        };
+        while !self.issue_request(Target::AllNodes, request.clone()) {
+            self.clock.advance(Duration::from_secs(1));
+        }
+        self.final_version = Some(version);
+        self.schedule(Duration::from_secs(5), Event::LivenessCheck);
+    }
+
+    /// What still keeps the run from converging, if anything.
+    fn liveness_gap(&mut self) -> Option<String> {
+        let final_version = self.final_version?;
+        if let Some(node) = self
+            .nodes
+            .iter()
+            .find(|node| node.disk.config_version != final_version)
+        {
+            return Some(format!(
+                "{} has configuration {} instead of {final_version}",
+                node.id, node.disk.config_version
+            ));
+        }
+        let control_plane = self.replicas.first()?.control_plane.clone();
+        let tasks = block_on(control_plane.list_tasks(&TaskFilter::default())).ok()?;
+        let open = tasks.iter().find(|task| !task.status.is_terminal())?;
+        Some(format!(
+            "task {} to {} is still {}",
+            open.id,
+            open.node,
+            open.status.as_str()
+        ))
+    }
+
+    fn liveness_check(&mut self) {
+        self.schedule(Duration::from_secs(5), Event::LivenessCheck);
+        self.stats.checks += 1;
+        let final_version = self.final_version;
+        let nodes_done = final_version.is_some_and(|version| {
+            self.nodes
+                .iter()
+                .all(|node| node.disk.config_version == version)
+        });
+        if !nodes_done {
+            return;
+        }
+        let Some(control_plane) = self
+            .replicas
+            .first()
+            .map(|replica| replica.control_plane.clone())
+        else {
+            return;
+        };
+        if let Ok(tasks) = block_on(control_plane.list_tasks(&TaskFilter::default())) {
+            if tasks.iter().all(|task| task.status.is_terminal()) {
+                self.converged = true;
+                self.note("converged");
+            }
         }
     }
 
-    fn control_plane_pulls(&mut self) {
-        let deliveries = expect(
-            block_on(
-                self.bus
-                    .pull(REPORT_STREAM, REPORT_CONSUMER, 64, Duration::ZERO),
-            ),
-            "pull reports",
-        );
-        for delivery in deliveries {
-            let disposition = expect(
-                block_on(self.control_plane.ingest_report(
-                    &delivery.subject,
-                    &delivery.payload,
-                    delivery.delivered_count,
-                )),
-                "ingest report",
-            );
-            match disposition {
-                Disposition::Done => expect(block_on(delivery.ack()), "ack report"),
-                Disposition::Retry(delay) => {
-                    expect(block_on(delivery.nak(Some(delay))), "retry report")
+    fn finish(mut self, wall: Duration) -> Outcome {
+        let control_plane = self
+            .replicas
+            .first()
+            .map(|replica| replica.control_plane.clone());
+        let mut statuses = BTreeMap::new();
+        net::lock(&self.network).set_enabled(false);
+        if let Some(control_plane) = control_plane {
+            if let Ok(tasks) = block_on(control_plane.list_tasks(&TaskFilter::default())) {
+                for task in tasks {
+                    *statuses.entry(task.status.as_str().to_owned()).or_insert(0) += 1;
+                    let _: TaskStatus = task.status;
                 }
             }
-            self.trace.push(
-                self.clock.now(),
-                format!("control plane recorded report {}", delivery.stream_sequence),
-            );
         }
-    }
-
-    fn send_due_heartbeats(&mut self) {
-        let now = self.clock.now();
-        for node in &mut self.nodes {
-            if node.next_beat_at > now {
-                continue;
-            }
-            let heartbeat = node.heartbeat.beat(now, node.core.config_version());
-            let mut id = [0u8; 16];
-            self.rng.fill_bytes(&mut id);
-            let bytes = expect(
-                Envelope::seal(MessageId::from_random(id), &heartbeat)
-                    .and_then(|envelope| node.key.sign(&envelope))
-                    .and_then(|signed| signed.encode()),
-                "encode heartbeat",
-            );
-            let subject = Subject::telemetry(&self.deployment, &node.id, TelemetryKind::Heartbeat);
-            expect(
-                block_on(self.bus.publish(&subject, bytes.into())),
-                "publish heartbeat",
-            );
-            let delay = node
-                .heartbeat
-                .next_delay(entropy::unit_interval(&mut self.rng));
-            node.next_beat_at = now.saturating_add(delay);
+        self.stats.checks += self.oracle.checks;
+        self.stats.simulated = self.clock.now().since(START);
+        self.stats.wall = wall;
+        let mut faults = net::lock(&self.network).faults.clone();
+        for (kind, count) in &self.faults.by_kind {
+            *faults.by_kind.entry(kind).or_insert(0) += count;
         }
-    }
-
-    fn ingest_heartbeats(&mut self) {
-        let mut pending = VecDeque::new();
-        while let Some(Some(message)) = self.heartbeats.next().now_or_never() {
-            pending.push_back(message);
-        }
-        for message in pending {
-            expect(
-                block_on(
-                    self.control_plane
-                        .ingest_heartbeat(&message.subject, &message.payload),
-                ),
-                "ingest heartbeat",
-            );
-        }
-    }
-
-    fn finish(mut self) -> Outcome {
-        let tasks = expect(
-            block_on(self.control_plane.list_tasks(&TaskFilter::default())),
-            "list tasks",
-        );
-        let mut statuses = BTreeMap::new();
-        let mut sorted = tasks;
-        sorted.sort_by(|a, b| a.id.cmp(&b.id));
-        for task in &sorted {
-            *statuses.entry(task.status.as_str().to_owned()).or_insert(0) += 1;
-            self.trace.push(
-                self.clock.now(),
-                format!("final {} {} {}", task.id, task.node, task.status.as_str()),
-            );
-        }
-        let nodes = expect(
-            block_on(self.control_plane.list_nodes(&self.deployment)),
-            "list nodes",
-        );
-        for node in nodes {
-            self.trace.push(
-                self.clock.now(),
-                format!(
-                    "final {} {} config {}",
-                    node.node,
-                    node.health.as_str(),
-                    node.config_version
-                ),
-            );
-        }
-        debug_assert!(sorted
-            .iter()
-            .all(|task| task.status != TaskStatus::Delivered || !task.history.is_empty()));
+        self.stats.faults = faults;
         Outcome {
+            config: self.config,
             trace: self.trace,
-            tasks: self.tasks,
+            stats: self.stats,
+            violation: self.oracle.violation,
             statuses,
-            executions: self.executions,
+            executions: self.oracle.executions,
         }
     }
 }
 
-/// Unwraps a result of the simulated world, whose in-memory I/O cannot fail unless the code
-/// under test is wrong; the message names the step.
-fn expect<T, E: std::fmt::Display>(result: Result<T, E>, step: &str) -> T {
-    match result {
-        Ok(value) => value,
-        Err(error) => unreachable!("simulated step {step} failed: {error}"),
-    }
+fn lock_network(network: &Mutex<Network>) -> std::sync::MutexGuard<'_, Network> {
+    net::lock(network)
 }

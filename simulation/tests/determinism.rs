@@ -1,4 +1,4 @@
-//! The same seed gives the same run; the run converges.
+//! The same seed gives the same run.
 
 #![allow(
     clippy::unwrap_used,
@@ -7,49 +7,72 @@
     clippy::indexing_slicing
 )]
 
-use warden_simulation::{RunConfig, World};
+use std::time::Duration;
 
-fn run(seed: u64) -> warden_simulation::Outcome {
-    World::new(RunConfig {
+use warden_simulation::{Mode, RunConfig, World};
+
+fn config(seed: u64, mode: Mode) -> RunConfig {
+    RunConfig {
         seed,
-        nodes: 3,
-        steps: 400,
-    })
-    .run(400)
+        nodes: 5,
+        duration: Duration::from_secs(300),
+        mode,
+        faults: true,
+    }
 }
 
 #[test]
 fn same_seed_same_trace() {
-    let first = run(7);
-    let second = run(7);
-    assert!(
-        first.trace.events().len() > 100,
-        "the run did too little: {:?}",
-        first.trace.events()
-    );
-    assert_eq!(first.trace.events(), second.trace.events());
-    assert_eq!(first.trace.hash(), second.trace.hash());
+    for mode in [Mode::Safety, Mode::Liveness] {
+        let first = World::new(config(7, mode)).run();
+        let second = World::new(config(7, mode)).run();
+        assert!(
+            first.trace.len() > 100,
+            "the run did too little: {} events",
+            first.trace.len()
+        );
+        assert_eq!(first.trace.hash(), second.trace.hash(), "{mode:?}");
+        assert_eq!(first.stats.events, second.stats.events);
+        assert_eq!(first.stats.faults, second.stats.faults);
+        assert_eq!(first.statuses, second.statuses);
+    }
 }
 
 #[test]
 fn different_seed_different_trace() {
-    assert_ne!(run(7).trace.hash(), run(8).trace.hash());
+    let first = World::new(config(7, Mode::Safety)).run();
+    let second = World::new(config(8, Mode::Safety)).run();
+    assert_ne!(first.trace.hash(), second.trace.hash());
 }
 
 #[test]
-fn every_task_succeeds_exactly_once() {
-    for seed in 0..5 {
-        let outcome = run(seed);
-        assert!(outcome.tasks > 0, "seed {seed} issued no task");
-        assert_eq!(
-            outcome.statuses.get("succeeded").copied().unwrap_or(0),
-            outcome.tasks,
-            "seed {seed}: {:?}",
-            outcome.statuses
-        );
-        for (task, count) in &outcome.executions {
-            assert_eq!(*count, 1, "seed {seed}: task {task} executed {count} times");
-        }
-        assert_eq!(outcome.executions.len(), outcome.tasks);
-    }
+fn faults_are_injected() {
+    let outcome = World::new(config(3, Mode::Safety)).run();
+    assert!(outcome.stats.faults.total() > 0);
+    let kinds = outcome.stats.faults.by_kind.len();
+    assert!(
+        kinds >= 5,
+        "only {kinds} kinds of fault: {:?}",
+        outcome.stats.faults
+    );
+}
+
+#[test]
+fn without_faults_every_task_succeeds_once() {
+    let outcome = World::new(RunConfig {
+        faults: false,
+        ..config(5, Mode::Liveness)
+    })
+    .run();
+    assert_eq!(outcome.violation, None);
+    assert_eq!(outcome.stats.faults.total(), 0);
+    let tasks = usize::try_from(outcome.stats.tasks).unwrap();
+    assert!(tasks > 0);
+    assert_eq!(
+        outcome.statuses.get("succeeded").copied(),
+        Some(tasks),
+        "{:?}",
+        outcome.statuses
+    );
+    assert!(outcome.executions.values().all(|count| *count == 1));
 }

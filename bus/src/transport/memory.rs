@@ -5,7 +5,7 @@
 //! It is deterministic: iteration order is fixed, time comes from an injected [`Clock`], and
 //! [`Bus::pull`] never waits, so a test or the simulator decides when time passes.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
 use std::time::Duration;
 
@@ -45,8 +45,12 @@ struct Subscriber {
 struct StreamState {
     spec: StreamSpec,
     messages: BTreeMap<u64, Stored>,
+    /// Sequences by subject, so a consumer with a literal filter does not scan the stream.
+    by_subject: HashMap<String, BTreeSet<u64>>,
     last_sequence: u64,
     dedup: HashMap<String, (u64, UnixMillis)>,
+    /// Dedup ids in the order they were stored, to expire them from the front.
+    dedup_order: VecDeque<(UnixMillis, String)>,
     consumers: BTreeMap<String, ConsumerState>,
 }
 
@@ -87,15 +91,27 @@ impl MemoryBus {
             .map_or(0, |consumer| consumer.pending.len())
     }
 
+    /// Drops messages past the stream's maximum age and dedup ids past the window. Both are
+    /// stored in time order, so only the oldest entries are looked at.
     fn expire(stream: &mut StreamState, now: UnixMillis) {
         let max_age = stream.spec.max_age;
-        if max_age > Duration::ZERO {
-            stream
-                .messages
-                .retain(|_, stored| now.since(stored.stored_at) < max_age);
+        while let Some((&sequence, stored)) = stream.messages.first_key_value() {
+            if max_age.is_zero() || now.since(stored.stored_at) < max_age {
+                break;
+            }
+            if let Some(sequences) = stream.by_subject.get_mut(&stored.subject) {
+                sequences.remove(&sequence);
+            }
+            stream.messages.remove(&sequence);
         }
         let window = stream.spec.duplicate_window;
-        stream.dedup.retain(|_, (_, at)| now.since(*at) < window);
+        while let Some((at, id)) = stream.dedup_order.front() {
+            if now.since(*at) < window {
+                break;
+            }
+            stream.dedup.remove(id);
+            stream.dedup_order.pop_front();
+        }
     }
 }
 
@@ -207,8 +223,10 @@ impl Bus for MemoryBus {
             .or_insert_with(|| StreamState {
                 spec: spec.clone(),
                 messages: BTreeMap::new(),
+                by_subject: HashMap::new(),
                 last_sequence: 0,
                 dedup: HashMap::new(),
+                dedup_order: VecDeque::new(),
                 consumers: BTreeMap::new(),
             });
         Ok(())
@@ -268,8 +286,14 @@ impl Bus for MemoryBus {
                 stored_at: now,
             },
         );
+        stream
+            .by_subject
+            .entry(subject.as_str().to_owned())
+            .or_default()
+            .insert(sequence);
         if let Some(id) = dedup_id {
             stream.dedup.insert(id.to_owned(), (sequence, now));
+            stream.dedup_order.push_back((now, id.to_owned()));
         }
         Ok(sequence)
     }
@@ -294,6 +318,7 @@ impl Bus for MemoryBus {
             messages,
             consumers,
             last_sequence,
+            by_subject,
             ..
         } = stream;
         let consumer = consumers
@@ -318,7 +343,30 @@ impl Bus for MemoryBus {
                 picked.push((*sequence, *count));
             }
         }
-        while picked.len() < batch && consumer.next_sequence <= *last_sequence {
+        let literal = !consumer.spec.filter.as_str().contains(['*', '>']);
+        if literal {
+            let fresh: Vec<u64> = by_subject
+                .get(consumer.spec.filter.as_str())
+                .map(|sequences| {
+                    sequences
+                        .range(consumer.next_sequence..)
+                        .take(batch - picked.len())
+                        .copied()
+                        .collect()
+                })
+                .unwrap_or_default();
+            for sequence in fresh {
+                consumer.next_sequence = sequence + 1;
+                consumer
+                    .pending
+                    .insert(sequence, (1, now.saturating_add(ack_wait)));
+                picked.push((sequence, 1));
+            }
+            if picked.len() < batch {
+                consumer.next_sequence = *last_sequence + 1;
+            }
+        }
+        while !literal && picked.len() < batch && consumer.next_sequence <= *last_sequence {
             let sequence = consumer.next_sequence;
             consumer.next_sequence += 1;
             let Some(stored) = messages.get(&sequence) else {

@@ -206,16 +206,29 @@ impl WardenCore {
         }
         let resumed = self.records.contains_key(&task_id);
 
+        // An interrupted task that has meanwhile left its window is settled from what is on
+        // disk instead of being run outside its validity.
+        let interrupted_task = resumed.then(|| signed.task.clone());
         let verified = match verify::check_window_and_action(
             signed,
             &self.trust,
             &self.identity,
             now,
             self.limits,
-            resumed,
         ) {
             Ok(verified) => verified,
-            Err(rejection) => return self.reject(effects, rejection, now),
+            Err(rejection) => match interrupted_task {
+                Some(task) if verify::is_time_check(rejection.code) => {
+                    return self.settle_interrupted(
+                        effects,
+                        &task,
+                        pulled.stream_sequence,
+                        &rejection,
+                        now,
+                    )
+                }
+                _ => return self.reject(effects, rejection, now),
+            },
         };
         let change = match self.decide_change(&verified, now, resumed) {
             Ok(change) => change,
@@ -240,6 +253,52 @@ impl WardenCore {
             Effect::Report(delivered),
             Effect::Execute(verified),
         ]);
+        effects
+    }
+
+    /// Records the outcome of a task that was interrupted mid-execution and is now outside its
+    /// window, without running it again: a versioned document whose version is on disk was
+    /// applied; anything else is reported as failed.
+    fn settle_interrupted(
+        &mut self,
+        mut effects: Vec<Effect>,
+        task: &Task,
+        stream_sequence: u64,
+        rejection: &Rejection,
+        now: UnixMillis,
+    ) -> Vec<Effect> {
+        let applied = match task.action() {
+            Ok(TaskAction::ApplyConfig(config)) => config.version == self.config_version,
+            Ok(TaskAction::UpdateTrust(update)) => update
+                .document
+                .document_unverified()
+                .is_ok_and(|document| document.version == self.trust.version),
+            _ => false,
+        };
+        let status = if applied {
+            ReportStatus::Succeeded {
+                output: [(
+                    "result".to_owned(),
+                    "applied before the Warden was interrupted".to_owned(),
+                )]
+                .into(),
+            }
+        } else {
+            ReportStatus::failed(format!(
+                "the Warden was interrupted while running task {} and it cannot be run again: {}",
+                task.id, rejection.detail
+            ))
+        };
+        tracing::warn!(node_id = %self.identity.node, task_id = %task.id, applied, "settled an interrupted task outside its window without running it again");
+        let record = TaskRecord {
+            task_id: task.id.clone(),
+            stream_sequence,
+            expires_at: task.expires_at,
+            state: RecordState::Finished(status.clone()),
+        };
+        self.records.insert(record.task_id.clone(), record.clone());
+        let report = self.report(&task.id, status, now);
+        effects.extend([Effect::Persist(record), Effect::Report(report), Effect::Ack]);
         effects
     }
 

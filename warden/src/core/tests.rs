@@ -814,28 +814,39 @@ proptest! {
     }
 }
 
-#[test]
-fn interrupted_task_finishes_after_expiry() {
+fn settled_after_expiry(config_on_disk: u64) -> Vec<Effect> {
     let bytes = sign(&task(1, &apply(3)));
     let mut core = core();
     let started = persisted_records(core.on_pulled(pulled(&bytes, 5), NOW));
-
-    // Redelivered after the task's expiry: it was accepted in its window, so it finishes.
     let late = NOW.saturating_add(Duration::from_millis(HOUR_MS) + SKEW + Duration::from_secs(1));
     let persisted = Persisted {
         records: started,
-        config_version: 3,
+        config_version: config_on_disk,
         trust: default_trust(),
         clock_high_water: NOW,
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
-    let effects = restarted.on_pulled(pulled(&bytes, 5), late);
-    assert_eq!(rejection_code(&effects), None, "{effects:?}");
-    assert!(executes(&effects));
-    let finished = restarted.on_executed(Ok(Default::default()), late);
+    restarted.on_pulled(pulled(&bytes, 5), late)
+}
+
+#[test]
+fn interrupted_task_past_expiry_is_settled_not_run() {
+    // Version 3 reached the disk before the interruption: the task succeeded.
+    let effects = settled_after_expiry(3);
     assert!(
-        matches!(&finished[0], Effect::Persist(record) if matches!(record.state, RecordState::Finished(_)))
+        !executes(&effects),
+        "an expired task must not run, even resumed"
     );
+    assert!(
+        matches!(&effects[..], [Effect::PersistClock(_), Effect::Persist(record), Effect::Report(report), Effect::Ack]
+        if matches!(record.state, RecordState::Finished(ReportStatus::Succeeded { .. }))
+        && matches!(report.status, ReportStatus::Succeeded { .. }))
+    );
+
+    // It did not: the task failed and is not run again.
+    let effects = settled_after_expiry(2);
+    assert!(!executes(&effects));
+    assert!(effects.iter().any(|effect| matches!(effect, Effect::Report(report) if matches!(report.status, ReportStatus::Failed { .. }))));
 }
 
 #[test]

@@ -54,6 +54,18 @@ impl VerifiedTask {
     }
 }
 
+/// Whether a rejection comes from a time check (trust expiry, key window, task window), which a
+/// task can pass at one moment and fail later.
+pub fn is_time_check(code: RejectCode) -> bool {
+    matches!(
+        code,
+        RejectCode::TrustExpired
+            | RejectCode::KeyOutsideWindow
+            | RejectCode::Expired
+            | RejectCode::NotYetValid
+    )
+}
+
 /// A task that failed a check, with the id it claimed if one could be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Rejection {
@@ -196,16 +208,13 @@ pub fn verify_signed(
     })
 }
 
-/// Runs checks 7 to 12. A `resumed` task was accepted inside its window before the Warden
-/// stopped mid-execution, so the time checks (7, 8 and 10) are not repeated: it finishes
-/// instead of being left half-done as expired.
+/// Runs checks 7 to 12.
 pub fn check_window_and_action(
     signed: Signed,
     trust: &TrustDocument,
     identity: &Identity,
     now: UnixMillis,
     limits: Limits,
-    resumed: bool,
 ) -> Result<VerifiedTask, Rejection> {
     let Signed {
         task,
@@ -216,7 +225,7 @@ pub fn check_window_and_action(
     let skew = limits.clock_skew;
     let reject = |code: RejectCode, detail: String| Err(Rejection::new(code, detail, id.clone()));
 
-    if !resumed && now.saturating_sub(skew) > trust.expires_at && task.kind != "update_trust" {
+    if now.saturating_sub(skew) > trust.expires_at && task.kind != "update_trust" {
         return reject(
             RejectCode::TrustExpired,
             format!(
@@ -225,7 +234,7 @@ pub fn check_window_and_action(
             ),
         );
     }
-    if !resumed && !grant.is_valid_at(now, skew) {
+    if !grant.is_valid_at(now, skew) {
         return reject(
             RejectCode::KeyOutsideWindow,
             format!(
@@ -255,7 +264,7 @@ pub fn check_window_and_action(
             ),
         );
     }
-    if !resumed && now.saturating_sub(skew) > task.expires_at {
+    if now.saturating_sub(skew) > task.expires_at {
         return reject(
             RejectCode::Expired,
             format!(
@@ -266,7 +275,7 @@ pub fn check_window_and_action(
             ),
         );
     }
-    if !resumed && now.saturating_add(skew) < task.not_before {
+    if now.saturating_add(skew) < task.not_before {
         return reject(
             RejectCode::NotYetValid,
             format!(
