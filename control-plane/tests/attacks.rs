@@ -142,7 +142,7 @@ fn replay_rejected_after_warden_restart() {
     let mut cluster = cluster_with_node();
     let issued = &cluster.issue(
         Some("n1"),
-        warden_control_plane::core::issue::ActionRequest::CollectDiagnostics,
+        warden_control_plane::core::issue::ActionRequest::CollectDiagnostics {},
     )[0];
     cluster.wait_status(&issued.id, "succeeded");
     cluster.kill_warden("n1");

@@ -68,7 +68,7 @@ fn diagnostics_report_node_facts() {
     let mut cluster = Cluster::start();
     cluster.add_node("n1");
     cluster.start_warden("n1", &[]);
-    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics)[0];
+    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics {})[0];
     let done = cluster.wait_status(&task.id, "succeeded");
     for fact in [
         "hostname",

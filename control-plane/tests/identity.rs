@@ -67,7 +67,7 @@ fn forged_reports_are_ignored() {
         node_key_id(&cluster, "n1").is_some()
     });
     cluster.kill_warden("n1");
-    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics)[0];
+    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics {})[0];
 
     // Someone with publish rights claims outcomes: unsigned, and signed by a key of their own.
     let stranger = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(4));
@@ -218,7 +218,7 @@ fn reenroll_revokes_old_identity() {
     );
 
     // The old process's reports no longer count; the new one enrolls and works.
-    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics)[0];
+    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics {})[0];
     cluster.kill_warden("n1");
     std::fs::copy(&out, cluster.path("n1.toml")).unwrap();
     cluster.start_warden("n1", &[]);

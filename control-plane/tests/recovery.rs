@@ -93,7 +93,7 @@ fn task_recorded_but_not_published_is_published_after_restart() {
         node: Some("n1".into()),
         all_nodes: false,
         ttl_secs: None,
-        action: ActionRequest::CollectDiagnostics,
+        action: ActionRequest::CollectDiagnostics {},
     };
     let result: Result<warden_control_plane::views::IssuedTasks, _> = cluster.client().post(
         &format!("/v1/deployments/{}/tasks", support::DEPLOYMENT),
@@ -172,7 +172,7 @@ fn warden_survives_broker_restart() {
                 node: Some("n1".into()),
                 all_nodes: false,
                 ttl_secs: None,
-                action: ActionRequest::CollectDiagnostics,
+                action: ActionRequest::CollectDiagnostics {},
             };
             let result: Result<warden_control_plane::views::IssuedTasks, _> =
                 cluster.client().post(

@@ -47,7 +47,7 @@ fn public_hex(cluster: &Cluster, key: &str) -> String {
 }
 
 fn update_trust_everywhere(cluster: &Cluster, node: &str) {
-    let task = &cluster.issue(Some(node), ActionRequest::UpdateTrust)[0];
+    let task = &cluster.issue(Some(node), ActionRequest::UpdateTrust {})[0];
     let done = cluster.wait_status(&task.id, "succeeded");
     assert!(
         done.output.contains_key("trust_version"),
@@ -99,7 +99,7 @@ fn task_key_rotation_with_overlap() {
     );
     cluster.wait_status(&old_signed, "succeeded");
     cluster.restart_control_plane_with_key("task-2.key");
-    let new_signed = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics)[0];
+    let new_signed = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics {})[0];
     cluster.wait_status(&new_signed.id, "succeeded");
 }
 
@@ -319,7 +319,7 @@ fn root_rotation_reaches_nodes() {
     // The Warden keeps the rotated trust across a restart, whatever its bootstrap file says.
     cluster.kill_warden("n1");
     cluster.start_warden("n1", &[]);
-    let task = &cluster.issue(Some("n1"), ActionRequest::UpdateTrust)[0];
+    let task = &cluster.issue(Some("n1"), ActionRequest::UpdateTrust {})[0];
     let done = cluster.wait_status(&task.id, "rejected");
     assert_eq!(
         done.reject_code.as_deref(),
@@ -336,7 +336,7 @@ fn replay_rejected_after_dedup_window() {
         cluster.start_warden("n1", &[]);
         cluster
     };
-    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics)[0];
+    let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics {})[0];
     cluster.wait_status(&task.id, "succeeded");
     std::thread::sleep(Duration::from_secs(2));
 

@@ -545,7 +545,13 @@ impl World {
         // Set-up happens before any fault: the network is quiet until the first event.
         lock_network(&network).set_enabled(false);
         let deployment = expect(DeploymentId::new(DEPLOYMENT), "deployment id");
-        let first = expect(replicas.first().map(|replica| replica.control_plane.clone()).ok_or("no replica"), "first replica");
+        let first = expect(
+            replicas
+                .first()
+                .map(|replica| replica.control_plane.clone())
+                .ok_or("no replica"),
+            "first replica",
+        );
         block_on(async {
             expect(first.setup().await, "setup");
             expect(first.setup_trust(&signed_trust).await, "set up trust");
@@ -1090,7 +1096,7 @@ impl World {
                 content: format!("[system]\nversion = {version}\n"),
             }
         } else {
-            ActionRequest::CollectDiagnostics
+            ActionRequest::CollectDiagnostics {}
         };
         self.issue_request(target, request);
     }

@@ -576,9 +576,9 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                     let content = read_capped(&file, CONFIG_FILE_BYTES_MAX, "configuration file")?;
                     ActionRequest::ApplyConfig { version, content }
                 }
-                ActionCommand::CollectDiagnostics => ActionRequest::CollectDiagnostics,
-                ActionCommand::UpdateTrust => ActionRequest::UpdateTrust,
-                ActionCommand::RotateCertificate => ActionRequest::RotateCertificate,
+                ActionCommand::CollectDiagnostics => ActionRequest::CollectDiagnostics {},
+                ActionCommand::UpdateTrust => ActionRequest::UpdateTrust {},
+                ActionCommand::RotateCertificate => ActionRequest::RotateCertificate {},
                 ActionCommand::StartComponent { component } => ActionRequest::StartComponent {
                     component: component.into(),
                 },

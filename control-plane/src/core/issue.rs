@@ -75,11 +75,11 @@ pub enum ActionRequest {
         rules: Vec<AccessRule>,
     },
     /// Renew the TLS certificate now.
-    RotateCertificate,
+    RotateCertificate {},
     /// Send the control plane's current trust document.
-    UpdateTrust,
+    UpdateTrust {},
     /// Report node facts.
-    CollectDiagnostics,
+    CollectDiagnostics {},
 }
 
 /// A request that failed validation, naming the field and the fix.
@@ -97,9 +97,9 @@ impl ActionRequest {
     /// document, sent by `update_trust`.
     pub fn into_action(self, trust: &SignedDocument) -> Result<TaskAction, FieldError> {
         let action = match self {
-            Self::CollectDiagnostics => TaskAction::CollectDiagnostics,
-            Self::RotateCertificate => TaskAction::RotateCertificate,
-            Self::UpdateTrust => TaskAction::UpdateTrust(UpdateTrust {
+            Self::CollectDiagnostics {} => TaskAction::CollectDiagnostics,
+            Self::RotateCertificate {} => TaskAction::RotateCertificate,
+            Self::UpdateTrust {} => TaskAction::UpdateTrust(UpdateTrust {
                 document: trust.clone(),
             }),
             Self::StartComponent { component } => {
@@ -314,6 +314,22 @@ mod tests {
             .unwrap_err()
             .reason
             .contains("/33"));
+    }
+
+    #[test]
+    fn unknown_fields_rejected_for_every_kind() {
+        for body in [
+            r#"{"kind":"collect_diagnostics","extra":1}"#,
+            r#"{"kind":"update_trust","document":"x"}"#,
+            r#"{"kind":"rotate_certificate","force":true}"#,
+            r#"{"kind":"start_component","component":"iggy","extra":1}"#,
+        ] {
+            let error = serde_json::from_str::<ActionRequest>(body)
+                .unwrap_err()
+                .to_string();
+            assert!(error.contains("unknown field"), "{body}: {error}");
+        }
+        assert!(serde_json::from_str::<ActionRequest>(r#"{"kind":"collect_diagnostics"}"#).is_ok());
     }
 
     #[test]
