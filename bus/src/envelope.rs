@@ -52,7 +52,7 @@ pub enum WireError {
     /// The bytes are not a valid MessagePack encoding of the expected structure.
     #[error("malformed {what}: {reason}")]
     Malformed {
-        /// What was being decoded.
+        /// Name of the decoded item.
         what: &'static str,
         /// The decoder's message.
         reason: String,
@@ -76,7 +76,7 @@ pub enum WireError {
     /// Encoding failed, which only happens for values serde cannot represent.
     #[error("failed to encode {what}: {reason}")]
     Encode {
-        /// What was being encoded.
+        /// Name of the encoded item.
         what: &'static str,
         /// The encoder's message.
         reason: String,

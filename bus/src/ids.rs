@@ -11,7 +11,7 @@ use serde::{Deserialize, Serialize};
 /// Maximum length of an identifier, in bytes.
 pub const ID_BYTES_MAX: usize = 63;
 
-/// Why a string is not a valid identifier.
+/// Error from parsing an identifier.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum IdError {
@@ -20,13 +20,13 @@ pub enum IdError {
         "invalid {kind}: the value is empty; use 1 to {ID_BYTES_MAX} characters of a-z, 0-9 and -"
     )]
     Empty {
-        /// Which identifier was being parsed.
+        /// Kind of identifier being parsed.
         kind: &'static str,
     },
     /// The string is longer than [`ID_BYTES_MAX`].
     #[error("invalid {kind} {value:?}: {len} characters is over the maximum of {ID_BYTES_MAX}")]
     TooLong {
-        /// Which identifier was being parsed.
+        /// Kind of identifier being parsed.
         kind: &'static str,
         /// The rejected value, cut to the maximum length.
         value: String,
@@ -36,7 +36,7 @@ pub enum IdError {
     /// The string contains a character outside the allowed set.
     #[error("invalid {kind} {value:?}: character {character:?} at position {position} is not allowed; use a-z, 0-9 and -, starting with a letter or digit")]
     BadCharacter {
-        /// Which identifier was being parsed.
+        /// Kind of identifier being parsed.
         kind: &'static str,
         /// The rejected value.
         value: String,
@@ -90,7 +90,7 @@ macro_rules! identifier {
                 Ok(Self(value))
             }
 
-            /// The identifier as a string slice.
+            /// Returns the identifier as a string slice.
             pub fn as_str(&self) -> &str {
                 &self.0
             }

@@ -21,7 +21,7 @@ pub const REASON_BYTES_MAX: usize = 2048;
 /// report a task whose kind it does not know instead of failing on the whole message.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Task {
-    /// Unique id; a Warden executes each id at most once.
+    /// Unique id. A Warden runs each id once, and again only to finish it after an interruption.
     pub id: TaskId,
     /// Deployment of the node the task is for.
     pub deployment: DeploymentId,
@@ -172,7 +172,7 @@ pub enum Protocol {
 pub struct AccessRule {
     /// Source network in CIDR notation, IPv4 or IPv6.
     pub cidr: String,
-    /// What it may reach.
+    /// Protocol the rule opens.
     pub protocol: Protocol,
     /// When the rule closes by itself, if ever.
     #[serde(default)]
@@ -205,11 +205,11 @@ pub const ACCESS_RULES_MAX: usize = 256;
 /// Maximum size of a sealed encryption key, in bytes.
 pub const SEALED_KEY_BYTES_MAX: usize = 512;
 
-/// Why a task's action could not be decoded.
+/// Error from decoding a task's action.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ActionError {
-    /// The kind is not one this build knows.
+    /// The kind is not one this build supports.
     #[error("unknown task kind {kind:?}; known kinds are {known}", known = TaskAction::KINDS.join(", "))]
     UnknownKind {
         /// The kind name from the task, cut to 64 bytes.
@@ -220,7 +220,7 @@ pub enum ActionError {
     InvalidParams {
         /// The kind name.
         kind: &'static str,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
 }
@@ -240,7 +240,7 @@ impl TaskAction {
         "collect_diagnostics",
     ];
 
-    /// The kind name carried in [`Task::kind`].
+    /// Returns the kind name carried in [`Task::kind`].
     pub fn kind(&self) -> &'static str {
         match self {
             Self::ApplyConfig(_) => "apply_config",
@@ -468,7 +468,7 @@ pub struct TaskReport {
     pub node: NodeId,
     /// When the node made the report, by its clock.
     pub at: UnixMillis,
-    /// What happened.
+    /// Description of the event.
     pub status: ReportStatus,
 }
 
@@ -476,7 +476,7 @@ impl Message for TaskReport {
     const TYPE: MessageType = MessageType::TaskReport;
 }
 
-/// What a node reports about a task.
+/// Status a node reports for a task.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ReportStatus {
@@ -489,12 +489,12 @@ pub enum ReportStatus {
     },
     /// The task was accepted but its effect could not be made.
     Failed {
-        /// What went wrong.
+        /// Description of the failure.
         reason: String,
     },
     /// The task was not executed because it did not pass a check.
     Rejected {
-        /// Which check failed.
+        /// The failed check.
         code: RejectCode,
         /// Details for the operator.
         detail: String,
@@ -502,14 +502,14 @@ pub enum ReportStatus {
 }
 
 impl ReportStatus {
-    /// A failure with its reason cut to [`REASON_BYTES_MAX`].
+    /// Builds a failure with its reason cut to [`REASON_BYTES_MAX`].
     pub fn failed(reason: impl AsRef<str>) -> Self {
         Self::Failed {
             reason: truncate(reason.as_ref(), REASON_BYTES_MAX),
         }
     }
 
-    /// A rejection with its detail cut to [`REASON_BYTES_MAX`].
+    /// Builds a rejection with its detail cut to [`REASON_BYTES_MAX`].
     pub fn rejected(code: RejectCode, detail: impl AsRef<str>) -> Self {
         Self::Rejected {
             code,
@@ -572,7 +572,7 @@ pub enum RejectCode {
 }
 
 impl RejectCode {
-    /// The code as written on the wire and shown to operators.
+    /// Returns the code as written on the wire and shown to operators.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Malformed => "malformed",

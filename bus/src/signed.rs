@@ -17,7 +17,7 @@ use crate::ids::KeyId;
 /// Length of an Ed25519 public key or seed, in bytes.
 pub const KEY_BYTES: usize = 32;
 
-/// Why a signed envelope was not accepted.
+/// Error from verifying a signed envelope.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SignatureError {
@@ -157,17 +157,17 @@ impl SigningKey {
         Self { key, id }
     }
 
-    /// The 32-byte seed, for storing the key in a file with mode 0600.
+    /// Returns the 32-byte seed, for storing the key in a file with mode 0600.
     pub fn seed(&self) -> [u8; KEY_BYTES] {
         self.key.to_bytes()
     }
 
-    /// The id of this key.
+    /// Returns the id of this key.
     pub fn id(&self) -> &KeyId {
         &self.id
     }
 
-    /// The public half of this key.
+    /// Returns the public half of this key.
     pub fn public_key(&self) -> PublicKey {
         PublicKey {
             key: self.key.verifying_key(),
@@ -215,7 +215,7 @@ impl fmt::Debug for PublicKey {
     }
 }
 
-/// Why bytes are not a valid public key.
+/// Error from parsing a public key.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid Ed25519 public key {value:?}: {reason}")]
 pub struct PublicKeyError {
@@ -269,17 +269,17 @@ impl PublicKey {
         &signature.key_id == self.id() && self.verify(bytes, &signature.signature)
     }
 
-    /// The key as 64 lowercase hex characters.
+    /// Returns the key as 64 lowercase hex characters.
     pub fn to_hex(&self) -> String {
         hex::encode(self.key.as_bytes())
     }
 
-    /// The raw 32 bytes of the key.
+    /// Returns the raw 32 bytes of the key.
     pub fn as_bytes(&self) -> &[u8; KEY_BYTES] {
         self.key.as_bytes()
     }
 
-    /// The id of this key.
+    /// Returns the id of this key.
     pub fn id(&self) -> &KeyId {
         &self.id
     }
@@ -317,7 +317,7 @@ impl Keyring {
         self.keys.len()
     }
 
-    /// Whether the keyring has no keys.
+    /// Returns whether the keyring has no keys.
     pub fn is_empty(&self) -> bool {
         self.keys.is_empty()
     }

@@ -81,7 +81,7 @@ pub struct SignedDocument {
     pub signatures: Vec<KeySignature>,
 }
 
-/// Why a trust document was not accepted.
+/// Error from verifying a trust document.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum TrustError {
@@ -91,7 +91,7 @@ pub enum TrustError {
     /// The content breaks a structural rule.
     #[error("invalid trust document: {reason}")]
     Invalid {
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// The current root did not sign it.
@@ -135,7 +135,7 @@ pub enum TrustError {
 }
 
 impl TrustDocument {
-    /// The root key.
+    /// Returns the root key.
     pub fn root(&self) -> Result<PublicKey, TrustError> {
         PublicKey::from_bytes(&self.root_key).map_err(|error| TrustError::Invalid {
             reason: format!("root key: {error}"),
@@ -182,12 +182,12 @@ impl TrustDocument {
         Ok(())
     }
 
-    /// The task key with this id, if listed.
+    /// Returns the task key with this id, if listed.
     pub fn task_key(&self, id: &KeyId) -> Option<(&KeyGrant, PublicKey)> {
         find(&self.task_keys, id)
     }
 
-    /// The release key with this id, if listed.
+    /// Returns the release key with this id, if listed.
     pub fn release_key(&self, id: &KeyId) -> Option<(&KeyGrant, PublicKey)> {
         find(&self.release_keys, id)
     }

@@ -241,11 +241,17 @@ async fn memory_bus_expires_messages_and_dedup_ids() {
     .await
     .unwrap();
     let subject = Subject::tasks(&deployment, &node);
-    let first = bus.persist(&subject, Bytes::from_static(b"old"), Some("id")).await.unwrap();
+    let first = bus
+        .persist(&subject, Bytes::from_static(b"old"), Some("id"))
+        .await
+        .unwrap();
 
     // Past the dedup window the same id stores a new copy.
     clock.advance(Duration::from_secs(11));
-    let second = bus.persist(&subject, Bytes::from_static(b"new"), Some("id")).await.unwrap();
+    let second = bus
+        .persist(&subject, Bytes::from_static(b"new"), Some("id"))
+        .await
+        .unwrap();
     assert_ne!(first, second);
 
     // Past the maximum age the first message is gone before anyone pulled it.

@@ -35,7 +35,7 @@ pub enum CtlError {
         url: String,
         /// HTTP status.
         status: u16,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// A local file or value is wrong.

@@ -39,7 +39,7 @@ pub enum KeyFileError {
     Content {
         /// The file.
         path: PathBuf,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
 }

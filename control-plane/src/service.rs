@@ -58,7 +58,7 @@ pub const ENROLLMENT_WAIT: Duration = Duration::from_secs(2);
 /// Default validity of an enrollment token.
 pub const ENROLLMENT_TTL_DEFAULT: Duration = Duration::from_secs(3600);
 
-/// What to do with a delivery after handling it.
+/// Settlement of a delivery after handling it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Disposition {
     /// Acknowledge it.
@@ -67,9 +67,9 @@ pub enum Disposition {
     Retry(Duration),
 }
 
-/// Key in [`CONTROL_BUCKET`] that holds the current signed trust document.
+/// Key in [`CONTROL_BUCKET`] that stores the current signed trust document.
 pub const TRUST_DOCUMENT_KEY: &str = "trust_document";
-/// Key in [`CONTROL_BUCKET`] that holds the admin API key's SHA-256.
+/// Key in [`CONTROL_BUCKET`] that stores the admin API key's SHA-256.
 pub const ADMIN_KEY_HASH_KEY: &str = "admin_api_key_sha256";
 
 /// Settings of a control-plane replica.
@@ -93,24 +93,24 @@ pub struct Settings {
     pub failpoint: Option<String>,
 }
 
-/// Why an operation failed, in terms the API maps to HTTP statuses.
+/// Error of a control-plane operation, in terms the API maps to HTTP statuses.
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum ServiceError {
     /// Something the request names does not exist.
     #[error("{what} not found; {fix}")]
     NotFound {
-        /// What is missing.
+        /// Name of the missing item.
         what: String,
-        /// What to do.
+        /// Suggested fix.
         fix: String,
     },
     /// The request conflicts with existing state.
     #[error("{what}; {fix}")]
     Conflict {
-        /// What conflicts.
+        /// Description of the conflict.
         what: String,
-        /// What to do.
+        /// Suggested fix.
         fix: String,
     },
     /// A request field is invalid.
@@ -133,7 +133,7 @@ impl From<BusError> for ServiceError {
     }
 }
 
-/// Which nodes a task request is for.
+/// Target nodes of a task request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
     /// One node.
@@ -206,7 +206,7 @@ impl ControlPlane {
         &self.inner.bus
     }
 
-    /// The task-signing key's public half.
+    /// Returns the task-signing key's public half.
     pub fn task_public_key(&self) -> warden_bus::PublicKey {
         self.inner.signer.public_key()
     }
@@ -295,7 +295,7 @@ impl ControlPlane {
         }
     }
 
-    /// The stored SHA-256 of the admin API key, hex.
+    /// Reads the stored SHA-256 of the admin API key, hex.
     pub async fn admin_key_hash(&self) -> Result<String, ServiceError> {
         let entry = self
             .inner
@@ -757,7 +757,7 @@ impl ControlPlane {
         Ok(next)
     }
 
-    /// The current signed trust document.
+    /// Reads the current signed trust document.
     pub async fn current_trust(&self) -> Result<SignedDocument, ServiceError> {
         let entry = self
             .inner

@@ -104,7 +104,7 @@ pub enum StoreError {
         name: &'static str,
         /// Key.
         key: String,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
     /// Other writers kept changing the record.

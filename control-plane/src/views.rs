@@ -188,7 +188,7 @@ pub struct IssueTasks {
     /// Validity in seconds, 1 to 3600; 900 if absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_secs: Option<u64>,
-    /// What to do.
+    /// Suggested fix.
     pub action: ActionRequest,
 }
 
@@ -282,7 +282,7 @@ impl From<TaskRecord> for TaskView {
     }
 }
 
-/// The current trust document.
+/// Returns the current trust document.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrustView {
     /// Version.

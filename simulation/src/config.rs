@@ -5,7 +5,7 @@ use std::time::Duration;
 use rand::Rng;
 use warden_actors::entropy::Entropy;
 
-/// What a run checks.
+/// Kind of checks a run makes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Mode {
     /// Faults for the whole run; invariants checked after every event.
@@ -15,7 +15,7 @@ pub enum Mode {
 }
 
 impl Mode {
-    /// The mode as written on the command line.
+    /// Returns the mode as written on the command line.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Safety => "safety",
@@ -45,14 +45,14 @@ pub struct RunConfig {
     pub nodes: usize,
     /// Simulated time with faults.
     pub duration: Duration,
-    /// What to check.
+    /// Kind of checks to make.
     pub mode: Mode,
     /// Whether faults are injected at all.
     pub faults: bool,
 }
 
 impl RunConfig {
-    /// The command that replays this run.
+    /// Returns the command that replays this run.
     pub fn replay_command(&self) -> String {
         format!(
             "cargo run --release -p warden-simulation -- run --seed {} --nodes {} --duration {}s --mode {}{}",
@@ -73,7 +73,7 @@ pub struct FaultRates {
     pub message_loss: f64,
     /// A core NATS message is delayed, which also reorders it.
     pub message_delay: f64,
-    /// Longest delay of a delayed message.
+    /// Maximum delay of a delayed message.
     pub delay_max: Duration,
     /// A message is stored or published twice.
     pub duplicate: f64,

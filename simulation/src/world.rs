@@ -69,7 +69,7 @@ pub struct Violation {
     pub at: UnixMillis,
     /// Which invariant.
     pub invariant: &'static str,
-    /// What happened.
+    /// Description of the event.
     pub detail: String,
 }
 
@@ -145,7 +145,7 @@ impl Clock for OffsetClock {
     }
 }
 
-/// What survives a node's crash: everything persisted, since every write is flushed.
+/// State that survives a node's crash: everything persisted, since every write is flushed.
 #[derive(Debug, Clone)]
 struct Disk {
     records: BTreeMap<TaskId, NodeRecord>,
@@ -1139,7 +1139,7 @@ impl World {
         }
     }
 
-    /// A hostile publisher: forged, replayed, misaddressed and stale tasks, and forged reports.
+    /// Injects what a hostile publisher would: forged, replayed, misaddressed and stale tasks.
     fn hostile(&mut self) {
         if !self.faults_on {
             return;
@@ -1230,7 +1230,7 @@ impl World {
         self.schedule(Duration::from_secs(5), Event::LivenessCheck);
     }
 
-    /// What still keeps the run from converging, if anything.
+    /// Describes what still keeps the run from converging, if anything.
     fn liveness_gap(&mut self) -> Option<String> {
         let final_version = self.final_version?;
         if let Some(node) = self

@@ -114,7 +114,7 @@ impl NatsServer {
         server
     }
 
-    /// The client URL.
+    /// Returns the client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
     }
@@ -133,7 +133,7 @@ impl NatsServer {
         self.spawn();
     }
 
-    /// The server's log so far.
+    /// Reads the server's log so far.
     pub fn log(&self) -> String {
         std::fs::read_to_string(&self.log_path).unwrap_or_default()
     }

@@ -140,7 +140,7 @@ pub enum BootstrapError {
         path: PathBuf,
         /// The field name.
         field: &'static str,
-        /// What is wrong and how to fix it.
+        /// Description of the problem and its fix.
         reason: String,
     },
 }

@@ -37,7 +37,7 @@ pub enum IdentityError {
     Damaged {
         /// The key file.
         path: PathBuf,
-        /// What is wrong.
+        /// Description of the problem.
         reason: String,
     },
 }

@@ -16,7 +16,7 @@ use crate::core::{Effect, ExecutionOutcome, Pulled, WardenCore};
 pub struct IoFailure {
     /// The step.
     pub operation: &'static str,
-    /// What went wrong.
+    /// Description of the failure.
     pub reason: String,
 }
 

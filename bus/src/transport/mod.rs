@@ -140,7 +140,7 @@ pub enum BusError {
     /// The operation did not finish in time.
     #[error("{operation} timed out after {timeout:?}")]
     Timeout {
-        /// What was being done.
+        /// Operation that failed.
         operation: String,
         /// The deadline that passed.
         timeout: Duration,
@@ -166,13 +166,13 @@ pub enum BusError {
     /// A stream, consumer or bucket does not exist.
     #[error("{what} not found")]
     NotFound {
-        /// What is missing.
+        /// Name of the missing item.
         what: String,
     },
     /// Any other failure reported by the broker or client.
     #[error("{operation} failed: {reason}")]
     Failed {
-        /// What was being done.
+        /// Operation that failed.
         operation: String,
         /// The broker's or client's message.
         reason: String,

@@ -71,7 +71,7 @@ enum Command {
 enum KeyCommand {
     /// Generate a key: the seed goes to FILE (mode 0600), the public key to FILE.pub.
     Create {
-        /// Where to write the key seed.
+        /// Output file for the key seed.
         #[arg(long)]
         out: PathBuf,
     },
@@ -116,7 +116,7 @@ struct TrustSignArgs {
     /// A release-signing public key (hex), same form as --task-key.
     #[arg(long = "release-key")]
     release_keys: Vec<String>,
-    /// Where to write the signed document (base64 text).
+    /// Output file for the signed document (base64 text).
     #[arg(long)]
     out: PathBuf,
 }
@@ -148,7 +148,7 @@ enum NodeCommand {
         /// Deployment the node belongs to.
         #[arg(long)]
         deployment: String,
-        /// Where to write the node's bootstrap file (mode 0600).
+        /// Output file for the node's bootstrap file (mode 0600).
         #[arg(long)]
         bootstrap_out: PathBuf,
         /// State directory on the node (absolute path).
@@ -173,7 +173,7 @@ enum NodeCommand {
         /// Deployment the node belongs to.
         #[arg(long)]
         deployment: String,
-        /// Where to write the node's new bootstrap file (mode 0600).
+        /// Output file for the node's new bootstrap file (mode 0600).
         #[arg(long)]
         bootstrap_out: PathBuf,
         /// State directory on the node (absolute path).

@@ -88,7 +88,7 @@ pub enum ActionRequest {
 pub struct FieldError {
     /// The request field.
     pub field: &'static str,
-    /// What is wrong and how to fix it.
+    /// Description of the problem and its fix.
     pub reason: String,
 }
 

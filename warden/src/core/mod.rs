@@ -61,7 +61,7 @@ pub struct Pulled<'a> {
     pub stream_sequence: u64,
 }
 
-/// What a Warden has persisted, to rebuild its core from.
+/// State a Warden has persisted, to rebuild its core from.
 #[derive(Debug, Clone)]
 pub struct Persisted {
     /// Execution records.
@@ -124,12 +124,12 @@ impl WardenCore {
         self.config_version
     }
 
-    /// The current trust document.
+    /// Returns the current trust document.
     pub fn trust(&self) -> &TrustDocument {
         &self.trust
     }
 
-    /// The execution record of a task, if this node accepted it.
+    /// Returns the execution record of a task, if this node accepted it.
     pub fn record(&self, id: &TaskId) -> Option<&TaskRecord> {
         self.records.get(id)
     }

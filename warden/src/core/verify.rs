@@ -38,17 +38,17 @@ pub struct VerifiedTask {
 }
 
 impl VerifiedTask {
-    /// The task as signed.
+    /// Returns the task as signed.
     pub fn task(&self) -> &Task {
         &self.task
     }
 
-    /// The decoded action.
+    /// Returns the decoded action.
     pub fn action(&self) -> &TaskAction {
         &self.action
     }
 
-    /// The task id.
+    /// Returns the task id.
     pub fn id(&self) -> &TaskId {
         &self.task.id
     }
