@@ -16,6 +16,7 @@
 pub mod envelope;
 pub mod ids;
 pub mod messages;
+pub mod release;
 pub mod signed;
 pub mod subject;
 pub mod time;

@@ -65,6 +65,43 @@ enum Command {
     /// Sign, inspect and publish trust documents.
     #[command(subcommand)]
     Trust(TrustCommand),
+    /// Sign and inspect release manifests (offline).
+    #[command(subcommand)]
+    Release(ReleaseCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum ReleaseCommand {
+    /// Hash an artifact and sign its manifest with a release key file.
+    Sign {
+        /// Release key file (seed written by `key create`), listed as a release key in the trust
+        /// document.
+        #[arg(long)]
+        release_key: PathBuf,
+        /// The artifact to release.
+        #[arg(long)]
+        artifact: PathBuf,
+        /// iggy, connectors or warden.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+        /// Release version, such as 0.8.1.
+        #[arg(long)]
+        version: String,
+        /// Target triple, such as x86_64-unknown-linux-gnu.
+        #[arg(long)]
+        target: String,
+        /// Monotonic release counter; nodes refuse a lower one than installed.
+        #[arg(long)]
+        release_counter: u64,
+        /// Output file for the signed manifest (base64 text).
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Show a signed manifest file.
+    Show {
+        /// File written by `release sign`.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -439,6 +476,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let offline_command = matches!(
         cli.command,
         Command::Key(_)
+            | Command::Release(_)
             | Command::Trust(TrustCommand::Sign(_))
             | Command::Trust(TrustCommand::Show { file: Some(_) })
     );
@@ -729,6 +767,51 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 println!("public key: {}", key.public_key().to_hex());
             }
         }
+        Command::Release(ReleaseCommand::Sign {
+            release_key,
+            artifact,
+            component,
+            version,
+            target,
+            release_counter,
+            out,
+        }) => {
+            let request = offline::ReleaseSignRequest {
+                release_key,
+                artifact,
+                component: component.into(),
+                version,
+                target,
+                release_counter,
+                out,
+            };
+            let manifest = offline::sign_release(&request)?;
+            if json {
+                print_json(&manifest_json(&manifest))?;
+            } else {
+                println!("manifest written to {}", request.out.display());
+                print!("{}", manifest_text(&manifest));
+            }
+        }
+        Command::Release(ReleaseCommand::Show { file }) => {
+            let signed = offline::read_manifest(&file)?;
+            let manifest = signed
+                .manifest_unverified()
+                .map_err(|error| CtlError::Local(error.to_string()))?;
+            if json {
+                let mut value = manifest_json(&manifest);
+                if let Some(object) = value.as_object_mut() {
+                    object.insert(
+                        "signed_by".into(),
+                        signed.signature.key_id.to_string().into(),
+                    );
+                }
+                print_json(&value)?;
+            } else {
+                print!("{}", manifest_text(&manifest));
+                println!("signed by   {}", signed.signature.key_id);
+            }
+        }
         Command::Trust(TrustCommand::Sign(args)) => {
             let view = offline::sign_trust(&args.into_request())?;
             if json {
@@ -781,6 +864,30 @@ impl TrustSignArgs {
             out: self.out,
         }
     }
+}
+
+fn manifest_json(manifest: &warden_bus::release::ReleaseManifest) -> serde_json::Value {
+    serde_json::json!({
+        "component": format!("{:?}", manifest.component).to_lowercase(),
+        "version": manifest.version,
+        "target": manifest.target,
+        "sha256": hex::encode(&manifest.sha256),
+        "size": manifest.size,
+        "release_counter": manifest.release_counter,
+        "issued_at": manifest.issued_at.to_string(),
+    })
+}
+
+fn manifest_text(manifest: &warden_bus::release::ReleaseManifest) -> String {
+    format!(
+        "component   {}\nversion     {}\ntarget      {}\nsha256      {}\nsize        {}\ncounter     {}\n",
+        format!("{:?}", manifest.component).to_lowercase(),
+        manifest.version,
+        manifest.target,
+        hex::encode(&manifest.sha256),
+        manifest.size,
+        manifest.release_counter
+    )
 }
 
 /// Parses CIDR=PROTOCOL.

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
+use warden_bus::release::{ReleaseManifest, SignedManifest, ARTIFACT_BYTES_MAX};
 use warden_bus::signed::KEY_BYTES;
 use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
 use warden_bus::{Clock, PublicKey, SigningKey, SystemClock, UnixMillis};
@@ -218,6 +219,91 @@ pub fn sign_trust(request: &TrustSignRequest) -> Result<TrustView, CtlError> {
     TrustView::new(&signed).map_err(local)
 }
 
+/// What `release sign` signs.
+#[derive(Debug, Clone)]
+pub struct ReleaseSignRequest {
+    /// Release key file.
+    pub release_key: PathBuf,
+    /// The artifact.
+    pub artifact: PathBuf,
+    /// Component the artifact is.
+    pub component: warden_bus::messages::Component,
+    /// Release version.
+    pub version: String,
+    /// Target triple.
+    pub target: String,
+    /// Monotonic release counter.
+    pub release_counter: u64,
+    /// Output file for the signed manifest (base64 text).
+    pub out: PathBuf,
+}
+
+/// Hashes an artifact, builds its manifest, signs it with the release key and writes it.
+pub fn sign_release(request: &ReleaseSignRequest) -> Result<ReleaseManifest, CtlError> {
+    use sha2::Digest;
+    use std::io::Read;
+
+    let key = read_key(&request.release_key)?;
+    let file = std::fs::File::open(&request.artifact).map_err(|error| {
+        local(format!(
+            "failed to read artifact {}: {error}",
+            request.artifact.display()
+        ))
+    })?;
+    let mut reader = std::io::BufReader::new(file).take(ARTIFACT_BYTES_MAX + 1);
+    let mut hasher = sha2::Sha256::new();
+    let mut size: u64 = 0;
+    let mut buffer = vec![0u8; 64 * 1024];
+    loop {
+        let read = reader.read(&mut buffer).map_err(|error| {
+            local(format!(
+                "failed to read artifact {}: {error}",
+                request.artifact.display()
+            ))
+        })?;
+        if read == 0 {
+            break;
+        }
+        hasher.update(buffer.get(..read).unwrap_or_default());
+        size += read as u64;
+    }
+    let manifest = ReleaseManifest {
+        component: request.component,
+        version: request.version.clone(),
+        target: request.target.clone(),
+        sha256: hasher.finalize().to_vec(),
+        size,
+        release_counter: request.release_counter,
+        issued_at: SystemClock.now(),
+    };
+    let signed = SignedManifest::sign(&manifest, &key).map_err(|error| local(error.to_string()))?;
+    let bytes = signed.encode().map_err(|error| local(error.to_string()))?;
+    std::fs::write(
+        &request.out,
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    )
+    .map_err(|error| {
+        local(format!(
+            "failed to write {}: {error}",
+            request.out.display()
+        ))
+    })?;
+    Ok(manifest)
+}
+
+/// Reads a manifest file written by [`sign_release`].
+pub fn read_manifest(path: &Path) -> Result<SignedManifest, CtlError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|error| local(format!("failed to read {}: {error}", path.display())))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|error| local(format!("{} is not base64: {error}", path.display())))?;
+    SignedManifest::decode(&bytes).map_err(|error| local(format!("{}: {error}", path.display())))
+}
+
 /// Reads a trust document file written by [`sign_trust`].
 pub fn read_trust(path: &Path) -> Result<SignedDocument, CtlError> {
     let text = std::fs::read_to_string(path)
@@ -231,6 +317,31 @@ pub fn read_trust(path: &Path) -> Result<SignedDocument, CtlError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn release_signed_and_verified() {
+        let dir = tempfile::tempdir().unwrap();
+        let release = create_key(&dir.path().join("release.key")).unwrap();
+        std::fs::write(dir.path().join("artifact"), b"binary bytes").unwrap();
+        let request = ReleaseSignRequest {
+            release_key: dir.path().join("release.key"),
+            artifact: dir.path().join("artifact"),
+            component: warden_bus::messages::Component::Iggy,
+            version: "0.8.1".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            release_counter: 3,
+            out: dir.path().join("manifest.b64"),
+        };
+        let manifest = sign_release(&request).unwrap();
+        assert_eq!(manifest.size, 12);
+        assert_eq!(
+            hex::encode(&manifest.sha256),
+            "4f463802bc436efdd9a0c4e8c999ec3d37450657bd50b579d796b58bc9d3f1ef"
+        );
+        let signed = read_manifest(&dir.path().join("manifest.b64")).unwrap();
+        assert_eq!(signed.signature.key_id, *release.id());
+        assert_eq!(signed.manifest_unverified().unwrap(), manifest);
+    }
 
     #[test]
     fn offsets_parse() {
