@@ -607,7 +607,17 @@ impl ControlPlane {
                     first.status = TaskStatus::AwaitingApproval;
                 }
             }
-            self.inner.store.create(&record).await?;
+                        if let Err(error) = self.inner.store.create(&record).await {
+                // Tasks recorded so far stay and will be delivered; name them so the operator
+                // does not issue them again.
+                let created: Vec<String> = records.iter().map(|task: &TaskRecord| format!("{} ({})", task.id, task.node)).collect();
+                let reason = if created.is_empty() {
+                    error.to_string()
+                } else {
+                    format!("{error}; {} task(s) were recorded before the failure and will be delivered: {}", created.len(), created.join(", "))
+                };
+                return Err(ServiceError::Unavailable(reason));
+            }
             tracing::info!(deployment_id = %deployment, node_id = %node, task_id = %task.id, kind = %task.kind, awaiting_approval = needs_approval, "task issued");
             self.failpoint("crash-after-task-record");
             if needs_approval {
