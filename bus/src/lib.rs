@@ -29,6 +29,6 @@ pub use messages::{
     ApplyConfig, Heartbeat, RejectCode, ReportStatus, Task, TaskAction, TaskReport,
 };
 pub use signed::{KeySignature, Keyring, PublicKey, SignedEnvelope, SigningKey};
-pub use subject::{NodeSubject, Subject, TelemetryKind};
+pub use subject::{NodeSubject, RpcVerb, Subject, TelemetryKind};
 pub use time::{Clock, ManualClock, SystemClock, UnixMillis};
 pub use transport::{Bus, BusError, Delivery, Inbound, KvEntry};

@@ -6,6 +6,12 @@
 //! | `ld.<deployment>.<node>.tasks` | control plane to node, stored in [`TASK_STREAM`] |
 //! | `ld.<deployment>.<node>.telemetry.heartbeat` | node to control plane, core NATS |
 //! | `ld.<deployment>.<node>.telemetry.report` | node to control plane, stored in [`REPORT_STREAM`] |
+//! | `ld.<deployment>.<node>.rpc.<verb>` | node to control plane, request and reply on core NATS |
+//! | `_INBOX.<deployment>.<node>.…` | replies to one node, under its own inbox prefix |
+//! | `_INBOX_ENROLL.<user key>.…` | replies to one enrolling node |
+//!
+//! The JetStream API subjects at the end of this module are the ones a node's broker
+//! permissions name, so they are built here too.
 
 use std::fmt;
 
@@ -30,6 +36,9 @@ pub const TASKS_BUCKET: &str = "warden_tasks";
 /// KV bucket of control-plane settings shared by replicas, such as the admin API key hash.
 pub const CONTROL_BUCKET: &str = "warden_control";
 
+/// First token of every reply subject; the default inbox prefix of NATS clients.
+pub const INBOX_ROOT: &str = "_INBOX";
+
 /// A NATS subject built by this module. Subjects from the wire are parsed with
 /// [`NodeSubject::parse`] instead.
 #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -52,6 +61,50 @@ impl Subject {
             "{SUBJECT_ROOT}.{deployment}.{node}.telemetry.{}",
             kind.token()
         ))
+    }
+
+    /// Wildcard matching every kind of telemetry from one node.
+    pub fn node_telemetry(deployment: &DeploymentId, node: &NodeId) -> Self {
+        Self(format!("{SUBJECT_ROOT}.{deployment}.{node}.telemetry.>"))
+    }
+
+    /// Subject on which a node sends one kind of request to the control plane.
+    pub fn rpc(deployment: &DeploymentId, node: &NodeId, verb: RpcVerb) -> Self {
+        Self(format!(
+            "{SUBJECT_ROOT}.{deployment}.{node}.rpc.{}",
+            verb.token()
+        ))
+    }
+
+    /// Wildcard matching every request subject of one node.
+    pub fn node_rpc(deployment: &DeploymentId, node: &NodeId) -> Self {
+        Self(format!("{SUBJECT_ROOT}.{deployment}.{node}.rpc.>"))
+    }
+
+    /// Wildcard matching one kind of request from every node.
+    pub fn all_rpc(verb: RpcVerb) -> Self {
+        Self(format!("{SUBJECT_ROOT}.*.*.rpc.{}", verb.token()))
+    }
+
+    /// Wildcard matching every reply subject under one node's inbox prefix.
+    pub fn node_inbox(deployment: &DeploymentId, node: &NodeId) -> Self {
+        Self(format!("{}.>", node_inbox_prefix(deployment, node)))
+    }
+
+    /// Subject on which a client asks a durable pull consumer for its next messages.
+    pub fn consumer_next(stream: &str, consumer: &str) -> Self {
+        Self(format!("$JS.API.CONSUMER.MSG.NEXT.{stream}.{consumer}"))
+    }
+
+    /// Subject on which a client asks for the state of a consumer.
+    pub fn consumer_info(stream: &str, consumer: &str) -> Self {
+        Self(format!("$JS.API.CONSUMER.INFO.{stream}.{consumer}"))
+    }
+
+    /// Wildcard matching the acknowledgement subjects of a consumer's deliveries. The broker
+    /// sets such a subject as the reply subject of every delivered message.
+    pub fn consumer_acks(stream: &str, consumer: &str) -> Self {
+        Self(format!("$JS.ACK.{stream}.{consumer}.>"))
     }
 
     /// Wildcard matching the task subjects of every node.
@@ -108,6 +161,39 @@ impl TelemetryKind {
             Self::Report => "report",
         }
     }
+}
+
+/// Kinds of request a node sends to the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum RpcVerb {
+    /// Presents the one-time enrollment token and the node's public key.
+    Enroll,
+}
+
+impl RpcVerb {
+    fn token(self) -> &'static str {
+        match self {
+            Self::Enroll => "enroll",
+        }
+    }
+}
+
+/// Inbox prefix of one node's client. Replies to the node's requests arrive under it, and the
+/// node's broker permissions allow it to subscribe there only, so no node reads another's
+/// replies.
+pub fn node_inbox_prefix(deployment: &DeploymentId, node: &NodeId) -> String {
+    format!("{INBOX_ROOT}.{deployment}.{node}")
+}
+
+/// First token of the reply subjects of enrolling nodes. It differs from [`INBOX_ROOT`], so no
+/// enrollment inbox falls under a node's inbox.
+pub const ENROLLMENT_INBOX_ROOT: &str = "_INBOX_ENROLL";
+
+/// Inbox prefix of an enrolling node's client, built from the public key of its enrollment
+/// user. Each enrollment user gets its own prefix, so no enrolling node reads another's
+/// replies.
+pub fn enrollment_inbox_prefix(user_public_key: &str) -> String {
+    format!("{ENROLLMENT_INBOX_ROOT}.{user_public_key}")
 }
 
 /// Name of the durable pull consumer through which one node receives its tasks.
@@ -168,6 +254,49 @@ mod tests {
             "ld.prod.n1.telemetry.heartbeat"
         );
         assert_eq!(task_consumer(&deployment, &node), "node_prod_n1");
+    }
+
+    #[test]
+    fn builds_node_permission_subjects() {
+        let (deployment, node) = ids();
+
+        assert_eq!(
+            Subject::node_telemetry(&deployment, &node).as_str(),
+            "ld.prod.n1.telemetry.>"
+        );
+        assert_eq!(
+            Subject::rpc(&deployment, &node, RpcVerb::Enroll).as_str(),
+            "ld.prod.n1.rpc.enroll"
+        );
+        assert_eq!(
+            Subject::node_rpc(&deployment, &node).as_str(),
+            "ld.prod.n1.rpc.>"
+        );
+        assert_eq!(
+            Subject::all_rpc(RpcVerb::Enroll).as_str(),
+            "ld.*.*.rpc.enroll"
+        );
+
+        assert_eq!(node_inbox_prefix(&deployment, &node), "_INBOX.prod.n1");
+        assert_eq!(enrollment_inbox_prefix("UKEY"), "_INBOX_ENROLL.UKEY");
+        assert_eq!(
+            Subject::node_inbox(&deployment, &node).as_str(),
+            "_INBOX.prod.n1.>"
+        );
+
+        let consumer = task_consumer(&deployment, &node);
+        assert_eq!(
+            Subject::consumer_next(TASK_STREAM, &consumer).as_str(),
+            "$JS.API.CONSUMER.MSG.NEXT.WARDEN_TASKS.node_prod_n1"
+        );
+        assert_eq!(
+            Subject::consumer_info(TASK_STREAM, &consumer).as_str(),
+            "$JS.API.CONSUMER.INFO.WARDEN_TASKS.node_prod_n1"
+        );
+        assert_eq!(
+            Subject::consumer_acks(TASK_STREAM, &consumer).as_str(),
+            "$JS.ACK.WARDEN_TASKS.node_prod_n1.>"
+        );
     }
 
     #[test]

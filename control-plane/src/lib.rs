@@ -10,6 +10,8 @@
 //! - [`api`]: the operator HTTP API with RFC 7807 errors.
 //! - [`actors`]: report and heartbeat ingestion, the sweeper, under a supervisor.
 //! - [`ctl`]: the `wardenctl` client.
+//! - [`nats_security`]: nkeys, NATS JWTs, per-node permissions, nats-server configuration and
+//!   TLS certificates for broker-enforced node identity. The binaries do not use it yet.
 //!
 //! Trust: operators are trusted once they present the admin API key. Reports and heartbeats
 //! are untrusted input: they are size-capped, decoded defensively, and must name the node
@@ -22,6 +24,7 @@ pub mod api;
 pub mod core;
 pub mod ctl;
 pub mod keys;
+pub mod nats_security;
 pub mod service;
 pub mod store;
 pub mod views;

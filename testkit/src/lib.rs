@@ -2,6 +2,8 @@
 //!
 //! - [`NatsServer`] starts a real `nats-server` (2.10 or newer) with JetStream on a free
 //!   loopback port, in its own temporary store directory, and stops it on drop.
+//!   [`NatsServer::start_with_config`] starts one from a configuration file instead, with a
+//!   client port and a WebSocket port.
 //! - [`Process`] runs a workspace binary with its output in a log file and kills it on drop.
 //! - [`wait_until`] polls a condition with a deadline.
 //!
@@ -95,8 +97,23 @@ fn parse_version(text: &str) -> Option<(u32, u32)> {
 pub struct NatsServer {
     child: Option<Child>,
     port: u16,
+    websocket_port: Option<u16>,
+    config_path: Option<PathBuf>,
     store: tempfile::TempDir,
     log_path: PathBuf,
+}
+
+/// Ports and directory for a configuration passed to [`NatsServer::start_with_config`]: two free
+/// loopback ports and a private directory for the JetStream store, resolver files and
+/// certificates.
+#[derive(Debug, Clone)]
+pub struct ServerSetup {
+    /// Port for NATS clients, free on 127.0.0.1 a moment ago.
+    pub client_port: u16,
+    /// Port for WebSocket clients, free on 127.0.0.1 a moment ago.
+    pub websocket_port: u16,
+    /// Temporary directory that lives as long as the server.
+    pub dir: PathBuf,
 }
 
 impl NatsServer {
@@ -107,6 +124,36 @@ impl NatsServer {
         let mut server = Self {
             child: None,
             port: free_port(),
+            websocket_port: None,
+            config_path: None,
+            store,
+            log_path,
+        };
+        server.spawn();
+        server
+    }
+
+    /// Starts a server from the configuration text that `configure` returns, and waits until
+    /// both ports of the [`ServerSetup`] accept TCP connections.
+    ///
+    /// `configure` may write files (certificates, keys) into the setup's directory. The
+    /// configuration must listen on 127.0.0.1 at both ports; this function panics with the
+    /// server's log if the server exits instead.
+    pub fn start_with_config(configure: impl FnOnce(&ServerSetup) -> String) -> Self {
+        let store = tempfile::tempdir().expect("create a nats-server directory");
+        let setup = ServerSetup {
+            client_port: free_port(),
+            websocket_port: free_port(),
+            dir: store.path().to_path_buf(),
+        };
+        let config_path = store.path().join("nats-server.conf");
+        std::fs::write(&config_path, configure(&setup)).expect("write the nats-server config");
+        let log_path = store.path().join("nats-server.log");
+        let mut server = Self {
+            child: None,
+            port: setup.client_port,
+            websocket_port: Some(setup.websocket_port),
+            config_path: Some(config_path),
             store,
             log_path,
         };
@@ -117,6 +164,26 @@ impl NatsServer {
     /// Returns the client URL.
     pub fn url(&self) -> String {
         format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// Returns the client URL with the `tls` scheme, for a configuration that puts TLS on the
+    /// client port.
+    pub fn tls_url(&self) -> String {
+        format!("tls://127.0.0.1:{}", self.port)
+    }
+
+    /// Returns the WebSocket URL with the `wss` scheme, for a server started with
+    /// [`NatsServer::start_with_config`] whose configuration puts TLS on the WebSocket port.
+    pub fn wss_url(&self) -> String {
+        let port = self
+            .websocket_port
+            .expect("only a server started with start_with_config has a WebSocket port");
+        format!("wss://127.0.0.1:{port}")
+    }
+
+    /// Returns the client port on 127.0.0.1.
+    pub fn port(&self) -> u16 {
+        self.port
     }
 
     /// Stops the server, keeping its store.
@@ -145,27 +212,52 @@ impl NatsServer {
             .append(true)
             .open(&self.log_path)
             .expect("open the nats-server log file");
-        let child = Command::new(binary)
-            .args([
-                "-a",
-                "127.0.0.1",
-                "-p",
-                &self.port.to_string(),
-                "-js",
-                "-sd",
-            ])
-            .arg(self.store.path().join("jetstream"))
+        let mut command = Command::new(binary);
+        match &self.config_path {
+            Some(path) => {
+                command.arg("-c").arg(path);
+            }
+            None => {
+                command
+                    .args([
+                        "-a",
+                        "127.0.0.1",
+                        "-p",
+                        &self.port.to_string(),
+                        "-js",
+                        "-sd",
+                    ])
+                    .arg(self.store.path().join("jetstream"));
+            }
+        }
+        let child = command
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)
             .spawn()
             .expect("start nats-server");
         self.child = Some(child);
-        let port = self.port;
-        wait_until(
-            "nats-server to accept connections",
-            Duration::from_secs(10),
-            || TcpStream::connect(("127.0.0.1", port)).is_ok(),
-        );
+        let ports: Vec<u16> = std::iter::once(self.port)
+            .chain(self.websocket_port)
+            .collect();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        for port in ports {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if let Some(status) = self
+                    .child
+                    .as_mut()
+                    .and_then(|child| child.try_wait().ok().flatten())
+                {
+                    panic!("nats-server exited with {status}; log:\n{}", self.log());
+                }
+                if Instant::now() > deadline {
+                    panic!(
+                        "nats-server did not accept connections on port {port} within 10 s; log:\n{}",
+                        self.log()
+                    );
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        }
     }
 }
 

@@ -137,6 +137,12 @@ pub enum BusError {
         /// The client's message.
         reason: String,
     },
+    /// The connection settings cannot work; the message says which one and how to fix it.
+    #[error("invalid NATS connection settings: {reason}")]
+    InvalidConfig {
+        /// What is wrong.
+        reason: String,
+    },
     /// The operation did not finish in time.
     #[error("{operation} timed out after {timeout:?}")]
     Timeout {

@@ -1,8 +1,15 @@
 //! The NATS transport: async-nats with JetStream. Every call has a deadline, so a silent broker
 //! turns into a [`BusError::Timeout`] instead of a hung actor.
+//!
+//! [`NatsBus::connect`] opens a plain connection without credentials. [`NatsBus::connect_with`]
+//! takes a [`NatsConnectConfig`] and connects only over TLS (`tls://` or `wss://`). It can trust
+//! a private CA and authenticate with a user JWT, signing the server's nonce with the user's
+//! nkey. It can also set the inbox prefix that the user's broker permissions allow.
 
 use std::collections::HashMap;
+use std::fmt;
 use std::future::Future;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -49,6 +56,29 @@ impl NatsBus {
                 url: url.to_owned(),
                 reason: error.to_string(),
             })?;
+        Ok(Self::from_client(client))
+    }
+
+    /// Connects with `config`: over TLS only, with the user JWT and inbox prefix it carries.
+    ///
+    /// After the first connection succeeds the client reconnects by itself, without limit.
+    pub async fn connect_with(config: &NatsConnectConfig) -> Result<Self, BusError> {
+        let options = config
+            .connect_options()?
+            .event_callback(|event| async move {
+                tracing::info!(event = %event, "nats connection event");
+            });
+        let servers = config.servers.join(",");
+        let client = with_deadline(
+            "connect",
+            CONNECT_TIMEOUT * 2,
+            options.connect(config.servers.as_slice()),
+        )
+        .await?
+        .map_err(|error| BusError::Connect {
+            url: servers,
+            reason: error.to_string(),
+        })?;
         Ok(Self::from_client(client))
     }
 
@@ -115,6 +145,163 @@ impl NatsBus {
         })?;
         lock(&self.buckets).insert(bucket.to_owned(), found.clone());
         Ok(found)
+    }
+}
+
+/// URL schemes [`NatsBus::connect_with`] accepts: NATS over TLS and WebSocket over TLS.
+const TLS_SCHEMES: [&str; 2] = ["tls", "wss"];
+
+/// Settings for [`NatsBus::connect_with`].
+#[derive(Debug, Clone)]
+pub struct NatsConnectConfig {
+    /// Server URLs, each `tls://host:port` or `wss://host:port`. The client tries them in turn.
+    pub servers: Vec<String>,
+    /// Connection name shown in the server's monitoring.
+    pub name: String,
+    /// User JWT and nkey; without them the client presents no credentials.
+    pub credentials: Option<NatsCredentials>,
+    /// PEM file of the CA that signed the server certificate. Without it the client trusts the
+    /// operating system's root certificates.
+    pub ca_file: Option<PathBuf>,
+    /// Prefix of the client's reply subjects (default `_INBOX`). It must match the inbox that
+    /// the user's subscribe permission allows, or no request gets its reply.
+    pub inbox_prefix: Option<String>,
+}
+
+impl NatsConnectConfig {
+    /// Settings with no credentials, the system's root certificates and the default inbox prefix.
+    pub fn new(servers: Vec<String>, name: impl Into<String>) -> Self {
+        Self {
+            servers,
+            name: name.into(),
+            credentials: None,
+            ca_file: None,
+            inbox_prefix: None,
+        }
+    }
+
+    /// Sets the user JWT and nkey.
+    pub fn with_credentials(mut self, credentials: NatsCredentials) -> Self {
+        self.credentials = Some(credentials);
+        self
+    }
+
+    /// Trusts the CA certificate in the PEM file at `path`.
+    pub fn with_ca_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
+    /// Sets the prefix of the client's reply subjects.
+    pub fn with_inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = Some(prefix.into());
+        self
+    }
+
+    /// Checks the settings and turns them into async-nats options that require TLS.
+    ///
+    /// [`NatsBus::connect_with`] adds a logging event callback and a deadline; callers that need
+    /// their own event callback can start from these options.
+    pub fn connect_options(&self) -> Result<async_nats::ConnectOptions, BusError> {
+        self.validate()?;
+        let mut options = async_nats::ConnectOptions::new()
+            .name(&self.name)
+            .connection_timeout(CONNECT_TIMEOUT)
+            .max_reconnects(None)
+            .require_tls(true);
+        if let Some(path) = &self.ca_file {
+            options = options.add_root_certificates(path.clone());
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            options = options.custom_inbox_prefix(prefix);
+        }
+        if let Some(credentials) = &self.credentials {
+            let key = Arc::clone(&credentials.key);
+            options = options.jwt(credentials.jwt.clone(), move |nonce| {
+                let key = Arc::clone(&key);
+                async move { key.sign(&nonce).map_err(async_nats::AuthError::new) }
+            });
+        }
+        Ok(options)
+    }
+
+    fn validate(&self) -> Result<(), BusError> {
+        let invalid = |reason: String| BusError::InvalidConfig { reason };
+        if self.servers.is_empty() {
+            return Err(invalid(
+                "no server URL given; add at least one tls:// or wss:// URL".to_owned(),
+            ));
+        }
+        for url in &self.servers {
+            let address: async_nats::ServerAddr = url
+                .parse()
+                .map_err(|error| invalid(format!("server URL {url:?} is invalid: {error}")))?;
+            if !TLS_SCHEMES.contains(&address.scheme()) {
+                return Err(invalid(format!(
+                    "server URL {url:?} has scheme {:?}, which does not use TLS; use tls:// or wss://",
+                    address.scheme()
+                )));
+            }
+        }
+        if let Some(prefix) = &self.inbox_prefix {
+            let has_bad_token = prefix
+                .split('.')
+                .any(|token| token.is_empty() || token == "*" || token == ">");
+            if has_bad_token || prefix.contains(char::is_whitespace) {
+                return Err(invalid(format!(
+                    "inbox prefix {prefix:?} is not a valid subject prefix; use dot-separated \
+                     tokens without wildcards or spaces, such as _INBOX.prod.node-1"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A user JWT and the nkey it was issued to. The client signs the server's nonce with the key,
+/// which proves that it has the private key of the user the JWT names.
+///
+/// `Debug` shows only the user's public key, never the seed or the JWT.
+#[derive(Clone)]
+pub struct NatsCredentials {
+    jwt: String,
+    key: Arc<nkeys::KeyPair>,
+}
+
+impl NatsCredentials {
+    /// Pairs a user JWT with the user's nkey seed (`SU…`).
+    pub fn new(jwt: impl Into<String>, seed: &str) -> Result<Self, BusError> {
+        let key = nkeys::KeyPair::from_seed(seed).map_err(|error| BusError::InvalidConfig {
+            // The nkeys error text names the failed check, never the seed itself.
+            reason: format!("the user nkey seed is invalid: {}", error.kind()),
+        })?;
+        if key.key_pair_type() != nkeys::KeyPairType::User {
+            return Err(BusError::InvalidConfig {
+                reason: format!(
+                    "the nkey seed is of a {:?} key, not a user key; pass the seed that starts with SU",
+                    key.key_pair_type()
+                ),
+            });
+        }
+        Ok(Self {
+            jwt: jwt.into(),
+            key: Arc::new(key),
+        })
+    }
+
+    /// Returns the user's public key (`U…`).
+    pub fn public_key(&self) -> String {
+        self.key.public_key()
+    }
+}
+
+impl fmt::Debug for NatsCredentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsCredentials")
+            .field("user", &self.key.public_key())
+            .field("jwt", &"<redacted>")
+            .field("seed", &"<redacted>")
+            .finish()
     }
 }
 
@@ -449,5 +636,89 @@ impl Bus for NatsBus {
             Ok(found)
         })
         .await?
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user_seed() -> String {
+        nkeys::KeyPair::new_user().seed().unwrap()
+    }
+
+    #[test]
+    fn credentials_debug_hides_secrets() {
+        let seed = user_seed();
+        let jwt = "eyJ0eXAiOiJKV1QifQ.e30.c2ln";
+        let credentials = NatsCredentials::new(jwt, &seed).unwrap();
+        let config = NatsConnectConfig::new(vec!["tls://127.0.0.1:4222".to_owned()], "test")
+            .with_credentials(credentials.clone());
+        for text in [format!("{credentials:?}"), format!("{config:?}")] {
+            assert!(!text.contains(&seed), "Debug shows the seed: {text}");
+            assert!(!text.contains(jwt), "Debug shows the JWT: {text}");
+            assert!(
+                text.contains(&credentials.public_key()),
+                "Debug lacks the user's public key: {text}"
+            );
+        }
+    }
+
+    #[test]
+    fn credentials_reject_non_user_seed() {
+        let account_seed = nkeys::KeyPair::new_account().seed().unwrap();
+        let error = NatsCredentials::new("jwt", &account_seed).unwrap_err();
+        assert!(error.to_string().contains("not a user key"), "{error}");
+        assert!(!error.to_string().contains(&account_seed), "{error}");
+    }
+
+    #[test]
+    fn credentials_reject_garbage_seed() {
+        let error = NatsCredentials::new("jwt", "SUNOTASEED").unwrap_err();
+        assert!(matches!(error, BusError::InvalidConfig { .. }), "{error:?}");
+        assert!(!error.to_string().contains("SUNOTASEED"), "{error}");
+    }
+
+    #[test]
+    fn config_requires_tls_schemes() {
+        for url in ["nats://127.0.0.1:4222", "ws://127.0.0.1:443"] {
+            let config = NatsConnectConfig::new(vec![url.to_owned()], "test");
+            let error = config.connect_options().unwrap_err();
+            assert!(
+                error.to_string().contains("does not use TLS"),
+                "{url}: {error}"
+            );
+        }
+        for url in ["tls://127.0.0.1:4222", "wss://127.0.0.1:443"] {
+            let config = NatsConnectConfig::new(vec![url.to_owned()], "test");
+            assert!(config.connect_options().is_ok(), "{url} was rejected");
+        }
+    }
+
+    #[test]
+    fn config_requires_a_server() {
+        let error = NatsConnectConfig::new(Vec::new(), "test")
+            .connect_options()
+            .unwrap_err();
+        assert!(error.to_string().contains("no server URL"), "{error}");
+    }
+
+    #[test]
+    fn config_rejects_wildcard_inbox_prefix() {
+        for prefix in [
+            "_INBOX.*",
+            "_INBOX.>",
+            "_INBOX..a",
+            "_INBOX.a.",
+            "_INBOX a",
+            "",
+        ] {
+            let config = NatsConnectConfig::new(vec!["tls://127.0.0.1:4222".to_owned()], "test")
+                .with_inbox_prefix(prefix);
+            assert!(
+                config.connect_options().is_err(),
+                "inbox prefix {prefix:?} was accepted"
+            );
+        }
     }
 }

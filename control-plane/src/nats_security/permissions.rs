@@ -1,0 +1,123 @@
+//! The subjects each kind of user may publish and subscribe to in the application account.
+//!
+//! None of these users gets the "allow responses" permission. It lets a user publish to the
+//! reply subject of any message it received, and is meant for services that reply to requests.
+//! A node and an enrolling node only send requests: the replies arrive on their own inbox,
+//! which their subscribe permission covers, and a node acknowledges deliveries by publishing to
+//! its consumer's `$JS.ACK` subjects, which its publish permission names. The control plane
+//! answers requests, but it may already publish on every subject of the account.
+
+use warden_bus::subject::{self, RpcVerb, Subject, TASK_STREAM};
+use warden_bus::{DeploymentId, NodeId};
+
+use super::jwt::{Permissions, SubjectRule, UserSpec};
+
+/// Builds the permissions of one node, which allow this and nothing else:
+///
+/// - publish: pull from and read the state of its own task consumer, acknowledge that
+///   consumer's deliveries, send its own telemetry, and send requests on its own rpc subjects;
+/// - subscribe: its own inbox `_INBOX.<deployment>.<node>.>`. The node's client must use
+///   [`subject::node_inbox_prefix`] as its inbox prefix, or it receives no replies.
+pub fn node_permissions(deployment: &DeploymentId, node: &NodeId) -> Permissions {
+    let consumer = subject::task_consumer(deployment, node);
+    let publish = [
+        Subject::consumer_next(TASK_STREAM, &consumer),
+        Subject::consumer_info(TASK_STREAM, &consumer),
+        Subject::consumer_acks(TASK_STREAM, &consumer),
+        Subject::node_telemetry(deployment, node),
+        Subject::node_rpc(deployment, node),
+    ];
+    Permissions {
+        publish: SubjectRule::Only(publish.iter().map(|s| s.as_str().to_owned()).collect()),
+        subscribe: SubjectRule::Only(vec![Subject::node_inbox(deployment, node)
+            .as_str()
+            .to_owned()]),
+        allow_responses: None,
+    }
+}
+
+/// Builds the permissions of the control plane: everything within the application account.
+/// The account boundary still keeps it out of the system account.
+pub fn control_plane_permissions() -> Permissions {
+    Permissions {
+        publish: SubjectRule::Any,
+        subscribe: SubjectRule::Any,
+        allow_responses: None,
+    }
+}
+
+/// Builds the permissions of an enrolling node: send enrollment requests, on the enroll subject
+/// of any node, and receive the replies under `inbox_prefix`.
+///
+/// Issue one enrollment user per bootstrap file with its own inbox prefix, from
+/// [`subject::enrollment_inbox_prefix`], so that no two enrolling nodes share an inbox. The
+/// enrollment token, not the broker, decides which node the request may enroll.
+pub fn enrollment_permissions(inbox_prefix: &str) -> Permissions {
+    Permissions {
+        publish: SubjectRule::Only(vec![Subject::all_rpc(RpcVerb::Enroll).as_str().to_owned()]),
+        subscribe: SubjectRule::Only(vec![format!("{inbox_prefix}.>")]),
+        allow_responses: None,
+    }
+}
+
+/// Builds the user JWT content for one node's nkey, valid until `expires_at` (Unix seconds).
+pub fn node_user(
+    deployment: &DeploymentId,
+    node: &NodeId,
+    user_public_key: &str,
+    expires_at: i64,
+) -> UserSpec {
+    UserSpec {
+        name: format!("node {deployment}/{node}"),
+        public_key: user_public_key.to_owned(),
+        permissions: node_permissions(deployment, node),
+        expires_at: Some(expires_at),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids() -> (DeploymentId, NodeId) {
+        (
+            DeploymentId::new("prod").unwrap(),
+            NodeId::new("n1").unwrap(),
+        )
+    }
+
+    #[test]
+    fn node_permissions_name_only_its_subjects() {
+        let (deployment, node) = ids();
+        let permissions = node_permissions(&deployment, &node);
+        assert_eq!(
+            permissions.publish,
+            SubjectRule::Only(vec![
+                "$JS.API.CONSUMER.MSG.NEXT.WARDEN_TASKS.node_prod_n1".to_owned(),
+                "$JS.API.CONSUMER.INFO.WARDEN_TASKS.node_prod_n1".to_owned(),
+                "$JS.ACK.WARDEN_TASKS.node_prod_n1.>".to_owned(),
+                "ld.prod.n1.telemetry.>".to_owned(),
+                "ld.prod.n1.rpc.>".to_owned(),
+            ])
+        );
+        assert_eq!(
+            permissions.subscribe,
+            SubjectRule::Only(vec!["_INBOX.prod.n1.>".to_owned()])
+        );
+        assert_eq!(permissions.allow_responses, None);
+    }
+
+    #[test]
+    fn enrollment_permissions_allow_enroll_only() {
+        let prefix = subject::enrollment_inbox_prefix("UABC");
+        let permissions = enrollment_permissions(&prefix);
+        assert_eq!(
+            permissions.publish,
+            SubjectRule::Only(vec!["ld.*.*.rpc.enroll".to_owned()])
+        );
+        assert_eq!(
+            permissions.subscribe,
+            SubjectRule::Only(vec!["_INBOX_ENROLL.UABC.>".to_owned()])
+        );
+    }
+}
