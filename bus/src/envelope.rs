@@ -29,6 +29,10 @@ pub enum MessageType {
     Heartbeat,
     /// A [`crate::messages::EnrollRequest`].
     EnrollRequest,
+    /// A [`crate::messages::RenewRequest`].
+    RenewRequest,
+    /// A [`crate::messages::CredentialReply`].
+    CredentialReply,
 }
 
 /// A message body type and the envelope type that carries it.

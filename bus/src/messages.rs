@@ -659,6 +659,55 @@ impl Message for EnrollRequest {
     const TYPE: MessageType = MessageType::EnrollRequest;
 }
 
+/// A node's request for a fresh user JWT, signed with its enrolled key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RenewRequest {
+    /// Deployment of the node.
+    pub deployment: DeploymentId,
+    /// The node.
+    pub node: NodeId,
+    /// When the node sent the request, by its clock.
+    pub sent_at: UnixMillis,
+}
+
+impl Message for RenewRequest {
+    const TYPE: MessageType = MessageType::RenewRequest;
+}
+
+/// The control plane's answer to an enrollment or renewal request.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CredentialReply {
+    /// A user JWT for the node's key.
+    Granted {
+        /// The user JWT; worthless without the node's private key.
+        jwt: String,
+        /// When it expires.
+        expires_at: UnixMillis,
+    },
+    /// The request was refused.
+    Refused {
+        /// Why, for the node's log.
+        reason: String,
+    },
+}
+
+impl fmt::Debug for CredentialReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Granted { expires_at, .. } => f
+                .debug_struct("Granted")
+                .field("expires_at", expires_at)
+                .finish_non_exhaustive(),
+            Self::Refused { reason } => f.debug_struct("Refused").field("reason", reason).finish(),
+        }
+    }
+}
+
+impl Message for CredentialReply {
+    const TYPE: MessageType = MessageType::CredentialReply;
+}
+
 /// Cuts `text` to at most `max` bytes on a character boundary.
 pub fn truncate(text: &str, max: usize) -> String {
     if text.len() <= max {

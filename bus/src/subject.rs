@@ -81,6 +81,11 @@ impl Subject {
         Self(format!("{SUBJECT_ROOT}.{deployment}.{node}.rpc.>"))
     }
 
+    /// Wildcard matching every request from every node.
+    pub fn all_requests() -> Self {
+        Self(format!("{SUBJECT_ROOT}.*.*.rpc.*"))
+    }
+
     /// Wildcard matching one kind of request from every node.
     pub fn all_rpc(verb: RpcVerb) -> Self {
         Self(format!("{SUBJECT_ROOT}.*.*.rpc.{}", verb.token()))
@@ -133,6 +138,14 @@ impl Subject {
     }
 }
 
+impl Subject {
+    /// Wraps a subject received from the broker, such as a reply inbox; only the transports use
+    /// this, since everything else builds subjects with the helpers above.
+    pub(crate) fn from_wire(text: String) -> Self {
+        Self(text)
+    }
+}
+
 impl fmt::Display for Subject {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)
@@ -168,12 +181,15 @@ impl TelemetryKind {
 pub enum RpcVerb {
     /// Presents the one-time enrollment token and the node's public key.
     Enroll,
+    /// Asks for a fresh user JWT before the current one expires.
+    Renew,
 }
 
 impl RpcVerb {
     fn token(self) -> &'static str {
         match self {
             Self::Enroll => "enroll",
+            Self::Renew => "renew",
         }
     }
 }

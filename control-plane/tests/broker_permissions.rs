@@ -768,7 +768,7 @@ async fn enrollment_user_limited_to_enroll() {
 async fn assert_connect_rejected(config: &NatsConnectConfig, what: &str) {
     match NatsBus::connect_with(config).await {
         Ok(_) => panic!("{what}: the server accepted the connection"),
-        Err(BusError::Connect { reason, .. }) => assert!(
+        Err(BusError::Refused { reason, .. }) => assert!(
             reason.to_lowercase().contains("authorization"),
             "{what}: the connection failed, but not with an authorization error: {reason}"
         ),

@@ -290,6 +290,21 @@ impl Bus for FaultyBus {
         Ok(())
     }
 
+    async fn request(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError> {
+        self.check_both("sending a request")?;
+        self.broker.request(subject, payload, timeout).await
+    }
+
+    async fn reply(&self, reply_subject: &str, payload: Bytes) -> Result<(), BusError> {
+        self.check_send("replying")?;
+        self.broker.reply(reply_subject, payload).await
+    }
+
     async fn subscribe(
         &self,
         filter: &Subject,

@@ -31,6 +31,7 @@ pub struct MemoryBus {
 struct State {
     subscribers: Vec<Subscriber>,
     queue_turn: u64,
+    inbox_counter: u64,
     streams: BTreeMap<String, StreamState>,
     buckets: BTreeMap<String, BTreeMap<String, KvEntry>>,
     bucket_revisions: BTreeMap<String, u64>,
@@ -115,6 +116,43 @@ impl MemoryBus {
     }
 }
 
+impl MemoryBus {
+    /// Hands a message to every plain subscriber and one member of each queue group.
+    fn deliver(&self, subject: &str, payload: Bytes, reply: Option<String>) {
+        let mut state = lock(&self.state);
+        state
+            .subscribers
+            .retain(|subscriber| !subscriber.sender.is_closed());
+        let message = Inbound {
+            subject: subject.to_owned(),
+            payload,
+            reply,
+        };
+
+        // Plain subscribers each get a copy; each queue group gets one copy, taking turns.
+        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
+        for (index, subscriber) in state.subscribers.iter().enumerate() {
+            if !subscriber.filter.matches(subject) {
+                continue;
+            }
+            match &subscriber.queue_group {
+                Some(group) => groups.entry(group.clone()).or_default().push(index),
+                None => {
+                    let _ = subscriber.sender.send(message.clone());
+                }
+            }
+        }
+        let turn = state.queue_turn;
+        state.queue_turn = turn.wrapping_add(1);
+        for members in groups.values() {
+            let choice = usize::try_from(turn % members.len() as u64).unwrap_or(0);
+            if let Some(subscriber) = members.get(choice).and_then(|i| state.subscribers.get(*i)) {
+                let _ = subscriber.sender.send(message.clone());
+            }
+        }
+    }
+}
+
 struct MemoryAcker {
     state: Weak<Mutex<State>>,
     clock: Arc<dyn Clock>,
@@ -166,36 +204,42 @@ impl Acknowledge for MemoryAcker {
 #[async_trait]
 impl Bus for MemoryBus {
     async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), BusError> {
-        let mut state = lock(&self.state);
-        state
-            .subscribers
-            .retain(|subscriber| !subscriber.sender.is_closed());
-        let message = Inbound {
-            subject: subject.as_str().to_owned(),
-            payload,
-        };
+        self.deliver(subject.as_str(), payload, None);
+        Ok(())
+    }
 
-        // Plain subscribers each get a copy; each queue group gets one copy, taking turns.
-        let mut groups: BTreeMap<String, Vec<usize>> = BTreeMap::new();
-        for (index, subscriber) in state.subscribers.iter().enumerate() {
-            if !subscriber.filter.matches(subject.as_str()) {
-                continue;
-            }
-            match &subscriber.queue_group {
-                Some(group) => groups.entry(group.clone()).or_default().push(index),
-                None => {
-                    let _ = subscriber.sender.send(message.clone());
-                }
-            }
+    async fn request(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError> {
+        let inbox = {
+            let mut state = lock(&self.state);
+            state.inbox_counter += 1;
+            format!("_INBOX.memory.{}", state.inbox_counter)
+        };
+        let mut replies = self
+            .subscribe(&Subject::from_wire(inbox.clone()), None)
+            .await?;
+        self.deliver(subject.as_str(), payload, Some(inbox));
+        // NOTE: this waits in real time on the Tokio timer, so a request needs a Tokio runtime
+        // and a responder running on another task.
+        match tokio::time::timeout(timeout, replies.next()).await {
+            Ok(Some(reply)) => Ok(reply.payload),
+            Ok(None) => Err(BusError::failed(
+                "waiting for a reply",
+                "subscription closed",
+            )),
+            Err(_) => Err(BusError::Timeout {
+                operation: format!("request on {subject}"),
+                timeout,
+            }),
         }
-        let turn = state.queue_turn;
-        state.queue_turn = turn.wrapping_add(1);
-        for members in groups.values() {
-            let choice = usize::try_from(turn % members.len() as u64).unwrap_or(0);
-            if let Some(subscriber) = members.get(choice).and_then(|i| state.subscribers.get(*i)) {
-                let _ = subscriber.sender.send(message.clone());
-            }
-        }
+    }
+
+    async fn reply(&self, reply_subject: &str, payload: Bytes) -> Result<(), BusError> {
+        self.deliver(reply_subject, payload, None);
         Ok(())
     }
 

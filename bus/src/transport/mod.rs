@@ -15,6 +15,7 @@ use crate::subject::Subject;
 
 pub mod memory;
 pub mod nats;
+pub mod swappable;
 
 /// A message received on a core NATS subscription.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,6 +24,8 @@ pub struct Inbound {
     pub subject: String,
     /// Message payload.
     pub payload: Bytes,
+    /// Where the sender waits for a reply, for a request.
+    pub reply: Option<String>,
 }
 
 /// A live subscription. Dropping it unsubscribes.
@@ -137,6 +140,14 @@ pub enum BusError {
         /// The client's message.
         reason: String,
     },
+    /// The broker refused the credentials: the JWT expired, was revoked or never belonged to it.
+    #[error("NATS at {url} refused the credentials: {reason}; if the credential expired or was revoked, re-enroll the node with `wardenctl node reenroll`")]
+    Refused {
+        /// The server URL.
+        url: String,
+        /// The server's message.
+        reason: String,
+    },
     /// The connection settings cannot work; the message says which one and how to fix it.
     #[error("invalid NATS connection settings: {reason}")]
     InvalidConfig {
@@ -199,6 +210,17 @@ impl BusError {
 pub trait Bus: Send + Sync + 'static {
     /// Publishes on a core subject and waits until the message is flushed to the broker.
     async fn publish(&self, subject: &Subject, payload: Bytes) -> Result<(), BusError>;
+
+    /// Sends a request and waits up to `timeout` for the reply.
+    async fn request(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError>;
+
+    /// Publishes a reply on the reply subject of a received request.
+    async fn reply(&self, reply_subject: &str, payload: Bytes) -> Result<(), BusError>;
 
     /// Subscribes to a subject filter, sharing messages within `queue_group` if given.
     async fn subscribe(

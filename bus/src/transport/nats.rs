@@ -38,6 +38,24 @@ pub struct NatsBus {
     buckets: Arc<Mutex<HashMap<String, kv::Store>>>,
 }
 
+/// Tells a refusal of the credentials apart from a broker that cannot be reached.
+fn connect_error(url: &str, error: &async_nats::ConnectError) -> BusError {
+    use async_nats::ConnectErrorKind;
+    let reason = error.to_string();
+    match error.kind() {
+        ConnectErrorKind::AuthorizationViolation | ConnectErrorKind::Authentication => {
+            BusError::Refused {
+                url: url.to_owned(),
+                reason,
+            }
+        }
+        _ => BusError::Connect {
+            url: url.to_owned(),
+            reason,
+        },
+    }
+}
+
 impl NatsBus {
     /// Connects to `url`, naming the connection `name` in the server's monitoring.
     ///
@@ -52,10 +70,7 @@ impl NatsBus {
             });
         let client = with_deadline("connect", CONNECT_TIMEOUT * 2, options.connect(url))
             .await?
-            .map_err(|error| BusError::Connect {
-                url: url.to_owned(),
-                reason: error.to_string(),
-            })?;
+            .map_err(|error| connect_error(url, &error))?;
         Ok(Self::from_client(client))
     }
 
@@ -75,10 +90,7 @@ impl NatsBus {
             options.connect(config.servers.as_slice()),
         )
         .await?
-        .map_err(|error| BusError::Connect {
-            url: servers,
-            reason: error.to_string(),
-        })?;
+        .map_err(|error| connect_error(&servers, &error))?;
         Ok(Self::from_client(client))
     }
 
@@ -391,6 +403,38 @@ impl Bus for NatsBus {
         .await?
     }
 
+    async fn request(
+        &self,
+        subject: &Subject,
+        payload: Bytes,
+        timeout: Duration,
+    ) -> Result<Bytes, BusError> {
+        let operation = format!("request on {subject}");
+        let message = with_deadline(
+            &operation,
+            timeout,
+            self.client.request(subject.as_str().to_owned(), payload),
+        )
+        .await?
+        .map_err(|error| BusError::failed(&operation, error))?;
+        Ok(message.payload)
+    }
+
+    async fn reply(&self, reply_subject: &str, payload: Bytes) -> Result<(), BusError> {
+        let operation = "publishing a reply";
+        with_deadline(operation, OPERATION_TIMEOUT, async {
+            self.client
+                .publish(reply_subject.to_owned(), payload)
+                .await
+                .map_err(|error| BusError::failed(operation, error))?;
+            self.client
+                .flush()
+                .await
+                .map_err(|error| BusError::failed(operation, error))
+        })
+        .await?
+    }
+
     async fn subscribe(
         &self,
         filter: &Subject,
@@ -420,6 +464,7 @@ impl Bus for NatsBus {
         Ok(Box::pin(subscriber.map(|message| Inbound {
             subject: message.subject.to_string(),
             payload: message.payload,
+            reply: message.reply.map(|reply| reply.to_string()),
         })))
     }
 
