@@ -234,6 +234,10 @@ pub fn configure(config: &mut web::ServiceConfig) {
             vec![("POST", web::post().to(reenroll))],
         ),
         (
+            "/v1/deployments/{deployment}/nodes/{node}/revoke",
+            vec![("POST", web::post().to(revoke))],
+        ),
+        (
             "/v1/deployments/{deployment}/tasks",
             vec![("POST", web::post().to(issue_tasks))],
         ),
@@ -433,6 +437,18 @@ async fn reenroll(
         node: NodeView::from(record),
         bootstrap,
     }))
+}
+
+async fn revoke(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (deployment, node) = path.into_inner();
+    let deployment = deployment_id(&deployment)?;
+    let node = NodeId::new(node).map_err(|error| invalid_id("node", &error))?;
+    let record = state.control_plane.revoke(deployment, node).await?;
+    Ok(HttpResponse::Ok().json(NodeView::from(record)))
 }
 
 async fn list_nodes(

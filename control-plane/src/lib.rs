@@ -21,6 +21,7 @@
 
 pub mod actors;
 pub mod api;
+pub mod broker;
 pub mod core;
 pub mod ctl;
 pub mod keys;

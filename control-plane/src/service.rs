@@ -4,6 +4,7 @@
 //! changes by compare-and-set, so any number of replicas can serve the API, ingest reports and
 //! heartbeats, and sweep at the same time.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -14,7 +15,7 @@ use rand::RngCore;
 use warden::bootstrap::BootstrapFile;
 use warden_actors::clock::SharedClock;
 use warden_actors::entropy::Entropy;
-use warden_bus::messages::EnrollRequest;
+use warden_bus::messages::{CredentialReply, EnrollRequest, RenewRequest};
 use warden_bus::subject::{
     task_consumer, CONTROL_BUCKET, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
 };
@@ -67,6 +68,11 @@ pub enum Disposition {
     Retry(Duration),
 }
 
+/// Key in [`CONTROL_BUCKET`] that stores the revoked node user keys, as JSON.
+pub const REVOCATIONS_KEY: &str = "revocations";
+/// Default validity of a node's user JWT.
+pub const NODE_JWT_TTL_DEFAULT: Duration = Duration::from_secs(24 * 3600);
+
 /// Key in [`CONTROL_BUCKET`] that stores the current signed trust document.
 pub const TRUST_DOCUMENT_KEY: &str = "trust_document";
 /// Key in [`CONTROL_BUCKET`] that stores the admin API key's SHA-256.
@@ -89,6 +95,8 @@ pub struct Settings {
     pub duplicate_window: Duration,
     /// How long a new node's enrollment token stays valid.
     pub enrollment_ttl: Duration,
+    /// How long a node's user JWT stays valid.
+    pub node_jwt_ttl: Duration,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
 }
@@ -165,6 +173,8 @@ pub struct NodeOptions {
 }
 
 struct Inner {
+    broker: Option<Arc<crate::broker::Broker>>,
+    account_pusher: Option<async_nats::Client>,
     bus: Arc<dyn Bus>,
     store: Store,
     signer: SigningKey,
@@ -191,6 +201,8 @@ impl ControlPlane {
         let store = Store::new(bus.clone());
         Self {
             inner: Arc::new(Inner {
+                broker: None,
+                account_pusher: None,
                 bus,
                 store,
                 signer,
@@ -199,6 +211,20 @@ impl ControlPlane {
                 settings,
             }),
         }
+    }
+
+    /// Adds the broker set-up, which lets this replica mint node credentials, and the system
+    /// account connection that pushes account updates. Call it right after [`ControlPlane::new`].
+    pub fn with_broker(
+        mut self,
+        broker: crate::broker::Broker,
+        account_pusher: Option<async_nats::Client>,
+    ) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.broker = Some(Arc::new(broker));
+            inner.account_pusher = account_pusher;
+        }
+        self
     }
 
     /// The bus.
@@ -452,6 +478,9 @@ impl ControlPlane {
                 fix: "add it with `wardenctl node add`".into(),
             })?;
         tracing::warn!(deployment_id = %deployment, node_id = %node, revoked_key = revoked.as_deref().unwrap_or("none"), "node identity revoked; new enrollment token issued");
+        if let Some(old) = &revoked {
+            self.revoke_at_broker(old).await?;
+        }
         let bootstrap = self
             .bootstrap_for(&deployment_record, &node, options, token)
             .await?;
@@ -484,6 +513,37 @@ impl ControlPlane {
             .and_then(|document| document.root())
             .map_err(|error| damaged(error.to_string()))?;
         let trust_bytes = trust.encode().map_err(|error| damaged(error.to_string()))?;
+
+        // With a broker set-up the node first connects as a one-time enrollment user.
+        let (ca_certificate, enrollment_jwt, enrollment_seed) = match self.inner.broker.as_ref() {
+            Some(broker) => {
+                let now = self.now();
+                let expires_at = now.saturating_add(self.inner.settings.enrollment_ttl);
+                let user = {
+                    let mut rng = self
+                        .inner
+                        .rng
+                        .lock()
+                        .unwrap_or_else(PoisonError::into_inner);
+                    broker.mint_enrollment_user(
+                        unix_seconds(now),
+                        unix_seconds(expires_at),
+                        &mut *rng,
+                    )
+                }
+                .map_err(|error| {
+                    ServiceError::Unavailable(format!(
+                        "failed to mint enrollment credentials: {error}"
+                    ))
+                })?;
+                (
+                    Some(broker.ca_pem().to_owned()),
+                    Some(user.jwt),
+                    Some(user.seed),
+                )
+            }
+            None => (None, None, None),
+        };
         Ok(BootstrapFile {
             deployment: deployment.id.to_string(),
             node: node.to_string(),
@@ -493,6 +553,9 @@ impl ControlPlane {
             trust_document: base64::engine::general_purpose::STANDARD.encode(trust_bytes),
             approval_key: deployment.approval_key.clone(),
             enrollment_token: Some(token),
+            ca_certificate,
+            enrollment_jwt,
+            enrollment_seed,
             iggy_config_path: None,
             heartbeat_interval_secs: options.heartbeat_interval_secs,
             clock_skew_secs: None,
@@ -607,10 +670,13 @@ impl ControlPlane {
                     first.status = TaskStatus::AwaitingApproval;
                 }
             }
-                        if let Err(error) = self.inner.store.create(&record).await {
+            if let Err(error) = self.inner.store.create(&record).await {
                 // Tasks recorded so far stay and will be delivered; name them so the operator
                 // does not issue them again.
-                let created: Vec<String> = records.iter().map(|task: &TaskRecord| format!("{} ({})", task.id, task.node)).collect();
+                let created: Vec<String> = records
+                    .iter()
+                    .map(|task: &TaskRecord| format!("{} ({})", task.id, task.node))
+                    .collect();
                 let reason = if created.is_empty() {
                     error.to_string()
                 } else {
@@ -794,21 +860,10 @@ impl ControlPlane {
             field: "trust_document",
             reason: error.to_string(),
         })?;
-        let result = match revision {
-            None => {
-                self.inner
-                    .bus
-                    .kv_create(CONTROL_BUCKET, TRUST_DOCUMENT_KEY, bytes.into())
-                    .await
-            }
-            Some(revision) => {
-                self.inner
-                    .bus
-                    .kv_update(CONTROL_BUCKET, TRUST_DOCUMENT_KEY, bytes.into(), revision)
-                    .await
-            }
-        };
-        match result {
+        match self
+            .write_control(TRUST_DOCUMENT_KEY, bytes, revision)
+            .await
+        {
             Ok(_) => Ok(()),
             Err(BusError::KeyExists { .. } | BusError::RevisionMismatch { .. }) => {
                 Err(ServiceError::Conflict {
@@ -1089,11 +1144,24 @@ impl ControlPlane {
         origin: &NodeSubject,
         signed: &SignedEnvelope,
     ) -> Result<Disposition, ServiceError> {
+        // A refusal is logged inside; on the report stream there is no one to answer.
+        let _enrolled_or_refused = self.enroll_key(origin, signed).await?;
+        Ok(Disposition::Done)
+    }
+
+    /// Applies a signed enrollment request. Returns the enrolled key, or why it was refused;
+    /// refusals are logged.
+    async fn enroll_key(
+        &self,
+        origin: &NodeSubject,
+        signed: &SignedEnvelope,
+    ) -> Result<Result<PublicKey, String>, ServiceError> {
         let refuse = |reason: String| {
             tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, "enrollment refused");
-            Ok(Disposition::Done)
+            Ok(Err(reason))
         };
-        // The request names the key that signed it: verifying proves the node holds it.
+
+        // The request names the key that signed it: verifying proves the node has its private half.
         let request = match signed
             .decode_unverified()
             .and_then(|envelope| envelope.open::<EnrollRequest>())
@@ -1113,6 +1181,7 @@ impl ControlPlane {
         if request.deployment != origin.deployment || request.node != origin.node {
             return refuse("the request names another node than its subject".into());
         }
+
         let now = self.now();
         let mut outcome = EnrollOutcome::AlreadyEnrolled;
         let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
@@ -1130,11 +1199,236 @@ impl ControlPlane {
         match outcome {
             EnrollOutcome::Enrolled => {
                 tracing::info!(deployment_id = %origin.deployment, node_id = %origin.node, node_key_id = %key.id(), "node enrolled");
-                Ok(Disposition::Done)
+                Ok(Ok(key))
             }
-            EnrollOutcome::AlreadyEnrolled => Ok(Disposition::Done),
+            EnrollOutcome::AlreadyEnrolled => Ok(Ok(key)),
             EnrollOutcome::Rejected(reason) => refuse(reason),
         }
+    }
+
+    /// Answers a node's request on `ld.<deployment>.<node>.rpc.<verb>`: enrollment with the
+    /// one-time token, or renewal signed by the enrolled key. Either grants a user JWT for the
+    /// node's key. Returns the encoded reply, or `None` when the request is not one to answer.
+    pub async fn handle_rpc(
+        &self,
+        subject: &str,
+        payload: &[u8],
+    ) -> Result<Option<Vec<u8>>, ServiceError> {
+        let Some(origin) = NodeSubject::parse(subject) else {
+            return Ok(None);
+        };
+        let Some(verb) = subject.rsplit('.').next() else {
+            return Ok(None);
+        };
+        let signed = match SignedEnvelope::decode(payload) {
+            Ok(signed) => signed,
+            Err(error) => {
+                return Ok(Some(
+                    self.credential_reply(Err(format!("malformed request: {error}"))),
+                ))
+            }
+        };
+        let key = match verb {
+            "enroll" => self.enroll_key(&origin, &signed).await?,
+            "renew" => self.renew_key(&origin, &signed).await?,
+            _ => return Ok(None),
+        };
+        let reply = match key {
+            Ok(key) => self.grant(&origin, &key),
+            Err(reason) => Err(reason),
+        };
+        Ok(Some(self.credential_reply(reply)))
+    }
+
+    /// Checks a renewal request against the node's enrolled key.
+    async fn renew_key(
+        &self,
+        origin: &NodeSubject,
+        signed: &SignedEnvelope,
+    ) -> Result<Result<PublicKey, String>, ServiceError> {
+        let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
+        let refuse = |reason: String| {
+            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, "credential renewal refused");
+            Ok(Err(reason))
+        };
+        let Some((node, _)) = self.inner.store.get::<NodeRecord>(&record_key).await? else {
+            return refuse("no such node is registered".into());
+        };
+        let Some(enrolled) = node.enrollment.node_key.as_deref() else {
+            return refuse("the node has no enrolled key; it was revoked or never enrolled".into());
+        };
+        let key = match PublicKey::from_hex(enrolled) {
+            Ok(key) => key,
+            Err(error) => return refuse(format!("the stored node key is damaged: {error}")),
+        };
+        let request = match signed
+            .verify_with(&key)
+            .map_err(|error| error.to_string())
+            .and_then(|envelope| {
+                envelope
+                    .open::<RenewRequest>()
+                    .map_err(|error| error.to_string())
+            }) {
+            Ok(request) => request,
+            Err(error) => {
+                return refuse(format!(
+                    "the request is not signed by the enrolled key: {error}"
+                ))
+            }
+        };
+        if request.deployment != origin.deployment || request.node != origin.node {
+            return refuse("the request names another node than its subject".into());
+        }
+        Ok(Ok(key))
+    }
+
+    /// Mints the node's user JWT, if this replica runs with a broker set-up.
+    fn grant(&self, origin: &NodeSubject, key: &PublicKey) -> Result<(String, UnixMillis), String> {
+        let Some(broker) = self.inner.broker.as_ref() else {
+            return Err(
+                "this control plane runs without broker credentials (no --broker-dir)".into(),
+            );
+        };
+        let now = self.now();
+        let expires_at = now.saturating_add(self.inner.settings.node_jwt_ttl);
+        let user = crate::broker::node_user_public_key(key).map_err(|error| error.to_string())?;
+        let jwt = broker
+            .mint_node_jwt(
+                &origin.deployment,
+                &origin.node,
+                &user,
+                unix_seconds(now),
+                unix_seconds(expires_at),
+            )
+            .map_err(|error| error.to_string())?;
+        tracing::info!(deployment_id = %origin.deployment, node_id = %origin.node, expires_at = %expires_at, "issued node credentials");
+        Ok((jwt, expires_at))
+    }
+
+    fn credential_reply(&self, result: Result<(String, UnixMillis), String>) -> Vec<u8> {
+        let reply = match result {
+            Ok((jwt, expires_at)) => CredentialReply::Granted { jwt, expires_at },
+            Err(reason) => CredentialReply::Refused {
+                reason: warden_bus::messages::truncate(
+                    &reason,
+                    warden_bus::messages::REASON_BYTES_MAX,
+                ),
+            },
+        };
+        Envelope::seal(MessageId::from_random(self.random_bytes()), &reply)
+            .and_then(|envelope| envelope.encode())
+            .unwrap_or_default()
+    }
+
+    /// Revokes a node's identity: its enrolled key stops counting at once, and with a broker
+    /// set-up the broker disconnects the node and refuses its credentials.
+    pub async fn revoke(
+        &self,
+        deployment: DeploymentId,
+        node: NodeId,
+    ) -> Result<NodeRecord, ServiceError> {
+        let key = warden_bus::subject::node_key(&deployment, &node);
+        let mut revoked = None;
+        let record = self
+            .inner
+            .store
+            .update::<NodeRecord>(&key, |record| {
+                revoked = record.enrollment.node_key.take();
+                record.enrollment.token_sha256 = None;
+                revoked.is_some()
+            })
+            .await?
+            .ok_or_else(|| ServiceError::NotFound {
+                what: format!("node {node} in deployment {deployment}"),
+                fix: "check `wardenctl node list`".into(),
+            })?;
+        if let Some(old) = revoked {
+            self.revoke_at_broker(&old).await?;
+        }
+        tracing::warn!(deployment_id = %deployment, node_id = %node, "node identity revoked");
+        Ok(record)
+    }
+
+    /// Writes `key` in the control bucket: creates it when `revision` is `None`, otherwise
+    /// replaces the value stored at `revision`.
+    async fn write_control(
+        &self,
+        key: &str,
+        bytes: Vec<u8>,
+        revision: Option<u64>,
+    ) -> Result<u64, BusError> {
+        let bus = &self.inner.bus;
+        match revision {
+            None => bus.kv_create(CONTROL_BUCKET, key, bytes.into()).await,
+            Some(revision) => {
+                bus.kv_update(CONTROL_BUCKET, key, bytes.into(), revision)
+                    .await
+            }
+        }
+    }
+
+    /// Adds a node key to the account's revocations and pushes the re-signed account JWT.
+    async fn revoke_at_broker(&self, node_key_hex: &str) -> Result<(), ServiceError> {
+        if self.inner.broker.is_none() {
+            return Ok(());
+        }
+        let key = PublicKey::from_hex(node_key_hex).map_err(|error| {
+            ServiceError::Unavailable(format!("stored node key is damaged: {error}"))
+        })?;
+        let user = crate::broker::node_user_public_key(&key)
+            .map_err(|error| ServiceError::Unavailable(error.to_string()))?;
+        let now = unix_seconds(self.now());
+        for _ in 0..crate::store::UPDATE_ATTEMPTS_MAX {
+            let current = self
+                .inner
+                .bus
+                .kv_get(CONTROL_BUCKET, REVOCATIONS_KEY)
+                .await?;
+            let mut revocations: BTreeMap<String, i64> = current
+                .as_ref()
+                .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+                .unwrap_or_default();
+            revocations.insert(user.clone(), now);
+            let bytes = serde_json::to_vec(&revocations).map_err(|error| {
+                ServiceError::Unavailable(format!("failed to encode revocations: {error}"))
+            })?;
+            let revision = current.as_ref().map(|entry| entry.revision);
+            match self.write_control(REVOCATIONS_KEY, bytes, revision).await {
+                Ok(_) => return self.push_account().await,
+                Err(BusError::KeyExists { .. } | BusError::RevisionMismatch { .. }) => continue,
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Err(ServiceError::Conflict {
+            what: "the revocation list kept changing".into(),
+            fix: "retry".into(),
+        })
+    }
+
+    /// Signs the application account with the stored revocations and pushes it to the broker.
+    /// Safe to repeat; a replica runs it at start so the broker matches the stored list.
+    pub async fn push_account(&self) -> Result<(), ServiceError> {
+        let (Some(broker), Some(pusher)) = (
+            self.inner.broker.as_ref(),
+            self.inner.account_pusher.as_ref(),
+        ) else {
+            return Ok(());
+        };
+        let revocations: BTreeMap<String, i64> = self
+            .inner
+            .bus
+            .kv_get(CONTROL_BUCKET, REVOCATIONS_KEY)
+            .await?
+            .and_then(|entry| serde_json::from_slice(&entry.value).ok())
+            .unwrap_or_default();
+        let jwt = broker
+            .app_account_jwt(&revocations, unix_seconds(self.now()))
+            .map_err(|error| ServiceError::Unavailable(error.to_string()))?;
+        crate::nats_security::push_account_jwt(pusher, &broker.app_account_public_key(), &jwt)
+            .await
+            .map_err(|error| ServiceError::Unavailable(error.to_string()))?;
+        tracing::info!(revoked = revocations.len(), "account pushed to the broker");
+        Ok(())
     }
 
     /// Applies a heartbeat signed by the node's enrolled key. Anything else is dropped.
@@ -1322,4 +1616,9 @@ fn log_transition(deployment: &DeploymentId, node: &NodeId, transition: &HealthT
             "node health changed"
         ),
     }
+}
+
+/// Converts milliseconds since the epoch to whole seconds, as NATS JWTs use.
+fn unix_seconds(time: UnixMillis) -> i64 {
+    i64::try_from(time.0 / 1000).unwrap_or(i64::MAX)
 }

@@ -514,6 +514,7 @@ impl World {
             task_ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
             enrollment_ttl: Duration::from_secs(3600),
+            node_jwt_ttl: Duration::from_secs(24 * 3600),
             failpoint: None,
         };
         let mut replicas = Vec::with_capacity(REPLICAS);

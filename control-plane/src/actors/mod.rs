@@ -114,6 +114,59 @@ impl Handler<InboundHeartbeat> for HeartbeatIngest {
     }
 }
 
+/// A node's request from a core subscription.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundRequest(pub Inbound);
+
+impl From<Inbound> for InboundRequest {
+    fn from(inbound: Inbound) -> Self {
+        Self(inbound)
+    }
+}
+
+/// Answers nodes' enrollment and renewal requests.
+pub struct RpcResponder {
+    control_plane: ControlPlane,
+}
+
+impl Actor for RpcResponder {
+    type Context = Context<Self>;
+}
+
+impl Handler<InboundRequest> for RpcResponder {
+    type Result = ResponseFuture<()>;
+
+    fn handle(
+        &mut self,
+        InboundRequest(inbound): InboundRequest,
+        _: &mut Self::Context,
+    ) -> Self::Result {
+        let control_plane = self.control_plane.clone();
+        Box::pin(async move {
+            let Some(reply_subject) = inbound.reply.as_deref() else {
+                tracing::warn!(subject = %inbound.subject, "dropping a request without a reply subject");
+                return;
+            };
+            let reply = match control_plane
+                .handle_rpc(&inbound.subject, &inbound.payload)
+                .await
+            {
+                Ok(Some(reply)) => reply,
+                Ok(None) => return,
+                Err(error) => {
+                    // No reply: the node retries after its timeout.
+                    tracing::warn!(subject = %inbound.subject, error = %error, "failed to answer a request");
+                    return;
+                }
+            };
+            if let Err(error) = control_plane.bus().reply(reply_subject, reply.into()).await {
+                tracing::warn!(subject = %inbound.subject, error = %error, "failed to send a reply");
+            }
+        })
+    }
+}
+
 /// Runs [`ControlPlane::sweep`] on an interval.
 pub struct Sweeper {
     control_plane: ControlPlane,
@@ -150,6 +203,7 @@ pub fn start(control_plane: ControlPlane, sweep_interval: Duration) -> Addr<Supe
         .unwrap_or_else(|_| unreachable!("the constants satisfy base > 0 and max >= base"));
     let reports = control_plane.clone();
     let heartbeats = control_plane.clone();
+    let requests = control_plane.clone();
     let sweeper = control_plane;
     Supervisor::new("control-plane", backoff, entropy::from_os())
         .child("reports", move |guard| {
@@ -181,6 +235,20 @@ pub fn start(control_plane: ControlPlane, sweep_interval: Duration) -> Addr<Supe
                 Subject::all_telemetry(TelemetryKind::Heartbeat),
                 Some(CONTROL_PLANE_QUEUE.into()),
                 ingest.recipient(),
+                guard,
+            )
+            .start();
+        })
+        .child("requests", move |guard| {
+            let responder = RpcResponder {
+                control_plane: requests.clone(),
+            }
+            .start();
+            SubscriptionBridge::<InboundRequest>::new(
+                requests.bus().clone(),
+                Subject::all_requests(),
+                Some(CONTROL_PLANE_QUEUE.into()),
+                responder.recipient(),
                 guard,
             )
             .start();

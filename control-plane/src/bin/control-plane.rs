@@ -10,12 +10,13 @@ use std::time::Duration;
 use anyhow::Context as _;
 use clap::Parser;
 use warden_actors::{clock, entropy, Backoff, BackoffConfig};
-use warden_bus::transport::nats::NatsBus;
+use warden_bus::transport::nats::{NatsBus, NatsConnectConfig};
 use warden_control_plane::api::{self, ApiState};
+use warden_control_plane::broker::Broker;
 use warden_control_plane::core::health::UNREACHABLE_AFTER_DEFAULT;
 use warden_control_plane::service::{
     ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT, ENROLLMENT_TTL_DEFAULT, EXPIRY_GRACE_DEFAULT,
-    TASK_ACK_WAIT_DEFAULT,
+    NODE_JWT_TTL_DEFAULT, TASK_ACK_WAIT_DEFAULT,
 };
 use warden_control_plane::{actors, keys};
 
@@ -59,6 +60,14 @@ struct Args {
     /// Seconds a new node's enrollment token stays valid.
     #[arg(long, default_value_t = ENROLLMENT_TTL_DEFAULT.as_secs())]
     enrollment_ttl_secs: u64,
+    /// Broker set-up directory from `wardenctl broker init`. With it the control plane connects
+    /// over TLS as its own user, mints node credentials and pushes revocations; without it NATS is
+    /// used without TLS or authentication, for development only.
+    #[arg(long)]
+    broker_dir: Option<PathBuf>,
+    /// Seconds a node's user JWT stays valid; nodes renew it before it expires.
+    #[arg(long, default_value_t = NODE_JWT_TTL_DEFAULT.as_secs())]
+    node_jwt_ttl_secs: u64,
     /// Write the admin API key to this file (mode 0600) instead of printing it, when this
     /// replica creates it.
     #[arg(long)]
@@ -73,6 +82,12 @@ fn main() -> anyhow::Result<()> {
     init_tracing(&args.log_format);
     if args.unreachable_after_secs == 0 {
         anyhow::bail!("--unreachable-after-secs must be above 0");
+    }
+    if !(10..=30 * 86_400).contains(&args.node_jwt_ttl_secs) {
+        anyhow::bail!(
+            "--node-jwt-ttl-secs {} is outside 10 to 2592000",
+            args.node_jwt_ttl_secs
+        );
     }
     if !(1..=7 * 86_400).contains(&args.enrollment_ttl_secs) {
         anyhow::bail!(
@@ -112,13 +127,19 @@ fn main() -> anyhow::Result<()> {
         task_ack_wait: Duration::from_secs(args.task_ack_wait_secs),
         duplicate_window: Duration::from_secs(args.duplicate_window_secs),
         enrollment_ttl: Duration::from_secs(args.enrollment_ttl_secs),
+        node_jwt_ttl: Duration::from_secs(args.node_jwt_ttl_secs),
         failpoint: std::env::var("WARDEN_FAILPOINT").ok(),
     };
 
+    let secure = args
+        .broker_dir
+        .as_deref()
+        .map(|dir| secure_connections(dir, &args.nats_url))
+        .transpose()?;
     let system = actix::System::new();
     system.block_on(async move {
         let bus = tokio::select! {
-            bus = connect_with_retry(&args.nats_url) => bus,
+                        bus = connect_with_retry(&args.nats_url, secure.as_ref().map(|secure| &secure.control_plane)) => bus,
             () = shutdown_signal() => return Ok(()),
         };
         let control_plane = ControlPlane::new(
@@ -128,12 +149,24 @@ fn main() -> anyhow::Result<()> {
             rng,
             settings,
         );
+        let control_plane = match secure {
+            Some(secure) => {
+                // A separate system-account connection pushes account updates to the broker.
+                let pusher = connect_with_retry(&args.nats_url, Some(&secure.system)).await;
+                control_plane.with_broker(secure.broker, Some(pusher.client().clone()))
+            }
+            None => {
+                tracing::warn!("running without --broker-dir: NATS without TLS or authentication, for development only");
+                control_plane
+            }
+        };
         control_plane
             .setup()
             .await
             .context("failed to create the JetStream streams and buckets")?;
         let trust = control_plane.setup_trust(&trust_document).await?;
         tracing::info!(trust_version = trust.version, task_key_id = %signer.id(), "trust document in place");
+        control_plane.push_account().await.context("failed to push the account to the broker")?;
 
         // Open the key file before the key exists, so an unwritable path cannot lose the key.
         let key_file = args.admin_key_out.as_deref().map(open_key_file).transpose()?;
@@ -189,6 +222,37 @@ fn open_key_file(path: &std::path::Path) -> anyhow::Result<KeyFile> {
     })
 }
 
+/// The control plane's broker connections in operator mode.
+struct Secure {
+    broker: Broker,
+    control_plane: NatsConnectConfig,
+    system: NatsConnectConfig,
+}
+
+fn secure_connections(dir: &std::path::Path, url: &str) -> anyhow::Result<Secure> {
+    if !(url.starts_with("tls://") || url.starts_with("wss://")) {
+        anyhow::bail!(
+            "--nats-url {url:?} must start with tls:// or wss:// when --broker-dir is given"
+        );
+    }
+    let broker = Broker::load(dir)?;
+    let now = i64::try_from(clock::system().now().0 / 1000).unwrap_or(i64::MAX);
+    let mut rng = entropy::from_os();
+    let control_plane_user = broker.mint_control_plane(now, &mut rng)?;
+    let system_user = broker.mint_system_user(now, &mut rng)?;
+    let control_plane = NatsConnectConfig::new(vec![url.to_owned()], "control-plane")
+        .with_credentials(control_plane_user.credentials()?)
+        .with_ca_file(broker.ca_file());
+    let system = NatsConnectConfig::new(vec![url.to_owned()], "control-plane-system")
+        .with_credentials(system_user.credentials()?)
+        .with_ca_file(broker.ca_file());
+    Ok(Secure {
+        broker,
+        control_plane,
+        system,
+    })
+}
+
 fn announce_admin_key(key: &str, out: Option<KeyFile>) -> anyhow::Result<()> {
     match out {
         Some(KeyFile { path, mut file }) => {
@@ -205,13 +269,17 @@ fn announce_admin_key(key: &str, out: Option<KeyFile>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn connect_with_retry(url: &str) -> NatsBus {
-    let config = BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30))
+async fn connect_with_retry(url: &str, config: Option<&NatsConnectConfig>) -> NatsBus {
+    let backoff_config = BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30))
         .unwrap_or_else(|_| unreachable!("500 ms base is below the 30 s cap"));
-    let mut backoff = Backoff::new(config);
+    let mut backoff = Backoff::new(backoff_config);
     let mut rng = entropy::from_os();
     loop {
-        match NatsBus::connect(url, "control-plane").await {
+        let connected = match config {
+            Some(config) => NatsBus::connect_with(config).await,
+            None => NatsBus::connect(url, "control-plane").await,
+        };
+        match connected {
             Ok(bus) => {
                 tracing::info!(nats_url = %url, "connected to NATS");
                 return bus;

@@ -68,6 +68,29 @@ enum Command {
     /// Sign and inspect release manifests (offline).
     #[command(subcommand)]
     Release(ReleaseCommand),
+    /// Set up the broker: keys, certificates and nats-server configuration (offline).
+    #[command(subcommand)]
+    Broker(BrokerCommand),
+}
+
+#[derive(Debug, Subcommand)]
+enum BrokerCommand {
+    /// Write a new broker directory: operator and account keys, a CA, a server certificate for
+    /// the hosts, and nats.conf for operator mode with TLS on both listeners.
+    Init {
+        /// Directory to create; it must not hold a set-up yet.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Host name or address the server certificate covers; the first is the bind address.
+        #[arg(long = "host", default_values_t = ["127.0.0.1".to_owned(), "localhost".to_owned()])]
+        hosts: Vec<String>,
+        /// TLS NATS client port.
+        #[arg(long, default_value_t = 4222)]
+        client_port: u16,
+        /// TLS WebSocket port; 443 lets nodes through firewalls that allow only HTTPS out.
+        #[arg(long, default_value_t = 443)]
+        websocket_port: u16,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -219,6 +242,14 @@ enum NodeCommand {
         /// Heartbeat interval in seconds (1 to 3600); the Warden's default if absent.
         #[arg(long)]
         heartbeat_interval_secs: Option<u64>,
+    },
+    /// Revoke a node's identity: its reports stop counting and the broker disconnects it.
+    Revoke {
+        /// Node id.
+        node: String,
+        /// Deployment the node belongs to.
+        #[arg(long)]
+        deployment: String,
     },
     /// List a deployment's nodes with their health.
     List {
@@ -477,6 +508,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
         cli.command,
         Command::Key(_)
             | Command::Release(_)
+            | Command::Broker(_)
             | Command::Trust(TrustCommand::Sign(_))
             | Command::Trust(TrustCommand::Show { file: Some(_) })
     );
@@ -594,6 +626,22 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                     "node {} re-enrolled: its old key is revoked; new bootstrap file written to {}",
                     added.node.node,
                     bootstrap_out.display()
+                );
+            }
+        }
+        Command::Node(NodeCommand::Revoke { node, deployment }) => {
+            let path = format!(
+                "/v1/deployments/{}/nodes/{}/revoke",
+                checked_id("deployment", &deployment)?,
+                checked_id("node", &node)?
+            );
+            let revoked: NodeView = client.post(&path, &serde_json::json!({}))?;
+            if json {
+                print_json(&revoked)?;
+            } else {
+                println!(
+                    "node {} revoked; re-enroll it with `wardenctl node reenroll`",
+                    revoked.node
                 );
             }
         }
@@ -750,6 +798,28 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             } else {
                 println!("task {} approved; status {}", approved.id, approved.status);
             }
+        }
+        Command::Broker(BrokerCommand::Init {
+            dir,
+            hosts,
+            client_port,
+            websocket_port,
+        }) => {
+            let now = i64::try_from(warden_bus::Clock::now(&warden_bus::SystemClock).0 / 1000)
+                .unwrap_or(i64::MAX);
+            let listen = warden_control_plane::broker::Listen {
+                hosts,
+                client_port,
+                websocket_port,
+            };
+            warden_control_plane::broker::init(&dir, &listen, now, &mut rand::rngs::OsRng)
+                .map_err(|error| CtlError::Local(error.to_string()))?;
+            println!(
+                "broker set-up written to {}; start nats-server -c {}",
+                dir.display(),
+                dir.join(warden_control_plane::broker::SERVER_CONFIG)
+                    .display()
+            );
         }
         Command::Key(KeyCommand::Create { out }) => {
             let key = offline::create_key(&out)?;
