@@ -60,6 +60,15 @@ pub struct BootstrapFile {
     /// ignores the node's reports and heartbeats.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enrollment_token: Option<String>,
+    /// PEM of the CA that signs the broker's certificate; with it every connection uses TLS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_certificate: Option<String>,
+    /// JWT of the one-time enrollment user, which may only send the enrollment request.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_jwt: Option<String>,
+    /// Nkey seed of the enrollment user (`SU…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enrollment_seed: Option<String>,
     /// Where to write the Iggy server configuration.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iggy_config_path: Option<PathBuf>,
@@ -72,6 +81,23 @@ pub struct BootstrapFile {
     /// Maximum validity of a task, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_validity_max_secs: Option<u64>,
+}
+
+/// What a node needs to reach a broker in operator mode with TLS.
+#[derive(Clone)]
+pub struct SecureBroker {
+    /// PEM of the CA that signs the broker's certificate.
+    pub ca_certificate: String,
+    /// JWT and nkey seed of the enrollment user.
+    pub enrollment: Option<(String, String)>,
+}
+
+impl std::fmt::Debug for SecureBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SecureBroker")
+            .field("has_enrollment_user", &self.enrollment.is_some())
+            .finish_non_exhaustive()
+    }
 }
 
 /// A validated bootstrap.
@@ -93,6 +119,8 @@ pub struct Bootstrap {
     pub approval_key: Option<PublicKey>,
     /// One-time enrollment token.
     pub enrollment_token: Option<String>,
+    /// Broker security, when the bootstrap file carries a CA certificate.
+    pub secure: Option<SecureBroker>,
     /// Path of the Iggy configuration file.
     pub iggy_config_path: PathBuf,
     /// Time between heartbeats.
@@ -192,10 +220,16 @@ impl Bootstrap {
         let deployment = DeploymentId::new(file.deployment)
             .map_err(|error| field("deployment", error.to_string()))?;
         let node = NodeId::new(file.node).map_err(|error| field("node", error.to_string()))?;
-        if !(file.nats_url.starts_with("nats://") || file.nats_url.starts_with("tls://")) {
+        if !["nats://", "tls://", "wss://"]
+            .iter()
+            .any(|scheme| file.nats_url.starts_with(scheme))
+        {
             return Err(field(
                 "nats_url",
-                format!("{:?} must start with nats:// or tls://", file.nats_url),
+                format!(
+                    "{:?} must start with tls:// or wss:// (or nats:// without a broker set-up)",
+                    file.nats_url
+                ),
             ));
         }
         if !file.state_dir.is_absolute() {
@@ -226,6 +260,39 @@ impl Bootstrap {
                     "must be 16 to 128 characters of base64url; copy it again from `wardenctl node add`".into(),
                 ));
             }
+        }
+        let secure = match (&file.ca_certificate, &file.enrollment_jwt, &file.enrollment_seed) {
+            (None, None, None) => None,
+            (Some(ca), jwt, seed) => {
+                if !ca.contains("BEGIN CERTIFICATE") {
+                    return Err(field("ca_certificate", "is not a PEM certificate; copy it again from `wardenctl node add`".into()));
+                }
+                let enrollment = match (jwt, seed) {
+                    (Some(jwt), Some(seed)) => Some((jwt.clone(), seed.clone())),
+                    (None, None) => None,
+                    _ => {
+                        return Err(field(
+                            "enrollment_jwt",
+                            "enrollment_jwt and enrollment_seed come together; copy both from `wardenctl node add`".into(),
+                        ))
+                    }
+                };
+                Some(SecureBroker { ca_certificate: ca.clone(), enrollment })
+            }
+            (None, _, _) => {
+                return Err(field("ca_certificate", "is missing but enrollment credentials are given; copy the whole file from `wardenctl node add`".into()))
+            }
+        };
+        if secure.is_some()
+            && !(file.nats_url.starts_with("tls://") || file.nats_url.starts_with("wss://"))
+        {
+            return Err(field(
+                "nats_url",
+                format!(
+                    "{:?} must start with tls:// or wss:// when a CA certificate is given",
+                    file.nats_url
+                ),
+            ));
         }
         let approval_key = file
             .approval_key
@@ -290,6 +357,7 @@ impl Bootstrap {
             trust_document,
             approval_key,
             enrollment_token: file.enrollment_token,
+            secure,
             iggy_config_path,
             heartbeat_interval,
             clock_skew,
@@ -332,6 +400,9 @@ mod tests {
                 .encode(signed.encode().unwrap()),
             approval_key: None,
             enrollment_token: None,
+            ca_certificate: None,
+            enrollment_jwt: None,
+            enrollment_seed: None,
             iggy_config_path: None,
             heartbeat_interval_secs: None,
             clock_skew_secs: None,

@@ -19,6 +19,7 @@
 pub mod actors;
 pub mod bootstrap;
 pub mod core;
+pub mod credentials;
 pub mod enroll;
 pub mod executor;
 pub mod identity;

@@ -8,11 +8,16 @@ use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use warden::actors::renewal::RenewalParts;
 use warden::actors::{self, WardenParts};
-use warden::bootstrap::Bootstrap;
+use warden::bootstrap::{Bootstrap, SecureBroker};
+use warden::credentials;
 use warden::store::TaskStore;
+use warden_actors::clock::SharedClock;
 use warden_actors::{clock, entropy, Backoff, BackoffConfig};
 use warden_bus::transport::nats::NatsBus;
+use warden_bus::transport::swappable::SwappableBus;
+use warden_bus::{Bus, SigningKey};
 
 /// The Warden node agent.
 #[derive(Debug, Parser)]
@@ -86,35 +91,150 @@ fn main() -> anyhow::Result<()> {
                 "stored the trust document from the bootstrap file"
             );
         }
-        let node = bootstrap.node.to_string();
-        let connect = connect_with_retry(&bootstrap.nats_url, &node);
-        let bus = tokio::select! {
-            bus = connect => bus,
-            () = shutdown_signal() => return Ok(()),
-        };
-                if let Some(token) = &bootstrap.enrollment_token {
-            let enrollment = warden::enroll::request(&bootstrap.deployment, &bootstrap.node, token, &node_key, clock.now())?;
-            tokio::select! {
-                () = send_enrollment(&bus, &enrollment) => {}
-                () = shutdown_signal() => return Ok(()),
+        let connected = match bootstrap.secure.clone() {
+            Some(secure) => {
+                tokio::select! {
+                    connected = connect_secure(&bootstrap, &secure, &node_key, &clock) => connected?,
+                    () = shutdown_signal() => return Ok(()),
+                }
             }
-            tracing::info!(node_key_id = %node_key.id(), "enrollment request sent");
-        } else {
-            tracing::warn!("the bootstrap file has no enrollment token; the control plane will ignore this node's reports until it is enrolled");
-        }
-        let _supervisor = actors::start(WardenParts {
-            bootstrap,
-            bus: Arc::new(bus),
-            store,
-            clock,
-                        failpoint,
-            node_key,
-        });
+            None => {
+                tokio::select! {
+                    connected = connect_plain(&bootstrap, &node_key, &clock) => connected?,
+                    () = shutdown_signal() => return Ok(()),
+                }
+            }
+        };
+        let (bus, renewal): (Arc<dyn Bus>, _) = match connected {
+            Connected::Plain(bus) => (Arc::new(bus), None),
+            Connected::Secure(bus, parts) => (bus, Some(parts)),
+        };
+        let _supervisor = actors::start(WardenParts { bootstrap, bus, store, clock, failpoint, node_key, renewal });
         shutdown_signal().await;
         tracing::info!("warden stopping");
         Ok::<(), anyhow::Error>(())
     })?;
     Ok(())
+}
+
+/// The broker connection the actors use.
+enum Connected {
+    /// NATS without TLS or authentication (no CA in the bootstrap file).
+    Plain(NatsBus),
+    /// TLS as the node user, with what renewal needs.
+    Secure(Arc<dyn Bus>, RenewalParts),
+}
+
+/// Connects without TLS and sends the enrollment request on the report stream.
+async fn connect_plain(
+    bootstrap: &Bootstrap,
+    node_key: &SigningKey,
+    clock: &SharedClock,
+) -> anyhow::Result<Connected> {
+    tracing::warn!("the bootstrap file has no CA certificate: connecting to NATS without TLS or authentication, for development only");
+    let bus = connect_with_retry(&bootstrap.nats_url, &bootstrap.node.to_string()).await;
+    match &bootstrap.enrollment_token {
+        Some(token) => {
+            let enrollment = warden::enroll::request(&bootstrap.deployment, &bootstrap.node, token, node_key, clock.now())?;
+            send_enrollment(&bus, &enrollment).await;
+            tracing::info!(node_key_id = %node_key.id(), "enrollment request sent");
+        }
+        None => tracing::warn!("the bootstrap file has no enrollment token; the control plane will ignore this node's reports until it is enrolled"),
+    }
+    Ok(Connected::Plain(bus))
+}
+
+/// Enrolls if the node has no usable credential yet, then connects over TLS as the node user.
+async fn connect_secure(
+    bootstrap: &Bootstrap,
+    secure: &SecureBroker,
+    node_key: &SigningKey,
+    clock: &SharedClock,
+) -> anyhow::Result<Connected> {
+    let ca_file = credentials::write_ca(&bootstrap.state_dir, &secure.ca_certificate)?;
+    let config = BackoffConfig::new(Duration::from_millis(500), Duration::from_secs(30))
+        .unwrap_or_else(|_| unreachable!("500 ms base is below the 30 s cap"));
+    let mut backoff = Backoff::new(config);
+    let mut rng = entropy::from_os();
+
+    // A stored credential that is still good for a while is used as it is; renewal takes over.
+    let usable = credentials::load(&bootstrap.state_dir)?.filter(|credential| {
+        credential.expires_at > clock.now().saturating_add(Duration::from_secs(60))
+    });
+    let credential = match usable {
+        Some(credential) => credential,
+        None => loop {
+            let (Some(enrollment), Some(token)) = (&secure.enrollment, &bootstrap.enrollment_token)
+            else {
+                anyhow::bail!(
+                    "the node has no usable credential and the bootstrap file no enrollment user; get a new bootstrap file with `wardenctl node reenroll`"
+                );
+            };
+            let request = warden::enroll::request(
+                &bootstrap.deployment,
+                &bootstrap.node,
+                token,
+                node_key,
+                clock.now(),
+            )?;
+            match credentials::enroll(
+                &bootstrap.nats_url,
+                &ca_file,
+                enrollment,
+                &request,
+                &bootstrap.deployment,
+                &bootstrap.node,
+                clock.now(),
+            )
+            .await
+            {
+                Ok(credential) => {
+                    credentials::store(&bootstrap.state_dir, &credential)?;
+                    tracing::info!(node_key_id = %node_key.id(), expires_at = %credential.expires_at, "enrolled; node credential stored");
+                    break credential;
+                }
+                Err(error) => {
+                    let delay = backoff.next_delay(entropy::unit_interval(&mut rng));
+                    tracing::warn!(error = %error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "enrollment failed; retrying");
+                    tokio::time::sleep(delay).await;
+                }
+            }
+        },
+    };
+
+    backoff.reset();
+    let bus = loop {
+        match credentials::connect_node(
+            &bootstrap.nats_url,
+            &ca_file,
+            &credential,
+            node_key,
+            &bootstrap.deployment,
+            &bootstrap.node,
+        )
+        .await
+        {
+            Ok(bus) => break bus,
+            Err(error) => {
+                let delay = backoff.next_delay(entropy::unit_interval(&mut rng));
+                tracing::warn!(error = %error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "failed to connect as the node user; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    };
+    tracing::info!(nats_url = %bootstrap.nats_url, "connected to NATS over TLS as the node user");
+    let bus = Arc::new(SwappableBus::new(Arc::new(bus)));
+    let parts = RenewalParts {
+        bus: bus.clone(),
+        node_key: node_key.clone(),
+        deployment: bootstrap.deployment.clone(),
+        node: bootstrap.node.clone(),
+        state_dir: bootstrap.state_dir.clone(),
+        ca_file,
+        url: bootstrap.nats_url.clone(),
+        clock: clock.clone(),
+    };
+    Ok(Connected::Secure(bus, parts))
 }
 
 /// Stores the enrollment request, retrying with back-off until the broker accepts it.

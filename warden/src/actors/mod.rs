@@ -7,6 +7,7 @@
 //! ```
 
 pub mod heartbeat;
+pub mod renewal;
 pub mod tasks;
 
 use std::sync::atomic::AtomicU64;
@@ -50,6 +51,8 @@ pub struct WardenParts {
     pub failpoint: Option<String>,
     /// The node's own key.
     pub node_key: SigningKey,
+    /// Renewal of the broker credentials, when the node runs against a secured broker.
+    pub renewal: Option<self::renewal::RenewalParts>,
 }
 
 /// Starts the supervised actor tree. Must be called inside an actix system.
@@ -100,6 +103,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
     let bus = parts.bus;
     let clock = parts.clock;
     let node_key = parts.node_key;
+    let renewal = parts.renewal;
     let tasks_bus = bus.clone();
     Supervisor::new("warden", backoff, entropy::from_os())
         .child("tasks", move |mut guard| {
@@ -129,6 +133,19 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
                 node_key: node_key.clone(),
             };
             Heartbeater::new(parts, guard).start();
+        })
+        .child("credentials", move |mut guard| {
+            let Some(parts) = renewal.clone() else {
+                // Without a secured broker there is nothing to renew.
+                guard.disarm();
+                return;
+            };
+            match self::renewal::Renewer::load(parts, guard) {
+                Ok(renewer) => {
+                    renewer.start();
+                }
+                Err(reason) => tracing::error!(reason = %reason, "cannot renew node credentials"),
+            }
         })
         .start()
 }
