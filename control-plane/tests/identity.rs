@@ -166,16 +166,14 @@ fn expired_token_refused() {
     cluster.add_node("n1");
     std::thread::sleep(Duration::from_secs(2));
     cluster.start_warden("n1", &[]);
+    // The enrollment user's JWT expires with the token, so the broker refuses the connection.
     wait_until(
-        "the expired token to be refused",
-        Duration::from_secs(10),
-        || {
-            cluster.nodes()[0]
-                .enrollment_error
-                .as_deref()
-                .is_some_and(|error| error.contains("expired"))
-        },
+        "the expired enrollment to be refused",
+        Duration::from_secs(15),
+        || cluster.warden_log("n1").contains("enrollment failed"),
     );
+    let log = cluster.warden_log("n1");
+    assert!(log.contains("refused the credentials"), "{log}");
     assert_eq!(node_key_id(&cluster, "n1"), None);
     assert_eq!(
         cluster.nodes()[0].health,

@@ -63,10 +63,16 @@ fn warden_killed_before_ack_executes_once() {
 fn restarted_control_plane_delivers_pending_tasks() {
     let mut cluster = Cluster::start();
     cluster.add_node("n1");
+    // Enrollment asks the control plane, so the node enrolls first and then goes down.
+    cluster.start_warden("n1", &[]);
+    wait_until("n1 to enroll", Duration::from_secs(10), || {
+        cluster.warden_log("n1").contains("node credential stored")
+    });
+    cluster.kill_warden("n1");
     let task = &cluster.apply_config(Some("n1"), 1)[0];
     assert_eq!(task.status, "pending");
 
-    // The control plane dies with the task pending; the Warden comes up while it is down.
+    // The control plane dies with the task pending; the Warden comes back while it is down.
     cluster.kill_control_plane();
     cluster.start_warden("n1", &[]);
     wait_until(

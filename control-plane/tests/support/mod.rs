@@ -19,10 +19,12 @@ use std::time::Duration;
 
 use base64::Engine;
 use warden_bus::transport::nats::NatsBus;
+use warden_bus::transport::nats::NatsConnectConfig;
 use warden_bus::{
     Bus, DeploymentId, Envelope, MessageId, NodeId, SigningKey, Subject, Task, TaskAction, TaskId,
     UnixMillis,
 };
+use warden_control_plane::broker::{self, Broker, Listen};
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::TaskRecord;
 use warden_control_plane::ctl::{offline, Client};
@@ -58,16 +60,34 @@ impl Cluster {
 
     /// Like [`Cluster::start`], with extra control-plane arguments.
     pub fn start_with(control_plane_args: &[&str]) -> Self {
-        let nats = NatsServer::start();
         let dir = tempfile::tempdir().unwrap();
+        let broker_dir = dir.path().join("broker");
+
+        // The broker runs in operator mode with TLS, from a set-up like `wardenctl broker init`.
+        let nats = NatsServer::start_with_config(|setup| {
+            let listen = Listen {
+                hosts: vec!["127.0.0.1".into(), "localhost".into()],
+                client_port: setup.client_port,
+                websocket_port: setup.websocket_port,
+            };
+            broker::init(&broker_dir, &listen, now_secs(), &mut rand::rngs::OsRng).unwrap();
+            std::fs::read_to_string(broker_dir.join(broker::SERVER_CONFIG)).unwrap()
+        });
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let bus = runtime
-            .block_on(NatsBus::connect(&nats.url(), "e2e-test"))
+        // The test's own connection has the control plane's permissions, to play an attacker
+        // who has them.
+        let broker = Broker::load(&broker_dir).unwrap();
+        let user = broker
+            .mint_control_plane(now_secs(), &mut rand::rngs::OsRng)
             .unwrap();
+        let config = NatsConnectConfig::new(vec![nats.tls_url()], "e2e-test")
+            .with_credentials(user.credentials().unwrap())
+            .with_ca_file(broker.ca_file());
+        let bus = runtime.block_on(NatsBus::connect_with(&config)).unwrap();
         let api = format!("http://127.0.0.1:{}", free_port());
 
         offline_setup(dir.path());
@@ -102,6 +122,11 @@ impl Cluster {
         cluster
     }
 
+    /// The broker's TLS URL, which the control plane advertises to nodes.
+    pub fn nats_url(&self) -> String {
+        self.nats.tls_url()
+    }
+
     pub fn path(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }
@@ -118,10 +143,12 @@ impl Cluster {
         command
             .args([
                 "--nats-url",
-                &self.nats.url(),
+                &self.nats_url(),
                 "--listen",
                 &format!("127.0.0.1:{port}"),
             ])
+            .arg("--broker-dir")
+            .arg(self.path("broker"))
             .arg("--task-key")
             .arg(self.path("task.key"))
             .arg("--trust-document")
@@ -458,6 +485,11 @@ pub fn offline_setup(dir: &std::path::Path) {
         out: dir.join("trust.b64"),
     })
     .unwrap();
+}
+
+/// The current Unix time in seconds.
+pub fn now_secs() -> i64 {
+    i64::try_from(warden_bus::Clock::now(&warden_bus::SystemClock).0 / 1000).unwrap()
 }
 
 /// Counts the lines of `log` that contain `needle`.
