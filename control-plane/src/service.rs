@@ -462,25 +462,12 @@ impl ControlPlane {
         let expires_at = self
             .now()
             .saturating_add(self.inner.settings.enrollment_ttl);
-        let key = warden_bus::subject::node_key(&deployment, &node);
-        let mut revoked = None;
-        let record = self
-            .inner
-            .store
-            .update::<NodeRecord>(&key, |record| {
-                revoked = record.enrollment.node_key.clone();
+        let (record, revoked) = self
+            .revoke_then_update(&deployment, &node, |record| {
                 record.enrollment = Enrollment::issue(&token, expires_at);
-                true
             })
-            .await?
-            .ok_or_else(|| ServiceError::NotFound {
-                what: format!("node {node} in deployment {deployment}"),
-                fix: "add it with `wardenctl node add`".into(),
-            })?;
+            .await?;
         tracing::warn!(deployment_id = %deployment, node_id = %node, revoked_key = revoked.as_deref().unwrap_or("none"), "node identity revoked; new enrollment token issued");
-        if let Some(old) = &revoked {
-            self.revoke_at_broker(old).await?;
-        }
         let bootstrap = self
             .bootstrap_for(&deployment_record, &node, options, token)
             .await?;
@@ -1327,26 +1314,65 @@ impl ControlPlane {
         deployment: DeploymentId,
         node: NodeId,
     ) -> Result<NodeRecord, ServiceError> {
-        let key = warden_bus::subject::node_key(&deployment, &node);
-        let mut revoked = None;
-        let record = self
-            .inner
-            .store
-            .update::<NodeRecord>(&key, |record| {
-                revoked = record.enrollment.node_key.take();
+        let (record, _) = self
+            .revoke_then_update(&deployment, &node, |record| {
+                record.enrollment.node_key = None;
                 record.enrollment.token_sha256 = None;
-                revoked.is_some()
             })
-            .await?
-            .ok_or_else(|| ServiceError::NotFound {
-                what: format!("node {node} in deployment {deployment}"),
-                fix: "check `wardenctl node list`".into(),
-            })?;
-        if let Some(old) = revoked {
-            self.revoke_at_broker(&old).await?;
-        }
+            .await?;
         tracing::warn!(deployment_id = %deployment, node_id = %node, "node identity revoked");
         Ok(record)
+    }
+
+    /// Revokes the node's enrolled key at the broker, then applies `change` to its record.
+    ///
+    /// The broker learns first, so a crash in between leaves the key refused by the broker
+    /// while the record still names it, and the operator's retry revokes it again. Returns the
+    /// record as written and the revoked key, if the node had one.
+    async fn revoke_then_update(
+        &self,
+        deployment: &DeploymentId,
+        node: &NodeId,
+        mut change: impl FnMut(&mut NodeRecord),
+    ) -> Result<(NodeRecord, Option<String>), ServiceError> {
+        let key = warden_bus::subject::node_key(deployment, node);
+        let not_found = || ServiceError::NotFound {
+            what: format!("node {node} in deployment {deployment}"),
+            fix: "check `wardenctl node list`".into(),
+        };
+        for _ in 0..crate::store::UPDATE_ATTEMPTS_MAX {
+            let (current, _) = self
+                .inner
+                .store
+                .get::<NodeRecord>(&key)
+                .await?
+                .ok_or_else(not_found)?;
+            let enrolled = current.enrollment.node_key;
+            if let Some(old) = &enrolled {
+                self.revoke_at_broker(old).await?;
+            }
+            // The node may have enrolled another key meanwhile; that one is revoked first too.
+            let mut unchanged_key = false;
+            let record = self
+                .inner
+                .store
+                .update::<NodeRecord>(&key, |record| {
+                    unchanged_key = record.enrollment.node_key == enrolled;
+                    if unchanged_key {
+                        change(record);
+                    }
+                    unchanged_key
+                })
+                .await?
+                .ok_or_else(not_found)?;
+            if unchanged_key {
+                return Ok((record, enrolled));
+            }
+        }
+        Err(ServiceError::Conflict {
+            what: format!("node {node} kept enrolling new keys during the revocation"),
+            fix: "retry".into(),
+        })
     }
 
     /// Writes `key` in the control bucket: creates it when `revision` is `None`, otherwise

@@ -4,7 +4,6 @@
 //! The node's Ed25519 key is also its NATS user key, so the broker, the control plane and the
 //! node all name the node by one key, and its seed never leaves the state directory.
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -16,7 +15,7 @@ use warden_bus::{
     Bus, BusError, DeploymentId, Envelope, MessageId, NodeId, SigningKey, Subject, UnixMillis,
 };
 
-use crate::executor::write_atomically;
+use crate::executor::{write_atomically, write_private};
 
 /// File name of the node user's JWT in the state directory.
 pub const CREDENTIAL_FILE: &str = "node.jwt";
@@ -106,9 +105,7 @@ pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), Credential
         reason,
     };
     let text = serde_json::to_string(credential).map_err(|error| file_error(error.to_string()))?;
-    write_atomically(&path, text.as_bytes()).map_err(|error| file_error(error.to_string()))?;
-    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
-        .map_err(|error| file_error(error.to_string()))
+    write_private(&path, text.as_bytes()).map_err(|error| file_error(error.to_string()))
 }
 
 /// Writes the broker's CA certificate into the state directory and returns its path.
@@ -222,6 +219,7 @@ mod tests {
             expires_at: UnixMillis(2),
         };
         store(dir.path(), &credential).unwrap();
+        use std::os::unix::fs::PermissionsExt;
         let mode = std::fs::metadata(dir.path().join(CREDENTIAL_FILE))
             .unwrap()
             .permissions()

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use warden_bus::messages::ApplyConfig;
@@ -170,6 +171,17 @@ pub fn read_config_version(path: &Path) -> Result<u64, ConfigVersionError> {
 /// mix: write a temporary file in the same directory, fsync it, rename it over the target and
 /// fsync the directory so the rename itself survives a crash.
 pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_atomically_with_mode(path, contents, 0o666)
+}
+
+/// Like [`write_atomically`], but the file is readable by its owner only from the moment it
+/// exists, so a secret is never on disk with wider permissions.
+pub fn write_private(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    write_atomically_with_mode(path, contents, 0o600)
+}
+
+/// Writes through a temporary file created with `mode` (less the umask).
+fn write_atomically_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::io::Result<()> {
     let directory = path
         .parent()
         .ok_or_else(|| std::io::Error::other("path has no parent directory"))?;
@@ -183,7 +195,12 @@ pub fn write_atomically(path: &Path, contents: &[u8]) -> std::io::Result<()> {
         std::process::id()
     ));
     let result = (|| {
-        let mut file = std::fs::File::create(&temporary)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&temporary)?;
         file.write_all(contents)?;
         file.sync_all()?;
         std::fs::rename(&temporary, path)?;

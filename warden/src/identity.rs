@@ -2,8 +2,7 @@
 //! directory with mode 0600, never sent anywhere. Reports and heartbeats are signed with it;
 //! the control plane learns its public half through enrollment.
 
-use std::io::Write;
-use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use warden_bus::signed::KEY_BYTES;
@@ -71,16 +70,14 @@ pub fn load_or_create(
             Ok((SigningKey::from_seed(seed), false))
         }
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            // Through a temporary file, so a crash never leaves a half-written key behind. The
+            // task store's lock, taken before this, keeps a second Warden out.
             let key = SigningKey::generate(rng);
-            let mut file = std::fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .mode(0o600)
-                .open(&path)
-                .map_err(io)?;
-            file.write_all(format!("{}\n", hex::encode(key.seed())).as_bytes())
-                .map_err(io)?;
-            file.sync_all().map_err(io)?;
+            crate::executor::write_private(
+                &path,
+                format!("{}\n", hex::encode(key.seed())).as_bytes(),
+            )
+            .map_err(io)?;
             Ok((key, true))
         }
         Err(error) => Err(io(error)),
