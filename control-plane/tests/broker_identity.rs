@@ -116,7 +116,7 @@ fn revoked_node_disconnected_and_refused() {
         || count(&cluster.warden_log("n1"), "refused the credentials") >= 1,
     );
     assert_eq!(cluster.task(&second.id).status, "pending");
-        assert!(
+    assert!(
         cluster.nats.log().contains("authentication error"),
         "{}",
         cluster.nats.log()
@@ -200,7 +200,7 @@ fn secrets_stay_private_and_out_of_logs() {
             "node nkey seed",
             warden::credentials::nkey_seed(&node_key).unwrap(),
         ),
-        ("node JWT", credential.jwt.clone()),
+        ("node JWT", credential.jwt),
         (
             "enrollment token",
             bootstrap.enrollment_token.clone().unwrap(),
@@ -209,7 +209,7 @@ fn secrets_stay_private_and_out_of_logs() {
             "enrollment seed",
             bootstrap.enrollment_seed.clone().unwrap(),
         ),
-        ("enrollment JWT", bootstrap.enrollment_jwt.clone().unwrap()),
+        ("enrollment JWT", bootstrap.enrollment_jwt.unwrap()),
         ("admin key", cluster.api_key.clone()),
     ];
     for path in &secret_files {
