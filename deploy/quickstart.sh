@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Runs a local Warden cluster: nats-server with JetStream, one control plane and three Wardens,
-# each a separate process with its own state directory under run/quickstart. It applies an
+# Runs a local Warden cluster: nats-server with JetStream in operator mode over TLS, one control
+# plane and three Wardens, each a separate process with its own state directory under
+# run/quickstart. Each Warden enrolls for its own broker credential; then the script applies an
 # Iggy configuration to every node and shows each result.
 #
 #   ./deploy/quickstart.sh          keep the cluster running until Ctrl-C
@@ -12,7 +13,7 @@ once=0
 for argument in "$@"; do
   case "$argument" in
     --once) once=1 ;;
-    -h|--help) sed -n '2,9p' "$0"; exit 0 ;;
+        -h|--help) sed -n '2,10p' "$0"; exit 0 ;;
     *) echo "error: unknown option $argument; use --once or --help" >&2; exit 2 ;;
   esac
 done
@@ -61,13 +62,18 @@ bin="$root/target/debug"
 rm -rf "$run"
 mkdir -p "$run"
 nats_port="$(free_port)"
+websocket_port="$(free_port)"
 api_port="$(free_port)"
-nats_url="nats://127.0.0.1:${nats_port}"
+nats_url="tls://127.0.0.1:${nats_port}"
 export WARDEN_API="http://127.0.0.1:${api_port}"
 export WARDEN_API_KEY_FILE="$run/admin-api-key"
 
-echo "==> starting nats-server on port $nats_port"
-"$nats_server" -a 127.0.0.1 -p "$nats_port" -js -sd "$run/jetstream" >"$run/nats-server.log" 2>&1 &
+echo "==> writing the broker set-up: operator and account keys, a CA, a server certificate"
+"$bin/wardenctl" broker init --dir "$run/broker" --host 127.0.0.1 --host localhost \
+  --client-port "$nats_port" --websocket-port "$websocket_port"
+
+echo "==> starting nats-server with TLS on port $nats_port (WebSocket-TLS on $websocket_port)"
+"$nats_server" -c "$run/broker/nats.conf" >"$run/nats-server.log" 2>&1 &
 pids+=($!)
 wait_for "nats-server" 50 bash -c "exec 3<>/dev/tcp/127.0.0.1/${nats_port}"
 
@@ -78,7 +84,7 @@ echo "==> creating the root and task keys and signing trust document version 1 (
   --task-key "$(cat "$run/task.key.pub")" --out "$run/trust.b64"
 
 echo "==> starting the control plane on port $api_port"
-"$bin/control-plane" --nats-url "$nats_url" --listen "127.0.0.1:${api_port}" \
+"$bin/control-plane" --nats-url "$nats_url" --broker-dir "$run/broker" --listen "127.0.0.1:${api_port}" \
   --task-key "$run/task.key" --trust-document "$run/trust.b64" --admin-key-out "$WARDEN_API_KEY_FILE" \
   --unreachable-after-secs 10 --sweep-interval-ms 1000 >"$run/control-plane.log" 2>&1 &
 pids+=($!)

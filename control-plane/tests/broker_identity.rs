@@ -179,14 +179,12 @@ fn secrets_stay_private_and_out_of_logs() {
     ];
     for entry in std::fs::read_dir(&broker).unwrap() {
         let path = entry.unwrap().path();
-        if path
-            .extension()
-            .is_some_and(|extension| extension == "seed")
-        {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.ends_with(".seed") || name.ends_with("-key.pem") {
             secret_files.push(path);
         }
     }
-    assert!(secret_files.len() >= 6, "{secret_files:?}");
+    assert!(secret_files.len() >= 8, "{secret_files:?}");
     for path in &secret_files {
         assert_eq!(mode(path), 0o600, "{}", path.display());
     }
@@ -213,12 +211,16 @@ fn secrets_stay_private_and_out_of_logs() {
         ("admin key", cluster.api_key.clone()),
     ];
     for path in &secret_files {
+        let text = std::fs::read_to_string(path).unwrap();
         if path
             .extension()
             .is_some_and(|extension| extension == "seed")
         {
-            let text = std::fs::read_to_string(path).unwrap();
             secrets.push(("account or operator seed", text.trim().to_owned()));
+        } else if path.extension().is_some_and(|extension| extension == "pem") {
+            // The first line of the base64 body holds the private key bytes.
+            let body = text.lines().nth(1).unwrap().to_owned();
+            secrets.push(("CA or server private key", body));
         }
     }
     let logs = [
