@@ -138,6 +138,22 @@ fn reused_token_cannot_enroll_another_key() {
         first,
         "the first key must stay enrolled"
     );
+    wait_until(
+        "the thief to log the refusal",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .warden_log("thief")
+                .contains("already used by another key")
+        },
+    );
+    assert!(
+        !cluster
+            .path("thief")
+            .join(warden::credentials::CREDENTIAL_FILE)
+            .exists(),
+        "the thief must get no broker credential"
+    );
 
     // Across a control-plane restart the token stays burned, for yet another key too.
     cluster.kill_control_plane();

@@ -220,15 +220,16 @@ impl Bootstrap {
         let deployment = DeploymentId::new(file.deployment)
             .map_err(|error| field("deployment", error.to_string()))?;
         let node = NodeId::new(file.node).map_err(|error| field("node", error.to_string()))?;
-        if !["nats://", "tls://", "wss://"]
-            .iter()
-            .any(|scheme| file.nats_url.starts_with(scheme))
-        {
+        let urls = crate::credentials::server_list(&file.nats_url);
+        if let Some(url) = urls.iter().find(|url| {
+            !["nats://", "tls://", "wss://"]
+                .iter()
+                .any(|scheme| url.starts_with(scheme) && url.len() > scheme.len())
+        }) {
             return Err(field(
                 "nats_url",
                 format!(
-                    "{:?} must start with tls:// or wss:// (or nats:// without a broker set-up)",
-                    file.nats_url
+                    "{url:?} must be a server URL starting with tls:// or wss:// (or nats:// without a broker set-up); separate several with commas"
                 ),
             ));
         }
@@ -283,15 +284,12 @@ impl Bootstrap {
                 return Err(field("ca_certificate", "is missing but enrollment credentials are given; copy the whole file from `wardenctl node add`".into()))
             }
         };
-        if secure.is_some()
-            && !(file.nats_url.starts_with("tls://") || file.nats_url.starts_with("wss://"))
-        {
+        if let Some(url) = urls.iter().find(|url| {
+            secure.is_some() && !(url.starts_with("tls://") || url.starts_with("wss://"))
+        }) {
             return Err(field(
                 "nats_url",
-                format!(
-                    "{:?} must start with tls:// or wss:// when a CA certificate is given",
-                    file.nats_url
-                ),
+                format!("{url:?} must start with tls:// or wss:// when a CA certificate is given"),
             ));
         }
         let approval_key = file
@@ -446,6 +444,20 @@ mod tests {
         assert!(
             error_for(|f| f.task_validity_max_secs = Some(7200)).contains("task_validity_max_secs")
         );
+    }
+
+    #[test]
+    fn server_lists_checked_url_by_url() {
+        let mut file = valid();
+        file.nats_url = "nats://a:4222, nats://b:4222".into();
+        assert!(Bootstrap::from_file(file, Path::new("b.toml")).is_ok());
+        let error = error_for(|f| f.nats_url = "nats://a:4222,".into());
+        assert!(error.contains("separate several with commas"), "{error}");
+        let error = error_for(|f| {
+            f.nats_url = "tls://a:4222,nats://b:4222".into();
+            f.ca_certificate = Some("-----BEGIN CERTIFICATE-----".into());
+        });
+        assert!(error.contains("\"nats://b:4222\""), "{error}");
     }
 
     #[test]

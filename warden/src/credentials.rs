@@ -97,6 +97,11 @@ pub fn load(state_dir: &Path) -> Result<Option<Credential>, CredentialError> {
         })
 }
 
+/// Splits the bootstrap file's `nats_url`, which may name several servers separated by commas.
+pub fn server_list(urls: &str) -> Vec<String> {
+    urls.split(',').map(|url| url.trim().to_owned()).collect()
+}
+
 /// Stores the credential atomically with mode 0600.
 pub fn store(state_dir: &Path, credential: &Credential) -> Result<(), CredentialError> {
     let path = state_dir.join(CREDENTIAL_FILE);
@@ -146,7 +151,7 @@ pub async fn enroll(
     let (jwt, seed) = enrollment;
     let credentials = NatsCredentials::new(jwt.clone(), seed)?;
     let inbox = enrollment_inbox_prefix(&credentials.public_key());
-    let config = NatsConnectConfig::new(vec![url.to_owned()], format!("warden-{node}-enrollment"))
+    let config = NatsConnectConfig::new(server_list(url), format!("warden-{node}-enrollment"))
         .with_credentials(credentials)
         .with_ca_file(ca_file)
         .with_inbox_prefix(inbox);
@@ -196,7 +201,7 @@ pub async fn connect_node(
     node: &NodeId,
 ) -> Result<NatsBus, CredentialError> {
     let credentials = NatsCredentials::new(credential.jwt.clone(), &nkey_seed(node_key)?)?;
-    let config = NatsConnectConfig::new(vec![url.to_owned()], format!("warden-{node}"))
+    let config = NatsConnectConfig::new(server_list(url), format!("warden-{node}"))
         .with_credentials(credentials)
         .with_ca_file(ca_file)
         .with_inbox_prefix(node_inbox_prefix(deployment, node));
