@@ -212,6 +212,50 @@ pub fn enrollment_inbox_prefix(user_public_key: &str) -> String {
     format!("{ENROLLMENT_INBOX_ROOT}.{user_public_key}")
 }
 
+/// Longest reply subject the control plane answers to.
+pub const REPLY_SUBJECT_BYTES_MAX: usize = 256;
+
+/// Tells whether the control plane may answer a request received on `request_subject` by
+/// publishing to `reply`.
+///
+/// The control plane may publish anywhere in the account, so the reply subject, which the
+/// sender chooses, must not be able to aim it elsewhere: at the JetStream API, a key-value
+/// bucket, a task subject or another node's inbox. A node's request may only be answered in
+/// its own inbox `_INBOX.<deployment>.<node>.…`; an enrollment request in an enrollment inbox
+/// `_INBOX_ENROLL.<user>.…`, whose user the enrollment token, not the subject, ties to a node.
+/// The reply must be a literal subject: no wildcards, no empty tokens, no whitespace.
+pub fn reply_allowed(request_subject: &str, reply: &str) -> bool {
+    let Some(origin) = NodeSubject::parse(request_subject) else {
+        return false;
+    };
+    let literal = !reply.is_empty()
+        && reply.len() <= REPLY_SUBJECT_BYTES_MAX
+        && reply.split('.').all(|token| {
+            !token.is_empty()
+                && token != "*"
+                && token != ">"
+                && token.bytes().all(|b| b.is_ascii_graphic())
+        });
+    if !literal {
+        return false;
+    }
+    let enroll = request_subject.rsplit('.').next() == Some(RpcVerb::Enroll.token());
+    let prefix = if enroll {
+        ENROLLMENT_INBOX_ROOT.to_owned()
+    } else {
+        node_inbox_prefix(&origin.deployment, &origin.node)
+    };
+    // At least one token after the prefix, and for enrollment one more: the user's key, then
+    // the request's own token.
+    let Some(rest) = reply
+        .strip_prefix(&prefix)
+        .and_then(|rest| rest.strip_prefix('.'))
+    else {
+        return false;
+    };
+    !enroll || rest.split('.').count() >= 2
+}
+
 /// Name of the durable pull consumer through which one node receives its tasks.
 ///
 /// Identifiers never contain `_`, so the name maps back to exactly one node.
@@ -323,6 +367,47 @@ mod tests {
         let tail = Subject("ld.>".to_owned());
         assert!(tail.matches("ld.a.b.c"));
         assert!(!tail.matches("ld"));
+    }
+
+    #[test]
+    fn reply_only_to_own_inbox() {
+        let renew = "ld.prod.n1.rpc.renew";
+        let enroll = "ld.prod.n1.rpc.enroll";
+        assert!(reply_allowed(renew, "_INBOX.prod.n1.abc.1"));
+        assert!(reply_allowed(enroll, "_INBOX_ENROLL.UABC.xyz"));
+        for reply in [
+            "$JS.API.STREAM.PURGE.KV_warden_nodes",
+            "$KV.warden_control.revocations",
+            "ld.prod.n1.tasks",
+            "_INBOX.prod.n2.abc",
+            "_INBOX.prod.n1",
+            "_INBOX.prod.n10.abc",
+            "_INBOX.prod.n1.*",
+            "_INBOX.prod.n1.>",
+            "_INBOX.prod.n1..x",
+            "_INBOX.prod.n1.a b",
+            "_INBOX_ENROLL.UABC.xyz",
+            "",
+        ] {
+            assert!(
+                !reply_allowed(renew, reply),
+                "renew reply {reply:?} allowed"
+            );
+        }
+        for reply in [
+            "_INBOX.prod.n1.abc",
+            "_INBOX_ENROLL.UABC",
+            "_INBOX_ENROLLX.UABC.xyz",
+            "$KV.warden_nodes.prod.n1",
+        ] {
+            assert!(
+                !reply_allowed(enroll, reply),
+                "enroll reply {reply:?} allowed"
+            );
+        }
+        let long = format!("_INBOX.prod.n1.{}", "a".repeat(REPLY_SUBJECT_BYTES_MAX));
+        assert!(!reply_allowed(renew, &long));
+        assert!(!reply_allowed("xx.prod.n1.rpc.renew", "_INBOX.prod.n1.a"));
     }
 
     #[test]

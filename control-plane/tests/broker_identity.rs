@@ -103,6 +103,12 @@ fn revoked_node_disconnected_and_refused() {
                 .contains("authorization violation")
         },
     );
+    // The Warden says why, in its own words, not only in the client library's.
+    wait_until(
+        "the Warden to log the refusal with its fix",
+        Duration::from_secs(15),
+        || cluster.warden_log("n1").contains("wardenctl node reenroll"),
+    );
     let second = &cluster.apply_config(Some("n1"), 2)[0];
     std::thread::sleep(Duration::from_secs(4));
     assert_eq!(cluster.task(&second.id).status, "pending");
@@ -240,4 +246,106 @@ fn secrets_stay_private_and_out_of_logs() {
             );
         }
     }
+}
+
+/// A node's credentials may publish on its own rpc subjects, and the control plane, which may
+/// publish anywhere in the account, answers there. The reply subject is the sender's choice, so
+/// a node could aim the answer at the JetStream API or the buckets to purge or overwrite them.
+/// The control plane must answer only in the sender's own inbox.
+#[test]
+fn reply_subject_cannot_aim_the_control_plane() {
+    let mut cluster = Cluster::start();
+    for node in ["n1", "n2"] {
+        cluster.add_node(node);
+        cluster.start_warden(node, &[]);
+    }
+    let tasks = cluster.apply_config(None, 1);
+    for task in &tasks {
+        cluster.wait_status(&task.id, "succeeded");
+    }
+
+    let state = cluster.path("n1");
+    let credential = warden::credentials::load(&state).unwrap().unwrap();
+    let mut rng = rand::rngs::OsRng;
+    let (node_key, generated) = warden::identity::load_or_create(&state, &mut rng).unwrap();
+    assert!(!generated, "n1 should have its key already");
+    let deployment = warden_bus::DeploymentId::new(DEPLOYMENT).unwrap();
+    let n1 = warden_bus::NodeId::new("n1").unwrap();
+    let aimed_at = [
+        "$JS.API.STREAM.PURGE.KV_warden_nodes".to_owned(),
+        "$JS.API.STREAM.PURGE.KV_warden_tasks".to_owned(),
+        "$JS.API.STREAM.PURGE.WARDEN_TASKS".to_owned(),
+        "$KV.warden_control.revocations".to_owned(),
+        "$KV.warden_control.admin_api_key_sha256".to_owned(),
+        format!("$KV.warden_nodes.{DEPLOYMENT}.n2"),
+        format!("ld.{DEPLOYMENT}.n2.tasks"),
+        format!("_INBOX.{DEPLOYMENT}.n2.stolen"),
+        "_INBOX_ENROLL.UFAKE.stolen".to_owned(),
+    ];
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(async {
+        let bus = warden::credentials::connect_node(
+            &cluster.nats_url(),
+            &state.join("ca.pem"),
+            &credential,
+            &node_key,
+            &deployment,
+            &n1,
+        )
+        .await
+        .unwrap();
+        let client = bus.client();
+        for reply in &aimed_at {
+            for verb in ["renew", "enroll"] {
+                client
+                    .publish_with_reply(
+                        format!("ld.{DEPLOYMENT}.n1.rpc.{verb}"),
+                        reply.clone(),
+                        bytes::Bytes::from_static(b"not a request"),
+                    )
+                    .await
+                    .unwrap();
+            }
+        }
+        client.flush().await.unwrap();
+    });
+    let dropped = |cluster: &Cluster| {
+        count(
+            &cluster.control_plane_log(),
+            "reply subject is not the sender's inbox",
+        )
+    };
+    // Every pair is dropped but one: an enrollment request may be answered in an enrollment
+    // inbox, where only a client waiting for that exact reply subject would read it.
+    let expected = 2 * aimed_at.len() - 1;
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while dropped(&cluster) < expected && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // Nothing was purged or overwritten: both nodes, their tasks and the revocation list are
+    // intact, n2 still takes tasks, and a restarted control plane finds its admin key.
+    let nodes = cluster.nodes();
+    assert_eq!(nodes.len(), 2, "{nodes:?}");
+    for task in &tasks {
+        assert_eq!(cluster.task(&task.id).status, "succeeded");
+    }
+    let second = &cluster.apply_config(Some("n2"), 2)[0];
+    cluster.wait_status(&second.id, "succeeded");
+    assert_eq!(
+        dropped(&cluster),
+        expected,
+        "{}",
+        cluster.control_plane_log()
+    );
+    cluster.kill_control_plane();
+    cluster.start_control_plane(&[]);
+    let third = &cluster.apply_config(Some("n1"), 3)[0];
+    cluster.wait_status(&third.id, "succeeded");
+    assert_eq!(
+        count(&cluster.warden_log("n1"), "malformed")
+            + count(&cluster.warden_log("n2"), "malformed"),
+        0,
+        "an aimed reply reached a node's task subject"
+    );
 }

@@ -56,6 +56,30 @@ fn connect_error(url: &str, error: &async_nats::ConnectError) -> BusError {
     }
 }
 
+/// Tells whether an event's text reports that the server refused the credentials.
+fn is_refusal(text: &str) -> bool {
+    let text = text.to_ascii_lowercase();
+    text.contains("authorization violation")
+        || text.contains("authentication")
+        || text.contains("user authentication revoked")
+}
+
+/// Logs a connection event; a refusal of the credentials gets an error line that says why and
+/// what to do, since the client keeps retrying on its own and would otherwise only log the
+/// server's terse message.
+fn log_event(event: &async_nats::Event) {
+    let text = event.to_string();
+    if is_refusal(&text) {
+        tracing::error!(
+            event = %text,
+            "the broker refused this client's credentials: they expired or were revoked; \
+             if the node was revoked, the operator re-enrolls it with `wardenctl node reenroll`"
+        );
+    } else {
+        tracing::info!(event = %text, "nats connection event");
+    }
+}
+
 impl NatsBus {
     /// Connects to `url`, naming the connection `name` in the server's monitoring.
     ///
@@ -65,9 +89,7 @@ impl NatsBus {
             .name(name)
             .connection_timeout(CONNECT_TIMEOUT)
             .max_reconnects(None)
-            .event_callback(|event| async move {
-                tracing::info!(event = %event, "nats connection event");
-            });
+            .event_callback(|event| async move { log_event(&event) });
         let client = with_deadline("connect", CONNECT_TIMEOUT * 2, options.connect(url))
             .await?
             .map_err(|error| connect_error(url, &error))?;
@@ -80,9 +102,7 @@ impl NatsBus {
     pub async fn connect_with(config: &NatsConnectConfig) -> Result<Self, BusError> {
         let options = config
             .connect_options()?
-            .event_callback(|event| async move {
-                tracing::info!(event = %event, "nats connection event");
-            });
+            .event_callback(|event| async move { log_event(&event) });
         let servers = config.servers.join(",");
         let client = with_deadline(
             "connect",
@@ -480,12 +500,20 @@ impl Bus for NatsBus {
             max_age: spec.max_age,
             duplicate_window: spec.duplicate_window,
             storage: stream::StorageType::File,
+            max_message_size: spec
+                .max_message_bytes
+                .map_or(-1, |bytes| i32::try_from(bytes).unwrap_or(i32::MAX)),
+            max_messages_per_subject: spec
+                .max_messages_per_subject
+                .map_or(-1, |count| i64::try_from(count).unwrap_or(i64::MAX)),
+            discard: stream::DiscardPolicy::Old,
             ..Default::default()
         };
+        // Create or update, so a stream made by an older version gets the current limits.
         with_deadline(
             &operation,
             OPERATION_TIMEOUT,
-            self.jetstream.get_or_create_stream(config),
+            self.jetstream.create_or_update_stream(config),
         )
         .await?
         .map_err(|error| BusError::failed(&operation, error))?;

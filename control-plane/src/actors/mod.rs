@@ -148,6 +148,16 @@ impl Handler<InboundRequest> for RpcResponder {
                 tracing::warn!(subject = %inbound.subject, "dropping a request without a reply subject");
                 return;
             };
+            // The sender picks the reply subject, and this process may publish anywhere in the
+            // account: answer only in the requesting node's own inbox.
+            if !warden_bus::subject::reply_allowed(&inbound.subject, reply_subject) {
+                tracing::warn!(
+                    subject = %inbound.subject,
+                    reply = %truncate_for_log(reply_subject),
+                    "dropping a request whose reply subject is not the sender's inbox"
+                );
+                return;
+            }
             let reply = match control_plane
                 .handle_rpc(&inbound.subject, &inbound.payload)
                 .await
@@ -165,6 +175,11 @@ impl Handler<InboundRequest> for RpcResponder {
             }
         })
     }
+}
+
+/// At most 80 characters of an untrusted string, for a log line.
+fn truncate_for_log(text: &str) -> String {
+    text.chars().take(80).collect()
 }
 
 /// Runs [`ControlPlane::sweep`] on an interval.
