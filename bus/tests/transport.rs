@@ -16,7 +16,9 @@ use futures::StreamExt;
 use warden_bus::transport::memory::MemoryBus;
 use warden_bus::transport::nats::NatsBus;
 use warden_bus::transport::{ConsumerSpec, StreamSpec};
-use warden_bus::{Bus, BusError, DeploymentId, ManualClock, NodeId, Subject, UnixMillis};
+use warden_bus::{
+    Bus, BusError, DeploymentId, ManualClock, NodeId, Subject, TelemetryKind, UnixMillis,
+};
 use warden_testkit::NatsServer;
 
 const ACK_WAIT: Duration = Duration::from_secs(1);
@@ -70,6 +72,8 @@ async fn contract(bus: &dyn Bus, time: &Time) {
         subjects: vec![Subject::all_tasks()],
         max_age: Duration::from_secs(3600),
         duplicate_window: Duration::from_secs(120),
+        max_message_bytes: None,
+        max_messages_per_subject: None,
     };
     bus.ensure_stream(&stream).await.unwrap();
     bus.ensure_stream(&stream).await.unwrap();
@@ -134,6 +138,60 @@ async fn contract(bus: &dyn Bus, time: &Time) {
     let for_b = pull_payloads(bus, "c-b").await;
     assert_eq!(for_b.len(), 1);
     assert_eq!(for_b[0].0, Bytes::from_static(b"for-b"));
+
+    // Stream limits: an oversized message is refused, and a full subject drops its oldest
+    // message without touching other subjects.
+    let reports = Subject::all_telemetry(TelemetryKind::Report);
+    bus.ensure_stream(&StreamSpec {
+        name: "LIMITED".into(),
+        subjects: vec![reports.clone()],
+        max_age: Duration::from_secs(3600),
+        duplicate_window: Duration::from_secs(120),
+        max_message_bytes: Some(16),
+        max_messages_per_subject: Some(2),
+    })
+    .await
+    .unwrap();
+    bus.ensure_consumer(&ConsumerSpec {
+        stream: "LIMITED".into(),
+        name: "all-reports".into(),
+        filter: reports,
+        ack_wait: ACK_WAIT,
+    })
+    .await
+    .unwrap();
+    let report_a = Subject::telemetry(&deployment, &node_a, TelemetryKind::Report);
+    let report_b = Subject::telemetry(&deployment, &node_b, TelemetryKind::Report);
+    assert!(
+        bus.persist(&report_a, Bytes::from(vec![0u8; 17]), None)
+            .await
+            .is_err(),
+        "a message over the stream's size limit was stored"
+    );
+    bus.persist(&report_b, Bytes::from_static(b"b1"), None)
+        .await
+        .unwrap();
+    for payload in [&b"a1"[..], b"a2", b"a3"] {
+        bus.persist(&report_a, Bytes::copy_from_slice(payload), None)
+            .await
+            .unwrap();
+    }
+    let mut kept: Vec<Bytes> = bus
+        .pull("LIMITED", "all-reports", 10, Duration::from_millis(300))
+        .await
+        .unwrap()
+        .iter()
+        .map(|delivery| delivery.payload.clone())
+        .collect();
+    kept.sort();
+    assert_eq!(
+        kept,
+        vec![
+            Bytes::from_static(b"a2"),
+            Bytes::from_static(b"a3"),
+            Bytes::from_static(b"b1")
+        ]
+    );
 
     // Key-value compare-and-set.
     bus.ensure_bucket("test_bucket").await.unwrap();
@@ -229,6 +287,8 @@ async fn memory_bus_expires_messages_and_dedup_ids() {
         subjects: vec![Subject::all_tasks()],
         max_age: Duration::from_secs(60),
         duplicate_window: Duration::from_secs(10),
+        max_message_bytes: None,
+        max_messages_per_subject: None,
     })
     .await
     .unwrap();

@@ -118,6 +118,17 @@ impl From<ServiceError> for ApiError {
                 field_error.to_string(),
                 "correct the field and send the request again",
             ),
+            ServiceError::Damaged(reason) => {
+                tracing::error!(error = %reason, "request failed: a stored record is damaged");
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "damaged-record",
+                    "Stored record damaged",
+                    reason,
+                    None,
+                    Some("something other than the control plane wrote this record; restore the broker's JetStream data from a backup and find out who could write it"),
+                )
+            }
             ServiceError::Unavailable(reason) => {
                 tracing::error!(error = %reason, "request failed: broker unavailable");
                 problem(

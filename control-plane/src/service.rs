@@ -15,6 +15,7 @@ use rand::RngCore;
 use warden::bootstrap::BootstrapFile;
 use warden_actors::clock::SharedClock;
 use warden_actors::entropy::Entropy;
+use warden_bus::envelope::ENVELOPE_BYTES_MAX;
 use warden_bus::messages::{CredentialReply, EnrollRequest, RenewRequest};
 use warden_bus::subject::{
     task_consumer, CONTROL_BUCKET, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
@@ -38,6 +39,11 @@ use crate::store::{DeploymentRecord, Record, Store, StoreError};
 pub const TASK_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 /// How long reports stay in the report stream.
 pub const REPORT_STREAM_MAX_AGE: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Reports kept per node in the report stream. The control plane consumes them within
+/// seconds; the limit only bounds what one node, or a thief of its credentials, can make the
+/// broker store: at most this many envelopes of at most 256 KiB.
+pub const REPORTS_PER_NODE_MAX: u64 = 1000;
 /// Default window in which the broker drops a repeated message id (the JetStream default).
 pub const DUPLICATE_WINDOW_DEFAULT: Duration = Duration::from_secs(120);
 /// Default time a node has to acknowledge a task before the broker redelivers it.
@@ -127,11 +133,30 @@ pub enum ServiceError {
     /// The broker or store is not available.
     #[error("the message broker is unavailable: {0}")]
     Unavailable(String),
+    /// A stored record does not decode: something other than the control plane wrote it.
+    #[error("{0}")]
+    Damaged(String),
 }
 
 impl From<StoreError> for ServiceError {
     fn from(error: StoreError) -> Self {
-        Self::Unavailable(error.to_string())
+        match error {
+            StoreError::Damaged { .. } => Self::Damaged(error.to_string()),
+            other => Self::Unavailable(other.to_string()),
+        }
+    }
+}
+
+/// Reads the revocation list from its stored bytes; a list that does not decode is an error,
+/// never an empty list, which would let every revoked node back in.
+fn decode_revocations(bytes: Option<&[u8]>) -> Result<BTreeMap<String, i64>, ServiceError> {
+    match bytes {
+        None => Ok(BTreeMap::new()),
+        Some(bytes) => serde_json::from_slice(bytes).map_err(|error| {
+            ServiceError::Damaged(format!(
+                "the stored revocation list ({CONTROL_BUCKET}/{REVOCATIONS_KEY}) is damaged: {error}; restore it from a backup of the broker's JetStream data (until then the broker keeps the revocations it was last given)"
+            ))
+        }),
     }
 }
 
@@ -278,6 +303,8 @@ impl ControlPlane {
             subjects: vec![Subject::all_tasks()],
             max_age: TASK_STREAM_MAX_AGE,
             duplicate_window: self.inner.settings.duplicate_window,
+            max_message_bytes: Some(ENVELOPE_BYTES_MAX),
+            max_messages_per_subject: None,
         })
         .await?;
         bus.ensure_stream(&StreamSpec {
@@ -285,6 +312,8 @@ impl ControlPlane {
             subjects: vec![Subject::all_telemetry(TelemetryKind::Report)],
             max_age: REPORT_STREAM_MAX_AGE,
             duplicate_window: self.inner.settings.duplicate_window,
+            max_message_bytes: Some(ENVELOPE_BYTES_MAX),
+            max_messages_per_subject: Some(REPORTS_PER_NODE_MAX),
         })
         .await?;
         bus.ensure_consumer(&ConsumerSpec {
@@ -1410,10 +1439,8 @@ impl ControlPlane {
                 .bus
                 .kv_get(CONTROL_BUCKET, REVOCATIONS_KEY)
                 .await?;
-            let mut revocations: BTreeMap<String, i64> = current
-                .as_ref()
-                .and_then(|entry| serde_json::from_slice(&entry.value).ok())
-                .unwrap_or_default();
+            let mut revocations =
+                decode_revocations(current.as_ref().map(|entry| entry.value.as_ref()))?;
             revocations.insert(user.clone(), now);
             let bytes = serde_json::to_vec(&revocations).map_err(|error| {
                 ServiceError::Unavailable(format!("failed to encode revocations: {error}"))
@@ -1440,13 +1467,12 @@ impl ControlPlane {
         ) else {
             return Ok(());
         };
-        let revocations: BTreeMap<String, i64> = self
+        let stored = self
             .inner
             .bus
             .kv_get(CONTROL_BUCKET, REVOCATIONS_KEY)
-            .await?
-            .and_then(|entry| serde_json::from_slice(&entry.value).ok())
-            .unwrap_or_default();
+            .await?;
+        let revocations = decode_revocations(stored.as_ref().map(|entry| entry.value.as_ref()))?;
         let jwt = broker
             .app_account_jwt(&revocations, unix_seconds(self.now()))
             .map_err(|error| ServiceError::Unavailable(error.to_string()))?;
@@ -1647,4 +1673,23 @@ fn log_transition(deployment: &DeploymentId, node: &NodeId, transition: &HealthT
 /// Converts milliseconds since the epoch to whole seconds, as NATS JWTs use.
 fn unix_seconds(time: UnixMillis) -> i64 {
     i64::try_from(time.0 / 1000).unwrap_or(i64::MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn damaged_revocation_list_is_an_error_not_an_empty_list() {
+        assert!(decode_revocations(None).unwrap().is_empty());
+        let stored = serde_json::to_vec(&BTreeMap::from([("UKEY".to_owned(), 1_i64)])).unwrap();
+        assert_eq!(decode_revocations(Some(&stored)).unwrap().len(), 1);
+        for damaged in [&b"not json"[..], b"", b"[1,2]", b"{\"UKEY\": \"x\"}"] {
+            let error = decode_revocations(Some(damaged)).unwrap_err();
+            assert!(
+                matches!(&error, ServiceError::Damaged(reason) if reason.contains("revocation list")),
+                "{error}"
+            );
+        }
+    }
 }

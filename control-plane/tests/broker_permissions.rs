@@ -235,6 +235,8 @@ impl Broker {
             subjects: vec![Subject::all_tasks()],
             max_age: Duration::from_secs(3600),
             duplicate_window: Duration::from_secs(60),
+            max_message_bytes: None,
+            max_messages_per_subject: None,
         })
         .await
         .unwrap();
@@ -243,6 +245,8 @@ impl Broker {
             subjects: vec![Subject::all_telemetry(TelemetryKind::Report)],
             max_age: Duration::from_secs(3600),
             duplicate_window: Duration::from_secs(60),
+            max_message_bytes: None,
+            max_messages_per_subject: None,
         })
         .await
         .unwrap();

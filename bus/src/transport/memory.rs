@@ -317,6 +317,17 @@ impl Bus for MemoryBus {
                 what: format!("stream capturing {subject}"),
             })?;
         Self::expire(stream, now);
+        if let Some(max) = stream.spec.max_message_bytes {
+            if payload.len() > max {
+                return Err(BusError::failed(
+                    format!("publishing to {subject}"),
+                    format!(
+                        "message of {} bytes is over the stream's maximum of {max}",
+                        payload.len()
+                    ),
+                ));
+            }
+        }
         if let Some((sequence, _)) = dedup_id.and_then(|id| stream.dedup.get(id)) {
             return Ok(*sequence);
         }
@@ -335,6 +346,18 @@ impl Bus for MemoryBus {
             .entry(subject.as_str().to_owned())
             .or_default()
             .insert(sequence);
+        if let Some(max) = stream.spec.max_messages_per_subject {
+            let sequences = stream
+                .by_subject
+                .entry(subject.as_str().to_owned())
+                .or_default();
+            while sequences.len() as u64 > max {
+                let Some(oldest) = sequences.pop_first() else {
+                    break;
+                };
+                stream.messages.remove(&oldest);
+            }
+        }
         if let Some(id) = dedup_id {
             stream.dedup.insert(id.to_owned(), (sequence, now));
             stream.dedup_order.push_back((now, id.to_owned()));

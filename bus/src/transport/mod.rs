@@ -104,6 +104,12 @@ pub struct StreamSpec {
     pub max_age: Duration,
     /// Window in which a repeated dedup id is dropped.
     pub duplicate_window: Duration,
+    /// Largest message the stream stores, in bytes; `None` for the broker's limit.
+    pub max_message_bytes: Option<usize>,
+    /// Messages kept per subject; when a subject is full its oldest message is dropped. `None`
+    /// for no limit. Since every node publishes on its own subjects, this bounds what one node
+    /// can store.
+    pub max_messages_per_subject: Option<u64>,
 }
 
 /// A durable pull consumer to create if it does not exist.

@@ -178,7 +178,12 @@ fn main() -> anyhow::Result<()> {
         let admin_key_hash: [u8; 32] = hex::decode(hash_hex.trim())
             .ok()
             .and_then(|bytes| bytes.try_into().ok())
-            .context("the stored admin API key hash is not 64 hex characters")?;
+            .context(
+                "the stored admin API key hash (key admin_api_key_sha256 of bucket warden_control) \
+                 is not 64 hex characters, so something other than the control plane wrote it; \
+                 restore the broker's JetStream data from a backup, or delete that key so that \
+                 the next start creates a new admin API key",
+            )?;
 
         // Bind before starting the background actors, so a replica that cannot listen does
         // nothing at all.
