@@ -547,6 +547,7 @@ impl ControlPlane {
             heartbeat_interval_secs: options.heartbeat_interval_secs,
             clock_skew_secs: None,
             task_validity_max_secs: None,
+            components: Default::default(),
         })
     }
 

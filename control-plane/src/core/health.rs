@@ -185,6 +185,7 @@ mod tests {
             sent_at: UnixMillis(0),
             warden_version: "0.1.0".into(),
             config_version: 2,
+            components: Vec::new(),
         }
     }
 

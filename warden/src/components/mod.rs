@@ -1,0 +1,7 @@
+//! The components a Warden supervises on its node: the Iggy server and the connectors runtime.
+//!
+//! - [`definition`]: the bootstrap file's `[components.*]` tables and the rendered launch.
+//! - [`installer`]: installed releases on disk and which one is active.
+
+pub mod definition;
+pub mod installer;
