@@ -2,6 +2,8 @@
 //!
 //! - [`definition`]: the bootstrap file's `[components.*]` tables and the rendered launch.
 //! - [`installer`]: installed releases on disk and which one is active.
+//! - [`process`]: spawning, output capture, signals and health probes.
 
 pub mod definition;
 pub mod installer;
+pub mod process;
