@@ -121,7 +121,7 @@ impl Executor {
 
     /// Sends the request to the component's actor and waits until it is running (start,
     /// restart) or stopped (stop), or fails with the reason and the last output lines.
-    async fn run_component(
+    pub async fn run_component(
         &self,
         component: Component,
         request: Request,

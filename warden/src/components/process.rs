@@ -242,13 +242,17 @@ pub fn signal_group(pid: u32, signal: Signal) -> Result<(), String> {
     }
 }
 
-/// Start time of process `pid` in clock ticks since boot (field 22 of `/proc/<pid>/stat`), to
-/// tell a recorded process from a later one that reuses its id.
+/// Start time of the live process `pid` in clock ticks since boot (field 22 of
+/// `/proc/<pid>/stat`), to tell a recorded process from a later one that reuses its id. `None`
+/// if there is no such process or it has exited and only waits to be reaped (a zombie).
 pub fn process_start_ticks(pid: u32) -> Option<u64> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name in brackets may hold spaces; fields after it are plain.
-    let after_name = text.rsplit_once(')')?.1;
-    after_name.split_whitespace().nth(19)?.parse().ok()
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(18)?.parse().ok()
 }
 
 /// Runs one health probe.
