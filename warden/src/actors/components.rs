@@ -28,7 +28,7 @@ use crate::components::process::{self, OutputStream, SharedOutput};
 use crate::components::state::{ComponentState, DesiredState, ProcessRecord};
 use crate::core::component::{ComponentSupervisor, ExitStatus, SupervisorEffect};
 
-/// How often the supervisor core sees the time.
+/// How often the supervisor core gets a timer tick.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
 /// How often captured output is forwarded; each stream sends at most one batch per interval.
 pub const LOG_FORWARD_INTERVAL: Duration = Duration::from_secs(1);
@@ -217,6 +217,8 @@ impl ComponentActor {
                 .map_err(|error| format!("cannot read the kernel version: {error}"))?;
             check_kernel_for_iggy(&release)?;
         }
+
+        // The active installed release wins over the operator's binary.
         let program = self
             .parts
             .installer
@@ -230,11 +232,14 @@ impl ComponentActor {
             (Some(path), true) => Some(read_root_credentials(path)?),
             _ => None,
         };
+
         let spec = render_launch(definition, &program, first_start, root.as_ref());
         tracing::info!(component = %self.component(), program = %program.display(), first_start, "starting component");
         let spawned = process::spawn(&spec, &self.output)
             .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
         let pid = spawned.pid;
+
+        // Recorded before anything else happens, so a Warden crash cannot lose track of it.
         let record = ProcessRecord {
             pid,
             start_ticks: process::process_start_ticks(pid).unwrap_or(0),
@@ -244,6 +249,7 @@ impl ComponentActor {
             let _ = process::signal_group(pid, Signal::SIGKILL);
             return Err(format!("cannot record the started process: {error}"));
         }
+
         let mut child = spawned.child;
         let wait = async move { child.wait().await };
         ctx.spawn(wait.into_actor(self).map(move |status, actor, ctx| {

@@ -8,9 +8,9 @@
 //! Guarantees, each checked by the tests below:
 //! - at most one process is live: a spawn is only asked for when no process is known to run;
 //! - a stop sends SIGTERM, and SIGKILL follows once the stop timeout has passed;
-//! - a crash (an exit nobody asked for, or no health within the start timeout) is retried after a
-//!   capped exponential back-off with jitter, until `crash_limit` crashes fall within
-//!   `crash_window`; the component is then `failed` and stays down until an operator starts it.
+//! - a crash (an exit that was not requested, or no health within the start timeout) is retried
+//!   after a capped exponential back-off with jitter, until `crash_limit` crashes fall within
+//!   `crash_window`. The component is then `failed` and stays down until an operator starts it.
 
 use std::collections::VecDeque;
 use std::time::Duration;
@@ -39,7 +39,7 @@ pub struct SupervisionPolicy {
     pub backoff: BackoffConfig,
 }
 
-/// How a process ended, as the operating system reported it.
+/// The end of a process, as the operating system reported it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitStatus {
     /// It exited with this code.
