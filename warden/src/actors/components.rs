@@ -106,13 +106,22 @@ pub struct ComponentActor {
     output: SharedOutput,
     rng: Entropy,
     desired: DesiredState,
+    /// Carries node_id, deployment_id and component into every log line of this actor.
+    span: tracing::Span,
 }
 
 impl ComponentActor {
     /// Creates the actor; it reads its persisted state when it starts.
     pub fn new(parts: ComponentParts) -> Self {
         let core = ComponentSupervisor::new(parts.definition.policy);
+        let span = tracing::info_span!(
+            "component",
+            node_id = %parts.node,
+            deployment_id = %parts.deployment,
+            component = %parts.definition.component
+        );
         Self {
+            span,
             parts,
             core,
             output: SharedOutput::default(),
@@ -134,6 +143,7 @@ impl ComponentActor {
     }
 
     fn run(&mut self, effects: Vec<SupervisorEffect>, ctx: &mut Context<Self>) {
+        let _entered = self.span.clone().entered();
         let mut queue = std::collections::VecDeque::from(effects);
         // Each spawn feeds back at most one round of effects, so the loop ends.
         while let Some(effect) = queue.pop_front() {
@@ -257,6 +267,7 @@ impl ComponentActor {
                 Ok(status) => process::exit_status(status),
                 Err(_) => ExitStatus::Code(-1),
             };
+            let _entered = actor.span.clone().entered();
             tracing::info!(component = %actor.component(), pid, status = %status, "component process exited");
             if let Err(error) = actor.parts.state.set_process(None) {
                 tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
@@ -382,6 +393,7 @@ impl Actor for ComponentActor {
     type Context = Context<Self>;
 
     fn started(&mut self, ctx: &mut Self::Context) {
+        let _entered = self.span.clone().entered();
         self.publish_status();
         let desired = match self.parts.state.desired() {
             Ok(desired) => desired,
@@ -398,14 +410,19 @@ impl Actor for ComponentActor {
         let stop_timeout = self.parts.definition.policy.stop_timeout;
 
         // wait: no command is handled before a leftover process is gone.
+        let span = self.span.clone();
         ctx.wait(
-            async move {
-                if let Some(record) = leftover {
-                    Self::stop_leftover(record, stop_timeout).await;
-                }
-            }
+            tracing::Instrument::instrument(
+                async move {
+                    if let Some(record) = leftover {
+                        Self::stop_leftover(record, stop_timeout).await;
+                    }
+                },
+                span,
+            )
             .into_actor(self)
             .map(|(), actor, ctx| {
+                let _entered = actor.span.clone().entered();
                 if let Err(error) = actor.parts.state.set_process(None) {
                     tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
                 }
@@ -429,6 +446,7 @@ impl Handler<Command> for ComponentActor {
     type Result = Result<(), String>;
 
     fn handle(&mut self, command: Command, ctx: &mut Self::Context) -> Self::Result {
+        let _entered = self.span.clone().entered();
         let mut desired = self.desired;
         desired.running = command.request != Request::Stop;
         if let Some(version) = command.config_version {
