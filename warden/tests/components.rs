@@ -16,9 +16,10 @@ use actix::prelude::*;
 use futures::StreamExt;
 use warden::actors::components::{
     Command, ComponentActor, ComponentParts, GetSnapshot, Request, Snapshot, StatusBoard,
+    KERNEL_RELEASE_FILE,
 };
 use warden::components::definition::{ComponentDefinition, ComponentFile};
-use warden::components::installer::Installer;
+use warden::components::installer::{sha256_file, Installer, Release};
 use warden::components::process::process_start_ticks;
 use warden::components::state::ComponentState;
 use warden::executor::Executor;
@@ -74,6 +75,14 @@ impl Node {
     }
 
     fn start(&self, definition: ComponentDefinition) -> Addr<ComponentActor> {
+        self.start_with_kernel(definition, Path::new(KERNEL_RELEASE_FILE))
+    }
+
+    fn start_with_kernel(
+        &self,
+        definition: ComponentDefinition,
+        kernel_release_file: &Path,
+    ) -> Addr<ComponentActor> {
         let component = definition.component;
         ComponentActor::new(ComponentParts {
             definition,
@@ -85,6 +94,7 @@ impl Node {
             deployment: DeploymentId::new("prod").unwrap(),
             node: NodeId::new("n1").unwrap(),
             node_key: self.key.clone(),
+            kernel_release_file: kernel_release_file.to_path_buf(),
         })
         .start()
     }
@@ -409,6 +419,88 @@ async fn output_is_bounded_and_forwarded_signed() {
     // lines, and what does not fit is counted as dropped.
     assert!(lines > 0 && lines <= 64 * 2 * 5, "{lines}");
     assert!(dropped >= 5000 - 1024 - 16, "{dropped}");
+    command(&actor, Request::Stop).await;
+    wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(10)).await;
+}
+
+#[actix_rt::test]
+async fn old_kernel_refuses_iggy_not_connectors() {
+    let node = Node::new();
+    let kernel = node.path("osrelease");
+    std::fs::write(&kernel, "5.15.0-91-generic\n").unwrap();
+    let port = free_port();
+    let iggy = node.start_with_kernel(
+        node.definition(
+            Component::Iggy,
+            &fake(),
+            healthy_args(port),
+            http_health(port),
+        ),
+        &kernel,
+    );
+    command(&iggy, Request::Start).await;
+    let refused = wait_phase(&iggy, ComponentPhase::BackingOff, Duration::from_secs(5)).await;
+    assert!(
+        refused.detail.contains("kernel 5.15 is older than 5.19"),
+        "{}",
+        refused.detail
+    );
+    assert_eq!(refused.pid, None);
+    command(&iggy, Request::Stop).await;
+
+    // The connectors runtime does not need io_uring.
+    let port = free_port();
+    let connectors = node.start_with_kernel(
+        node.definition(
+            Component::Connectors,
+            &fake(),
+            healthy_args(port),
+            http_health(port),
+        ),
+        &kernel,
+    );
+    command(&connectors, Request::Start).await;
+    wait_phase(
+        &connectors,
+        ComponentPhase::Running,
+        Duration::from_secs(10),
+    )
+    .await;
+    command(&connectors, Request::Stop).await;
+    wait_phase(
+        &connectors,
+        ComponentPhase::Stopped,
+        Duration::from_secs(10),
+    )
+    .await;
+}
+
+#[actix_rt::test]
+async fn active_release_runs_instead_of_bootstrap_binary() {
+    let node = Node::new();
+    let staged = node.path("staged");
+    std::fs::copy(fake(), &staged).unwrap();
+    let release = Release {
+        release_counter: 7,
+        sha256: sha256_file(&staged).unwrap().to_vec(),
+    };
+    let installer = Installer::new(Component::Iggy, node.dir.path(), &node.db).unwrap();
+    let installed = installer.install(&staged, &release).unwrap();
+    installer.activate(&release).await.unwrap();
+
+    // The bootstrap names a binary that does not exist: only the release can run.
+    let port = free_port();
+    let definition = node.definition(
+        Component::Iggy,
+        Path::new("/nonexistent/iggy-server"),
+        healthy_args(port),
+        http_health(port),
+    );
+    let actor = node.start(definition);
+    command(&actor, Request::Start).await;
+    let running = wait_phase(&actor, ComponentPhase::Running, Duration::from_secs(10)).await;
+    let exe = std::fs::read_link(format!("/proc/{}/exe", running.pid.unwrap())).unwrap();
+    assert_eq!(exe, installed);
     command(&actor, Request::Stop).await;
     wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(10)).await;
 }

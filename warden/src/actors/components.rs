@@ -97,7 +97,12 @@ pub struct ComponentParts {
     pub node: NodeId,
     /// The node key, which signs log batches.
     pub node_key: SigningKey,
+    /// File with the kernel release, [`KERNEL_RELEASE_FILE`] outside tests.
+    pub kernel_release_file: std::path::PathBuf,
 }
+
+/// Where Linux exposes the running kernel's release.
+pub const KERNEL_RELEASE_FILE: &str = "/proc/sys/kernel/osrelease";
 
 /// Supervises one component process.
 pub struct ComponentActor {
@@ -223,8 +228,13 @@ impl ComponentActor {
     fn spawn(&mut self, ctx: &mut Context<Self>) -> Result<u32, String> {
         let definition = &self.parts.definition;
         if definition.component == Component::Iggy {
-            let release = std::fs::read_to_string("/proc/sys/kernel/osrelease")
-                .map_err(|error| format!("cannot read the kernel version: {error}"))?;
+            let file = &self.parts.kernel_release_file;
+            let release = std::fs::read_to_string(file).map_err(|error| {
+                format!(
+                    "cannot read the kernel version from {}: {error}",
+                    file.display()
+                )
+            })?;
             check_kernel_for_iggy(&release)?;
         }
 

@@ -98,6 +98,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             deployment: bootstrap.deployment.clone(),
             node: bootstrap.node.clone(),
             node_key: parts.node_key.clone(),
+            kernel_release_file: self::components::KERNEL_RELEASE_FILE.into(),
         })
         .start();
         handles.insert(component.as_str(), actor);
