@@ -163,3 +163,54 @@ fn component_tasks_through_control_plane() {
         },
     );
 }
+
+/// A start that takes longer than the broker's ack wait succeeds once, and the task queued
+/// behind it runs after it. The node pulls one message at a time, so the broker has no pull to
+/// redeliver on while the start runs; the Warden's in-progress acks keep the delivery current
+/// for the broker all the same.
+#[test]
+fn slow_start_outlasts_ack_wait() {
+    // The test cluster sets the ack wait to 2 s.
+    let mut cluster = Cluster::start();
+    let port = free_port();
+    cluster.add_node_with("n1", |bootstrap| {
+        bootstrap.components = ComponentsFile {
+            iggy: Some(ComponentFile {
+                binary: workspace_binary("fake-component"),
+                args: vec![
+                    "--http".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--listen-delay-ms".into(),
+                    "7000".into(),
+                ],
+                data_dir: bootstrap.state_dir.join("iggy-data"),
+                http_address: Some(format!("127.0.0.1:{port}")),
+                health_http_path: Some("/healthz".into()),
+                start_timeout_secs: Some(20),
+                ..ComponentFile::default()
+            }),
+            connectors: None,
+        };
+    });
+    cluster.start_warden("n1", &[]);
+
+    let id = issue(&cluster, &["start-component", "--component", "iggy"]);
+    // A task queued behind the slow one.
+    let queued = issue(&cluster, &["collect-diagnostics"]);
+    let done = cluster.wait_status(&id, "succeeded");
+    cluster.wait_status(&queued, "succeeded");
+    let pid = done.output.get("pid").unwrap().clone();
+    let log = cluster.warden_log("n1");
+    assert!(!log.contains("redelivered"), "{log}");
+    assert!(!log.contains("task handling failed"), "{log}");
+    let delivered = done
+        .history
+        .iter()
+        .filter(|entry| entry.status == "delivered")
+        .count();
+    assert_eq!(delivered, 1, "{:#?}", done.history);
+
+    let id = issue(&cluster, &["stop-component", "--component", "iggy"]);
+    cluster.wait_status(&id, "succeeded");
+    assert!(!pid_alive(&pid));
+}

@@ -4,7 +4,8 @@
 //! - `--crash-at-start`: print a line to stderr and exit with code 3;
 //! - `--ignore-sigterm`: block SIGTERM, so only SIGKILL ends it;
 //! - `--spam N`: print N lines to stdout (every tenth one 5000 bytes long) at start;
-//! - `--pid-file PATH`: write its process id to PATH.
+//! - `--pid-file PATH`: write its process id to PATH;
+//! - `--listen-delay-ms N`: wait N milliseconds before opening the `--http` address.
 //!
 //! It prints the `IGGY_*` variables it was given, then runs until a signal ends it.
 
@@ -71,6 +72,10 @@ fn main() {
         out.flush().unwrap();
     }
     if let Some(address) = value("--http") {
+        if let Some(delay) = value("--listen-delay-ms") {
+            let delay: u64 = delay.parse().expect("--listen-delay-ms takes a number");
+            std::thread::sleep(Duration::from_millis(delay));
+        }
         let listener = TcpListener::bind(&address).expect("bind the HTTP address");
         println!("listening on {address}");
         std::thread::spawn(move || {
