@@ -180,7 +180,7 @@ pub struct ComponentStatus {
     pub phase: ComponentPhase,
     /// The live process, if any.
     pub pid: Option<u32>,
-    /// Why it is in this phase, for operators; at most [`COMPONENT_DETAIL_BYTES_MAX`] bytes.
+    /// The reason for this phase, for operators; at most [`COMPONENT_DETAIL_BYTES_MAX`] bytes.
     pub detail: String,
 }
 

@@ -165,9 +165,9 @@ fn component_tasks_through_control_plane() {
 }
 
 /// A start that takes longer than the broker's ack wait succeeds once, and the task queued
-/// behind it runs after it. The node pulls one message at a time, so the broker has no pull to
-/// redeliver on while the start runs; the Warden's in-progress acks keep the delivery current
-/// for the broker all the same.
+/// behind it runs after it. The node pulls one message at a time, so the broker has no pending
+/// pull to redeliver on while the start runs. The Warden's in-progress acks restart the ack
+/// wait all the same.
 #[test]
 fn slow_start_outlasts_ack_wait() {
     // The test cluster sets the ack wait to 2 s.

@@ -52,8 +52,8 @@ impl Node {
         self.dir.path().join(name)
     }
 
-    /// A definition of `component` running `binary` with `args`, healthy when `health_port`
-    /// answers HTTP.
+    /// Returns a definition of `component` that runs `binary` with `args`, after `edit` changed
+    /// its table.
     fn definition(
         &self,
         component: Component,
@@ -415,9 +415,13 @@ async fn output_is_bounded_and_forwarded_signed() {
         lines += batch.lines.len();
         dropped += batch.dropped;
     }
-    // One batch of at most 64 lines per stream and second; the rest waits in a queue of 1024
-    // lines, and what does not fit is counted as dropped.
-    assert!(lines > 0 && lines <= 64 * 2 * 5, "{lines}");
+    // At most one batch of 64 lines goes out per stream and second. The rest waits in a queue
+    // of 1024 lines, and what does not fit there is counted as dropped.
+    assert!(lines > 0, "no line was forwarded");
+    assert!(
+        lines <= 64 * 2 * 5,
+        "{lines} lines in 5 s is over the rate bound"
+    );
     assert!(dropped >= 5000 - 1024 - 16, "{dropped}");
     command(&actor, Request::Stop).await;
     wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(10)).await;

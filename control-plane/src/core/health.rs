@@ -247,6 +247,31 @@ mod tests {
     }
 
     #[test]
+    fn heartbeat_component_phases_bounded() {
+        use warden_bus::messages::{Component, ComponentPhase};
+        let mut node = node();
+        let mut beat = heartbeat(1);
+        beat.components = (0..10)
+            .map(|index| ComponentStatus {
+                component: Component::Iggy,
+                phase: ComponentPhase::Running,
+                pid: Some(index),
+                detail: "x".repeat(10_000),
+            })
+            .collect();
+        node.on_heartbeat(&beat, UnixMillis(1));
+        assert_eq!(node.components.len(), COMPONENTS_MAX);
+        assert!(node
+            .components
+            .iter()
+            .all(|status| status.detail.len() <= COMPONENT_DETAIL_BYTES_MAX));
+
+        // A heartbeat without components clears them.
+        node.on_heartbeat(&heartbeat(2), UnixMillis(2));
+        assert!(node.components.is_empty());
+    }
+
+    #[test]
     fn pending_node_stays_pending_without_heartbeats() {
         let mut node = node();
         assert_eq!(

@@ -73,7 +73,7 @@ pub struct ComponentFile {
     pub args: Vec<String>,
     /// The component's data directory (Iggy: `IGGY_SYSTEM_PATH`).
     pub data_dir: PathBuf,
-    /// Where its configuration file is (Iggy: default the bootstrap's `iggy_config_path`).
+    /// Path of its configuration file (Iggy: default the bootstrap's `iggy_config_path`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_path: Option<PathBuf>,
     /// Iggy TCP listen address.
@@ -118,10 +118,10 @@ pub struct ComponentFile {
     pub crash_window_secs: Option<u64>,
 }
 
-/// How the Warden checks a component's health.
+/// The check that tells whether a component is healthy.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum HealthCheck {
-    /// An HTTP GET of this URL answers with a 2xx status.
+    /// An HTTP GET of `path` on `address` returns a 2xx status.
     Http {
         /// The address to connect to.
         address: SocketAddr,
@@ -165,7 +165,7 @@ pub struct DefinitionError {
     pub component: &'static str,
     /// The field.
     pub field: &'static str,
-    /// What is wrong and how to fix it.
+    /// The problem and its fix.
     pub reason: String,
 }
 
@@ -404,7 +404,8 @@ impl ComponentFile {
     }
 }
 
-/// A probe of `0.0.0.0:3000` goes to `127.0.0.1:3000`: the wildcard is no destination.
+/// Replaces an unspecified address such as `0.0.0.0:3000` with `127.0.0.1:3000`, because a
+/// probe cannot connect to the wildcard.
 fn loopback_if_unspecified(address: SocketAddr) -> SocketAddr {
     if address.ip().is_unspecified() {
         SocketAddr::from(([127, 0, 0, 1], address.port()))

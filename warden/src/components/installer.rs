@@ -23,14 +23,14 @@ use crate::core::record::{decode_stored, encode_stored, RecordError};
 /// Name of the sled tree of component state.
 pub const COMPONENTS_TREE: &str = "components";
 
-/// Why an installer operation failed.
+/// Errors of installer operations.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum InstallError {
     /// A file operation failed.
     #[error("{operation} {path}: {source}")]
     Io {
-        /// What was being done.
+        /// The operation that failed.
         operation: &'static str,
         /// The file or directory.
         path: PathBuf,
@@ -108,7 +108,7 @@ impl Release {
     }
 }
 
-/// Which release runs, and the one before it.
+/// The release that runs, and the one before it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ActiveReleases {
     /// The release the supervisor runs.
