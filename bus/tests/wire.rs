@@ -414,3 +414,28 @@ fn heartbeat_without_components_decodes() {
     assert_eq!(decoded.sequence, 4);
     assert!(decoded.components.is_empty());
 }
+
+/// A log batch survives sealing, signing and opening unchanged.
+#[test]
+fn component_logs_round_trip() {
+    use warden_bus::messages::{Component, ComponentLogs};
+    let key = signing_key(9);
+    let batch = ComponentLogs {
+        deployment: DeploymentId::new("d").unwrap(),
+        node: NodeId::new("n").unwrap(),
+        component: Component::Connectors,
+        stream: "stderr".into(),
+        lines: vec!["first".into(), "é second".into()],
+        dropped: 3,
+        sent_at: UnixMillis(5),
+    };
+    let envelope = Envelope::seal(MessageId::from_random([4; 16]), &batch).unwrap();
+    let bytes = key.sign(&envelope).unwrap().encode().unwrap();
+    let opened: ComponentLogs = SignedEnvelope::decode(&bytes)
+        .unwrap()
+        .verify(&Keyring::new([key.public_key()]))
+        .unwrap()
+        .open()
+        .unwrap();
+    assert_eq!(opened, batch);
+}

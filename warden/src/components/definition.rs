@@ -835,6 +835,28 @@ mod tests {
         assert!(!format!("{root:?}").contains("secret"));
     }
 
+    proptest::proptest! {
+        #[test]
+        fn launch_never_shows_password_or_foreign_variables(
+            secret in "[a-zA-Z0-9]{1,40}",
+            first_start in proptest::bool::ANY,
+            tls in proptest::bool::ANY,
+        ) {
+            let mut file = iggy_file();
+            if tls {
+                file.tls_cert_file = Some("/c.pem".into());
+                file.tls_key_file = Some("/k.pem".into());
+            }
+            let definition = validate(&file, Component::Iggy).unwrap();
+            let root = RootCredentials { username: "admin".into(), password: format!("pw-{secret}") };
+            let spec = render_launch(&definition, Path::new("/bin/iggy"), first_start, Some(&root));
+            let shown = format!("{spec:?}");
+            proptest::prop_assert!(!shown.contains("pw-"), "the password is shown");
+            proptest::prop_assert!(spec.env.keys().all(|key| key.starts_with("IGGY_")));
+            proptest::prop_assert_eq!(spec.env.contains_key("IGGY_ROOT_PASSWORD"), first_start);
+        }
+    }
+
     #[test]
     fn kernel_version_check() {
         assert_eq!(parse_kernel_release("6.1.0-18-amd64\n"), Some((6, 1)));
