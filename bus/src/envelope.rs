@@ -33,6 +33,8 @@ pub enum MessageType {
     RenewRequest,
     /// A [`crate::messages::CredentialReply`].
     CredentialReply,
+    /// A [`crate::messages::ComponentLogs`].
+    ComponentLogs,
 }
 
 /// A message body type and the envelope type that carries it.

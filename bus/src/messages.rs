@@ -109,6 +109,113 @@ pub enum Component {
     Warden,
 }
 
+impl Component {
+    /// Returns the name as written on the wire and in the bootstrap file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Iggy => "iggy",
+            Self::Connectors => "connectors",
+            Self::Warden => "warden",
+        }
+    }
+}
+
+impl fmt::Display for Component {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Supervision phase of a component process on a node.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ComponentPhase {
+    /// No process runs, and none is wanted.
+    Stopped,
+    /// A process was started and has not passed its health check yet.
+    Starting,
+    /// The process runs and passes its health checks.
+    Running,
+    /// The process runs but its latest health checks failed.
+    Unhealthy,
+    /// The process crashed and is restarted after a delay.
+    BackingOff,
+    /// The process was asked to stop and has not exited yet.
+    Stopping,
+    /// The process crashed too often; it stays down until a start task.
+    Failed,
+    /// A phase from a newer build that this build does not know.
+    #[serde(other)]
+    Unrecognized,
+}
+
+impl ComponentPhase {
+    /// Returns the phase as written on the wire and shown to operators.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Stopped => "stopped",
+            Self::Starting => "starting",
+            Self::Running => "running",
+            Self::Unhealthy => "unhealthy",
+            Self::BackingOff => "backing_off",
+            Self::Stopping => "stopping",
+            Self::Failed => "failed",
+            Self::Unrecognized => "unrecognized",
+        }
+    }
+}
+
+impl fmt::Display for ComponentPhase {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One component's state in a heartbeat.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentStatus {
+    /// The component.
+    pub component: Component,
+    /// Its supervision phase.
+    pub phase: ComponentPhase,
+    /// The live process, if any.
+    pub pid: Option<u32>,
+    /// The reason for this phase, for operators; at most [`COMPONENT_DETAIL_BYTES_MAX`] bytes.
+    pub detail: String,
+}
+
+/// Maximum length of [`ComponentStatus::detail`], in bytes.
+pub const COMPONENT_DETAIL_BYTES_MAX: usize = 512;
+
+/// Lines of a component's standard output or error, forwarded by its node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ComponentLogs {
+    /// Deployment of the node.
+    pub deployment: DeploymentId,
+    /// The node.
+    pub node: NodeId,
+    /// The component that wrote the lines.
+    pub component: Component,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The lines, each truncated to [`LOG_LINE_BYTES_MAX`] bytes.
+    pub lines: Vec<String>,
+    /// Lines the node dropped since the previous batch because of the rate bound.
+    pub dropped: u64,
+    /// When the node sent the batch, by its clock.
+    pub sent_at: UnixMillis,
+}
+
+/// Maximum length of one forwarded log line, in bytes.
+pub const LOG_LINE_BYTES_MAX: usize = 1024;
+
+/// Maximum number of lines in one [`ComponentLogs`] batch.
+pub const LOG_LINES_PER_BATCH_MAX: usize = 64;
+
+impl Message for ComponentLogs {
+    const TYPE: MessageType = MessageType::ComponentLogs;
+}
+
 /// Parameters of start, stop and restart.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ComponentTarget {
@@ -622,6 +729,10 @@ pub struct Heartbeat {
     pub warden_version: String,
     /// Version of the applied Iggy configuration, 0 if none.
     pub config_version: u64,
+    /// State of each component the node supervises; empty from nodes without components and
+    /// from older Wardens.
+    #[serde(default)]
+    pub components: Vec<ComponentStatus>,
 }
 
 impl Message for Heartbeat {

@@ -165,6 +165,8 @@ pub enum TelemetryKind {
     Heartbeat,
     /// Task progress and outcome, stored in [`REPORT_STREAM`].
     Report,
+    /// Output lines of the node's components, on core NATS.
+    Logs,
 }
 
 impl TelemetryKind {
@@ -172,6 +174,7 @@ impl TelemetryKind {
         match self {
             Self::Heartbeat => "heartbeat",
             Self::Report => "report",
+            Self::Logs => "logs",
         }
     }
 }

@@ -188,6 +188,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                 sent_at: UnixMillis(sent),
                 warden_version: version,
                 config_version,
+                components: Vec::new(),
             },
         )
 }
@@ -353,6 +354,7 @@ fn unknown_key_and_wrong_type_are_distinct_errors() {
         sent_at: UnixMillis(1),
         warden_version: "0.1.0".into(),
         config_version: 0,
+        components: Vec::new(),
     };
     let envelope = Envelope::seal(MessageId::from_random([3; 16]), &heartbeat).unwrap();
     let signed = key.sign(&envelope).unwrap();
@@ -385,4 +387,55 @@ fn unknown_kind_is_reported_by_name() {
             .contains("unknown task kind \"run_shell\""),
         "{error}"
     );
+}
+
+/// A heartbeat from a Warden built before component states existed still decodes.
+#[test]
+fn heartbeat_without_components_decodes() {
+    #[derive(serde::Serialize)]
+    struct OldHeartbeat {
+        deployment: DeploymentId,
+        node: NodeId,
+        sequence: u64,
+        sent_at: UnixMillis,
+        warden_version: String,
+        config_version: u64,
+    }
+    let old = OldHeartbeat {
+        deployment: DeploymentId::new("d").unwrap(),
+        node: NodeId::new("n").unwrap(),
+        sequence: 4,
+        sent_at: UnixMillis(9),
+        warden_version: "0.1.0".into(),
+        config_version: 3,
+    };
+    let bytes = rmp_serde::to_vec(&old).unwrap();
+    let decoded: Heartbeat = rmp_serde::from_slice(&bytes).unwrap();
+    assert_eq!(decoded.sequence, 4);
+    assert!(decoded.components.is_empty());
+}
+
+/// A log batch survives sealing, signing and opening unchanged.
+#[test]
+fn component_logs_round_trip() {
+    use warden_bus::messages::{Component, ComponentLogs};
+    let key = signing_key(9);
+    let batch = ComponentLogs {
+        deployment: DeploymentId::new("d").unwrap(),
+        node: NodeId::new("n").unwrap(),
+        component: Component::Connectors,
+        stream: "stderr".into(),
+        lines: vec!["first".into(), "é second".into()],
+        dropped: 3,
+        sent_at: UnixMillis(5),
+    };
+    let envelope = Envelope::seal(MessageId::from_random([4; 16]), &batch).unwrap();
+    let bytes = key.sign(&envelope).unwrap().encode().unwrap();
+    let opened: ComponentLogs = SignedEnvelope::decode(&bytes)
+        .unwrap()
+        .verify(&Keyring::new([key.public_key()]))
+        .unwrap()
+        .open()
+        .unwrap();
+    assert_eq!(opened, batch);
 }

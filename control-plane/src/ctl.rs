@@ -205,6 +205,15 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
                 n.node_key_id
                     .clone()
                     .unwrap_or_else(|| "not enrolled".into()),
+                if n.components.is_empty() {
+                    "-".into()
+                } else {
+                    n.components
+                        .iter()
+                        .map(|c| format!("{}={}", c.component, c.phase))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                },
             ]
         })
         .collect();
@@ -216,6 +225,7 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             "CONFIG",
             "WARDEN",
             "NODE KEY",
+            "COMPONENTS",
         ],
         &rows,
     )

@@ -576,6 +576,7 @@ impl ControlPlane {
             heartbeat_interval_secs: options.heartbeat_interval_secs,
             clock_skew_secs: None,
             task_validity_max_secs: None,
+            components: Default::default(),
         })
     }
 
@@ -1480,6 +1481,62 @@ impl ControlPlane {
             .await
             .map_err(|error| ServiceError::Unavailable(error.to_string()))?;
         tracing::info!(revoked = revocations.len(), "account pushed to the broker");
+        Ok(())
+    }
+
+    /// Verifies a batch of component output from a node and writes each line to the control
+    /// plane's log (target `component_logs`) with the node and component. Batches not signed
+    /// by the node's enrolled key, naming another node, or over the size bounds are dropped.
+    pub async fn ingest_logs(&self, subject: &str, payload: &[u8]) -> Result<(), ServiceError> {
+        let Some(origin) = NodeSubject::parse(subject) else {
+            return Ok(());
+        };
+        let key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
+        let Some((node, _)) = self.inner.store.get::<NodeRecord>(&key).await? else {
+            return Ok(());
+        };
+        let Some(node_key) = node.enrollment.node_key.as_deref() else {
+            return Ok(());
+        };
+        let verified = SignedEnvelope::decode(payload)
+            .map_err(|error| error.to_string())
+            .and_then(|signed| {
+                let key = PublicKey::from_hex(node_key).map_err(|error| error.to_string())?;
+                signed.verify_with(&key).map_err(|error| error.to_string())
+            })
+            .and_then(|envelope| {
+                envelope
+                    .open::<warden_bus::messages::ComponentLogs>()
+                    .map_err(|error| error.to_string())
+            });
+        let batch = match verified {
+            Ok(batch) => batch,
+            Err(error) => {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "dropping log batch not signed by the node's enrolled key");
+                return Ok(());
+            }
+        };
+        if batch.deployment != origin.deployment || batch.node != origin.node {
+            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, "dropping log batch that names another node than its subject");
+            return Ok(());
+        }
+        if batch.lines.len() > warden_bus::messages::LOG_LINES_PER_BATCH_MAX {
+            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, lines = batch.lines.len(), "dropping log batch over the line limit");
+            return Ok(());
+        }
+        let stream = match batch.stream.as_str() {
+            "stdout" => "stdout",
+            "stderr" => "stderr",
+            _ => "unknown",
+        };
+        for line in &batch.lines {
+            let line =
+                warden_bus::messages::truncate(line, warden_bus::messages::LOG_LINE_BYTES_MAX);
+            tracing::info!(target: "component_logs", deployment_id = %origin.deployment, node_id = %origin.node, component = %batch.component, stream, line = %line);
+        }
+        if batch.dropped > 0 {
+            tracing::warn!(target: "component_logs", deployment_id = %origin.deployment, node_id = %origin.node, component = %batch.component, stream, dropped = batch.dropped, "the node dropped output lines over its rate bound");
+        }
         Ok(())
     }
 

@@ -119,6 +119,19 @@ pub struct TransitionView {
     pub reason: String,
 }
 
+/// One supervised component of a node.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ComponentView {
+    /// iggy or connectors.
+    pub component: String,
+    /// stopped, starting, running, unhealthy, backing_off, stopping or failed.
+    pub phase: String,
+    /// The live process.
+    pub pid: Option<u32>,
+    /// Why it is in this phase.
+    pub detail: String,
+}
+
 /// A node.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct NodeView {
@@ -134,6 +147,9 @@ pub struct NodeView {
     pub warden_version: Option<String>,
     /// Applied configuration version from the last heartbeat.
     pub config_version: u64,
+    /// Component phases from the last heartbeat.
+    #[serde(default)]
+    pub components: Vec<ComponentView>,
     /// When the node was added, RFC 3339.
     pub registered_at: String,
     /// Recent health transitions, oldest first.
@@ -153,6 +169,16 @@ impl From<NodeRecord> for NodeView {
             last_heartbeat_at: record.last_heartbeat_at.map(|at| at.to_string()),
             warden_version: record.warden_version,
             config_version: record.config_version,
+            components: record
+                .components
+                .iter()
+                .map(|status| ComponentView {
+                    component: status.component.to_string(),
+                    phase: status.phase.to_string(),
+                    pid: status.pid,
+                    detail: status.detail.clone(),
+                })
+                .collect(),
             registered_at: record.registered_at.to_string(),
             node_key_id: record
                 .enrollment

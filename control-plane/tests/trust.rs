@@ -355,14 +355,20 @@ fn unsupported_kind_rejected_by_node() {
     let mut cluster = Cluster::start();
     cluster.add_node("n1");
     cluster.start_warden("n1", &[]);
+    let task = &cluster.issue(Some("n1"), ActionRequest::RotateCertificate {})[0];
+    let done = cluster.wait_status(&task.id, "rejected");
+    assert_eq!(done.reject_code.as_deref(), Some("unsupported"));
+
+    // A component task is supported, but fails on a node that does not define the component.
     let task = &cluster.issue(
         Some("n1"),
         ActionRequest::StartComponent {
             component: warden_bus::messages::Component::Iggy,
         },
     )[0];
-    let done = cluster.wait_status(&task.id, "rejected");
-    assert_eq!(done.reject_code.as_deref(), Some("unsupported"));
+    let done = cluster.wait_status(&task.id, "failed");
+    let reason = done.reason.unwrap_or_default();
+    assert!(reason.contains("add [components.iggy]"), "{reason}");
 }
 
 #[test]

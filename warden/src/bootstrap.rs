@@ -21,9 +21,11 @@ use std::time::Duration;
 
 use base64::Engine;
 use serde::{Deserialize, Serialize};
+use warden_bus::messages::Component;
 use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, NodeId, PublicKey};
 
+use crate::components::definition::{ComponentDefinition, ComponentsFile};
 use crate::core::heartbeat::HEARTBEAT_INTERVAL_DEFAULT;
 use crate::core::verify::TASK_VALIDITY_MAX_DEFAULT;
 use crate::core::CLOCK_SKEW_DEFAULT;
@@ -81,6 +83,9 @@ pub struct BootstrapFile {
     /// Maximum validity of a task, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_validity_max_secs: Option<u64>,
+    /// The components this node supervises, written by the operator who installs the node.
+    #[serde(default, skip_serializing_if = "ComponentsFile::is_empty")]
+    pub components: ComponentsFile,
 }
 
 /// What a node needs to reach a broker in operator mode with TLS.
@@ -129,6 +134,8 @@ pub struct Bootstrap {
     pub clock_skew: Duration,
     /// Maximum validity of a task.
     pub task_validity_max: Duration,
+    /// The components this node supervises.
+    pub components: Vec<ComponentDefinition>,
 }
 
 /// Why a bootstrap file is not usable.
@@ -346,6 +353,26 @@ impl Bootstrap {
         let iggy_config_path = file
             .iggy_config_path
             .unwrap_or_else(|| file.state_dir.join("iggy").join("server.toml"));
+        let mut components = Vec::new();
+        let tables = [
+            (
+                Component::Iggy,
+                &file.components.iggy,
+                iggy_config_path.clone(),
+            ),
+            (
+                Component::Connectors,
+                &file.components.connectors,
+                file.state_dir.join("connectors").join("config.toml"),
+            ),
+        ];
+        for (component, table, default_config_path) in tables {
+            let Some(table) = table else { continue };
+            let definition = table
+                .validate(component, &default_config_path)
+                .map_err(|error| field("components", error.to_string()))?;
+            components.push(definition);
+        }
         Ok(Self {
             deployment,
             node,
@@ -360,6 +387,7 @@ impl Bootstrap {
             heartbeat_interval,
             clock_skew,
             task_validity_max,
+            components,
         })
     }
 }
@@ -405,6 +433,7 @@ mod tests {
             heartbeat_interval_secs: None,
             clock_skew_secs: None,
             task_validity_max_secs: None,
+            components: ComponentsFile::default(),
         }
     }
 
@@ -458,6 +487,37 @@ mod tests {
             f.ca_certificate = Some("-----BEGIN CERTIFICATE-----".into());
         });
         assert!(error.contains("\"nats://b:4222\""), "{error}");
+    }
+
+    #[test]
+    fn component_tables_validated() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        let mut text = toml::to_string(&valid()).unwrap();
+        text.push_str(
+            "[components.iggy]\nbinary = \"/opt/iggy-server\"\ndata_dir = \"/var/lib/iggy\"\n",
+        );
+        std::fs::write(&path, &text).unwrap();
+        let bootstrap = Bootstrap::load(&path).unwrap();
+        assert_eq!(bootstrap.components.len(), 1);
+        assert_eq!(
+            bootstrap.components[0].config_path,
+            bootstrap.iggy_config_path
+        );
+
+        text.push_str("stop_timeout_secs = 0\n");
+        std::fs::write(&path, &text).unwrap();
+        let error = Bootstrap::load(&path).unwrap_err().to_string();
+        assert!(
+            error.contains("[components.iggy] field stop_timeout_secs"),
+            "{error}"
+        );
+
+        let mut text = toml::to_string(&valid()).unwrap();
+        text.push_str("[components.kafka]\nbinary = \"/x\"\ndata_dir = \"/y\"\n");
+        std::fs::write(&path, &text).unwrap();
+        let error = Bootstrap::load(&path).unwrap_err().to_string();
+        assert!(error.contains("kafka"), "{error}");
     }
 
     #[test]

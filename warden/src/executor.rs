@@ -5,8 +5,15 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
-use warden_bus::messages::ApplyConfig;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix::Addr;
+use warden_bus::messages::{ApplyConfig, Component, ComponentPhase};
 use warden_bus::TaskAction;
+
+use crate::actors::components::{Command, ComponentActor, GetSnapshot, Request, Snapshot};
+use crate::components::definition::check_kernel_for_iggy;
 
 use crate::core::verify::VerifiedTask;
 use crate::core::ExecutionOutcome;
@@ -14,12 +21,33 @@ use crate::core::ExecutionOutcome;
 /// First line of a configuration file written by the Warden; the version follows it.
 const VERSION_HEADER: &str = "# Written by Warden; do not edit. config_version = ";
 
+/// The component actors by component name.
+pub type ComponentHandles = Arc<BTreeMap<&'static str, Addr<ComponentActor>>>;
+
+/// Margin on top of a component's start and stop timeouts before a task gives up waiting.
+const COMPONENT_WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// How often a task polls a component's phase.
+const COMPONENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
+
 /// Executes tasks on the local node.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Executor {
     config_path: PathBuf,
     state_dir: PathBuf,
     started: std::time::Instant,
+    components: ComponentHandles,
+    timeouts: BTreeMap<&'static str, (Duration, Duration)>,
+}
+
+impl std::fmt::Debug for Executor {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Executor")
+            .field("config_path", &self.config_path)
+            .field("state_dir", &self.state_dir)
+            .field("components", &self.components.keys().collect::<Vec<_>>())
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the configuration version on disk could not be read.
@@ -37,7 +65,20 @@ impl Executor {
             config_path,
             state_dir,
             started: std::time::Instant::now(),
+            components: ComponentHandles::default(),
+            timeouts: BTreeMap::new(),
         }
+    }
+
+    /// Adds the component actors, with each component's start and stop timeouts.
+    pub fn with_components(
+        mut self,
+        components: ComponentHandles,
+        timeouts: BTreeMap<&'static str, (Duration, Duration)>,
+    ) -> Self {
+        self.components = components;
+        self.timeouts = timeouts;
+        self
     }
 
     /// Version of the configuration file on disk: 0 if there is none or it lacks the header.
@@ -48,6 +89,22 @@ impl Executor {
     /// Executes a verified task. File I/O runs on the blocking thread pool.
     pub async fn execute(&self, task: &VerifiedTask) -> ExecutionOutcome {
         let action = task.action().clone();
+        let component_request = match &action {
+            TaskAction::StartComponent(target) => Some((target.component, Request::Start, None)),
+            TaskAction::StopComponent(target) => Some((target.component, Request::Stop, None)),
+            TaskAction::RestartComponent(target) => {
+                Some((target.component, Request::Restart, None))
+            }
+            TaskAction::ReconfigureComponent(reconfigure) => Some((
+                reconfigure.component,
+                Request::Restart,
+                Some(reconfigure.config_version),
+            )),
+            _ => None,
+        };
+        if let Some((component, request, config_version)) = component_request {
+            return self.run_component(component, request, config_version).await;
+        }
         let executor = self.clone();
         tokio::task::spawn_blocking(move || match action {
             TaskAction::ApplyConfig(config) => executor.apply_config(&config),
@@ -60,6 +117,75 @@ impl Executor {
         })
         .await
         .unwrap_or_else(|error| Err(format!("execution thread failed: {error}")))
+    }
+
+    /// Sends the request to the component's actor and waits until it is running (start,
+    /// restart) or stopped (stop), or fails with the reason and the last output lines.
+    pub async fn run_component(
+        &self,
+        component: Component,
+        request: Request,
+        config_version: Option<u64>,
+    ) -> ExecutionOutcome {
+        let name = component.as_str();
+        let Some(actor) = self.components.get(name) else {
+            return Err(format!(
+                "component {name} is not defined on this node; add [components.{name}] to its bootstrap file"
+            ));
+        };
+        actor
+            .send(Command {
+                request,
+                config_version,
+            })
+            .await
+            .map_err(|error| format!("component {name} supervisor is not running: {error}"))??;
+
+        let (start_timeout, stop_timeout) = self
+            .timeouts
+            .get(name)
+            .copied()
+            .unwrap_or((Duration::from_secs(60), Duration::from_secs(30)));
+        let wait = match request {
+            Request::Stop => stop_timeout,
+            Request::Start | Request::Restart => stop_timeout + start_timeout,
+        } + COMPONENT_WAIT_MARGIN;
+        let deadline = tokio::time::Instant::now() + wait;
+        loop {
+            let snapshot = actor
+                .send(GetSnapshot)
+                .await
+                .map_err(|error| format!("component {name} supervisor is not running: {error}"))?;
+            let done = match (request, snapshot.phase) {
+                (Request::Stop, ComponentPhase::Stopped) => Some(Ok(())),
+                (Request::Stop, _) => None,
+                (_, ComponentPhase::Running) => Some(Ok(())),
+                (
+                    _,
+                    ComponentPhase::Failed | ComponentPhase::BackingOff | ComponentPhase::Stopped,
+                ) => Some(Err(())),
+                _ => None,
+            };
+            let timed_out = tokio::time::Instant::now() >= deadline;
+            match done {
+                Some(Ok(())) => {
+                    let mut output = BTreeMap::from([
+                        ("component".to_owned(), name.to_owned()),
+                        ("phase".to_owned(), snapshot.phase.to_string()),
+                    ]);
+                    if let Some(pid) = snapshot.pid {
+                        output.insert("pid".to_owned(), pid.to_string());
+                    }
+                    if let Some(version) = config_version {
+                        output.insert("config_version".to_owned(), version.to_string());
+                    }
+                    return Ok(output);
+                }
+                Some(Err(())) => return Err(component_failure(name, &snapshot, None)),
+                None if timed_out => return Err(component_failure(name, &snapshot, Some(wait))),
+                None => tokio::time::sleep(COMPONENT_POLL_INTERVAL).await,
+            }
+        }
     }
 
     fn apply_config(&self, config: &ApplyConfig) -> ExecutionOutcome {
@@ -91,11 +217,14 @@ impl Executor {
                 .unwrap_or_else(|error| format!("unavailable: {error}")),
         );
         facts.insert("os".into(), os_name().unwrap_or_else(|| "unknown".into()));
-        facts.insert(
-            "kernel".into(),
-            read("/proc/sys/kernel/osrelease")
-                .unwrap_or_else(|error| format!("unavailable: {error}")),
-        );
+        let kernel = read("/proc/sys/kernel/osrelease")
+            .unwrap_or_else(|error| format!("unavailable: {error}"));
+        let io_uring = match check_kernel_for_iggy(&kernel) {
+            Ok(()) => "supported".to_owned(),
+            Err(reason) => format!("unsupported: {reason}"),
+        };
+        facts.insert("kernel".into(), kernel);
+        facts.insert("iggy_io_uring".into(), io_uring);
         facts.insert("warden_version".into(), env!("CARGO_PKG_VERSION").into());
         facts.insert(
             "warden_uptime_secs".into(),
@@ -123,6 +252,26 @@ impl Executor {
         facts.insert("state_dir".into(), self.state_dir.display().to_string());
         facts
     }
+}
+
+fn component_failure(name: &str, snapshot: &Snapshot, waited: Option<Duration>) -> String {
+    let mut reason = match waited {
+        Some(wait) => format!(
+            "component {name} is still {} after {} s: {}",
+            snapshot.phase,
+            wait.as_secs(),
+            snapshot.detail
+        ),
+        None => format!(
+            "component {name} is {}: {}",
+            snapshot.phase, snapshot.detail
+        ),
+    };
+    if !snapshot.tail.is_empty() {
+        reason.push_str("; last output:\n");
+        reason.push_str(&snapshot.tail.join("\n"));
+    }
+    reason
 }
 
 fn output_for(path: &Path, version: u64, action: &str) -> BTreeMap<String, String> {

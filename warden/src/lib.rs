@@ -18,6 +18,7 @@
 
 pub mod actors;
 pub mod bootstrap;
+pub mod components;
 pub mod core;
 pub mod credentials;
 pub mod enroll;

@@ -69,6 +69,11 @@ impl TaskStore {
         })
     }
 
+    /// The database, shared with the component state and the release installer.
+    pub fn db(&self) -> &sled::Db {
+        &self.db
+    }
+
     fn sled_error(&self, source: sled::Error) -> StoreError {
         StoreError::Sled {
             path: self.path.clone(),

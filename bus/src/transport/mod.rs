@@ -38,6 +38,11 @@ pub trait Acknowledge: Send + Sync {
     async fn ack(&self) -> Result<(), BusError>;
     /// Asks for redelivery, after `delay` if given.
     async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError>;
+    /// Tells the broker the delivery is still being worked on, which restarts its ack wait.
+    /// Transports without an ack wait do nothing.
+    async fn in_progress(&self) -> Result<(), BusError> {
+        Ok(())
+    }
 }
 
 /// A message pulled from a durable consumer. It is redelivered until acknowledged.
@@ -90,6 +95,11 @@ impl Delivery {
     /// Asks for redelivery, after `delay` if given.
     pub async fn nak(&self, delay: Option<Duration>) -> Result<(), BusError> {
         self.acker.nak(delay).await
+    }
+
+    /// Restarts the broker's ack wait while a long task runs.
+    pub async fn in_progress(&self) -> Result<(), BusError> {
+        self.acker.in_progress().await
     }
 }
 

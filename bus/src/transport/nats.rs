@@ -404,6 +404,16 @@ impl Acknowledge for NatsAcker {
         .await?
         .map_err(|error| BusError::failed("rejecting a delivery", error))
     }
+
+    async fn in_progress(&self) -> Result<(), BusError> {
+        with_deadline(
+            "marking a delivery in progress",
+            OPERATION_TIMEOUT,
+            self.0.ack_with(AckKind::Progress),
+        )
+        .await?
+        .map_err(|error| BusError::failed("marking a delivery in progress", error))
+    }
 }
 
 #[async_trait]

@@ -4,6 +4,7 @@
 //! Supervisor "control-plane"
 //! ├── reports: PullBridge (shared durable consumer) → ReportIngest
 //! ├── heartbeats: SubscriptionBridge (queue group) → HeartbeatIngest
+//! ├── logs: SubscriptionBridge (queue group) → LogIngest
 //! └── sweeper: Sweeper (node health, unpublished tasks, expiry)
 //! ```
 
@@ -114,6 +115,42 @@ impl Handler<InboundHeartbeat> for HeartbeatIngest {
     }
 }
 
+/// A batch of component output from a core subscription.
+#[derive(Message)]
+#[rtype(result = "()")]
+pub struct InboundLogs(pub Inbound);
+
+impl From<Inbound> for InboundLogs {
+    fn from(inbound: Inbound) -> Self {
+        Self(inbound)
+    }
+}
+
+/// Writes nodes' component output to the control plane's log.
+pub struct LogIngest {
+    control_plane: ControlPlane,
+}
+
+impl Actor for LogIngest {
+    type Context = Context<Self>;
+}
+
+impl Handler<InboundLogs> for LogIngest {
+    type Result = ResponseFuture<()>;
+
+    fn handle(&mut self, InboundLogs(inbound): InboundLogs, _: &mut Self::Context) -> Self::Result {
+        let control_plane = self.control_plane.clone();
+        Box::pin(async move {
+            if let Err(error) = control_plane
+                .ingest_logs(&inbound.subject, &inbound.payload)
+                .await
+            {
+                tracing::warn!(subject = %inbound.subject, error = %error, "failed to handle a log batch");
+            }
+        })
+    }
+}
+
 /// A node's request from a core subscription.
 #[derive(Message)]
 #[rtype(result = "()")]
@@ -218,6 +255,7 @@ pub fn start(control_plane: ControlPlane, sweep_interval: Duration) -> Addr<Supe
         .unwrap_or_else(|_| unreachable!("the constants satisfy base > 0 and max >= base"));
     let reports = control_plane.clone();
     let heartbeats = control_plane.clone();
+    let logs = control_plane.clone();
     let requests = control_plane.clone();
     let sweeper = control_plane;
     Supervisor::new("control-plane", backoff, entropy::from_os())
@@ -248,6 +286,20 @@ pub fn start(control_plane: ControlPlane, sweep_interval: Duration) -> Addr<Supe
             SubscriptionBridge::<InboundHeartbeat>::new(
                 heartbeats.bus().clone(),
                 Subject::all_telemetry(TelemetryKind::Heartbeat),
+                Some(CONTROL_PLANE_QUEUE.into()),
+                ingest.recipient(),
+                guard,
+            )
+            .start();
+        })
+        .child("logs", move |guard| {
+            let ingest = LogIngest {
+                control_plane: logs.clone(),
+            }
+            .start();
+            SubscriptionBridge::<InboundLogs>::new(
+                logs.bus().clone(),
+                Subject::all_telemetry(TelemetryKind::Logs),
                 Some(CONTROL_PLANE_QUEUE.into()),
                 ingest.recipient(),
                 guard,

@@ -12,7 +12,7 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warden_bus::messages::truncate;
+use warden_bus::messages::{truncate, ComponentStatus, COMPONENT_DETAIL_BYTES_MAX};
 use warden_bus::{DeploymentId, Heartbeat, NodeId, UnixMillis};
 
 use crate::core::enrollment::Enrollment;
@@ -62,6 +62,9 @@ pub struct HealthTransition {
     pub reason: String,
 }
 
+/// Maximum number of component states kept per node; a node supervises at most two.
+pub const COMPONENTS_MAX: usize = 4;
+
 /// The control plane's record of one node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NodeRecord {
@@ -85,6 +88,9 @@ pub struct NodeRecord {
     /// Applied configuration version from the last heartbeat.
     #[serde(default)]
     pub config_version: u64,
+    /// Component phases from the last heartbeat, at most [`COMPONENTS_MAX`].
+    #[serde(default)]
+    pub components: Vec<ComponentStatus>,
     /// Recent health transitions, oldest first.
     #[serde(default)]
     pub transitions: Vec<HealthTransition>,
@@ -105,6 +111,7 @@ impl NodeRecord {
             last_sequence: 0,
             warden_version: None,
             config_version: 0,
+            components: Vec::new(),
             transitions: Vec::new(),
             enrollment: Enrollment::default(),
         }
@@ -123,6 +130,15 @@ impl NodeRecord {
             WARDEN_VERSION_BYTES_MAX,
         ));
         self.config_version = heartbeat.config_version;
+        self.components = heartbeat
+            .components
+            .iter()
+            .take(COMPONENTS_MAX)
+            .map(|status| ComponentStatus {
+                detail: truncate(&status.detail, COMPONENT_DETAIL_BYTES_MAX),
+                ..status.clone()
+            })
+            .collect();
         match self.health {
             NodeHealth::Healthy => None,
             NodeHealth::Pending => {
@@ -185,6 +201,7 @@ mod tests {
             sent_at: UnixMillis(0),
             warden_version: "0.1.0".into(),
             config_version: 2,
+            components: Vec::new(),
         }
     }
 
@@ -227,6 +244,31 @@ mod tests {
         );
         assert_eq!(node.transitions.len(), 3);
         assert_eq!(node.config_version, 2);
+    }
+
+    #[test]
+    fn heartbeat_component_phases_bounded() {
+        use warden_bus::messages::{Component, ComponentPhase};
+        let mut node = node();
+        let mut beat = heartbeat(1);
+        beat.components = (0..10)
+            .map(|index| ComponentStatus {
+                component: Component::Iggy,
+                phase: ComponentPhase::Running,
+                pid: Some(index),
+                detail: "x".repeat(10_000),
+            })
+            .collect();
+        node.on_heartbeat(&beat, UnixMillis(1));
+        assert_eq!(node.components.len(), COMPONENTS_MAX);
+        assert!(node
+            .components
+            .iter()
+            .all(|status| status.detail.len() <= COMPONENT_DETAIL_BYTES_MAX));
+
+        // A heartbeat without components clears them.
+        node.on_heartbeat(&heartbeat(2), UnixMillis(2));
+        assert!(node.components.is_empty());
     }
 
     #[test]

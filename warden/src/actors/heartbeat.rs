@@ -10,6 +10,7 @@ use warden_actors::entropy::{self, Entropy};
 use warden_actors::ChildGuard;
 use warden_bus::{Bus, Envelope, MessageId, SigningKey, Subject};
 
+use super::components::StatusBoard;
 use crate::core::heartbeat::HeartbeatSchedule;
 
 /// Log one line for every this many failed heartbeats in a row.
@@ -31,6 +32,8 @@ pub struct HeartbeatParts {
     pub config_version: Arc<AtomicU64>,
     /// The node's key, which signs each heartbeat.
     pub node_key: SigningKey,
+    /// Phases of the supervised components.
+    pub components: StatusBoard,
 }
 
 /// Publishes heartbeats; a failed publish is logged and the schedule goes on.
@@ -51,10 +54,18 @@ impl Heartbeater {
     }
 
     fn beat(&mut self, ctx: &mut Context<Self>) {
-        let heartbeat = self.parts.schedule.beat(
+        let mut heartbeat = self.parts.schedule.beat(
             self.parts.clock.now(),
             self.parts.config_version.load(Ordering::SeqCst),
         );
+        heartbeat.components = self
+            .parts
+            .components
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .values()
+            .cloned()
+            .collect();
         let mut id = [0u8; 16];
         self.parts.rng.fill_bytes(&mut id);
         let bytes = match Envelope::seal(MessageId::from_random(id), &heartbeat)

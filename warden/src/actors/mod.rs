@@ -4,12 +4,16 @@
 //! Supervisor "warden"
 //! ├── tasks: PullBridge (own durable consumer) → TaskRunner (WardenCore, sled, executor)
 //! └── heartbeat: Heartbeater (HeartbeatSchedule)
+//!
+//! ComponentActor per [components.*] table (ComponentSupervisor), outside the supervisor
 //! ```
 
+pub mod components;
 pub mod heartbeat;
 pub mod renewal;
 pub mod tasks;
 
+use std::collections::BTreeMap;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
@@ -22,11 +26,14 @@ use warden_bus::subject::{task_consumer, TASK_STREAM};
 use warden_bus::{Bus, SigningKey, Subject, TelemetryKind};
 
 use crate::bootstrap::Bootstrap;
+use crate::components::installer::Installer;
+use crate::components::state::ComponentState;
 use crate::core::heartbeat::HeartbeatSchedule;
 use crate::core::verify::{Identity, Limits};
 use crate::executor::Executor;
 use crate::store::TaskStore;
 
+use self::components::{ComponentActor, ComponentParts, StatusBoard};
 use self::heartbeat::{HeartbeatParts, Heartbeater};
 use self::tasks::{PulledTask, RunnerParts, TaskRunner};
 
@@ -59,6 +66,51 @@ pub struct WardenParts {
 pub fn start(parts: WardenParts) -> Addr<Supervisor> {
     let bootstrap = parts.bootstrap;
     let config_version = Arc::new(AtomicU64::new(0));
+
+    // Component actors run outside the restarting supervisor: they own child processes, and
+    // a restart of theirs would orphan them.
+    let board = StatusBoard::default();
+    let mut handles = BTreeMap::new();
+    let mut timeouts = BTreeMap::new();
+    for definition in &bootstrap.components {
+        let component = definition.component;
+        let opened = Installer::new(component, &bootstrap.state_dir, parts.store.db())
+            .map_err(|error| error.to_string())
+            .and_then(|installer| {
+                ComponentState::open(component, parts.store.db())
+                    .map(|state| (installer, state))
+                    .map_err(|error| error.to_string())
+            });
+        let (installer, state) = match opened {
+            Ok(opened) => opened,
+            Err(reason) => {
+                tracing::error!(component = %component, reason = %reason, "cannot open the component state; not supervising it");
+                continue;
+            }
+        };
+        let actor = ComponentActor::new(ComponentParts {
+            definition: definition.clone(),
+            state,
+            installer,
+            board: board.clone(),
+            clock: parts.clock.clone(),
+            bus: parts.bus.clone(),
+            deployment: bootstrap.deployment.clone(),
+            node: bootstrap.node.clone(),
+            node_key: parts.node_key.clone(),
+            kernel_release_file: self::components::KERNEL_RELEASE_FILE.into(),
+        })
+        .start();
+        handles.insert(component.as_str(), actor);
+        timeouts.insert(
+            component.as_str(),
+            (
+                definition.policy.start_timeout,
+                definition.policy.stop_timeout,
+            ),
+        );
+    }
+
     let runner_parts = RunnerParts {
         identity: Identity {
             deployment: bootstrap.deployment.clone(),
@@ -73,7 +125,8 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
         executor: Executor::new(
             bootstrap.iggy_config_path.clone(),
             bootstrap.state_dir.clone(),
-        ),
+        )
+        .with_components(Arc::new(handles), timeouts),
         bus: parts.bus.clone(),
         clock: parts.clock.clone(),
         config_version: config_version.clone(),
@@ -131,6 +184,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
                 rng: entropy::from_os(),
                 config_version: config_version.clone(),
                 node_key: node_key.clone(),
+                components: board.clone(),
             };
             Heartbeater::new(parts, guard).start();
         })

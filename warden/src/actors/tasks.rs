@@ -19,6 +19,10 @@ use crate::executor::Executor;
 use crate::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
 use crate::store::TaskStore;
 
+/// How often a running task tells the broker it is still in progress; below the smallest ack
+/// wait the control plane sets by default (30 s).
+pub const IN_PROGRESS_INTERVAL: Duration = Duration::from_secs(5);
+
 /// How often the runner forgets records past their expiry.
 pub const PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
@@ -268,7 +272,26 @@ impl NodeIo for ProductionIo<'_> {
                     Err(error) => Err(format!("failed to store the trust document: {error}")),
                 }
             }
-            _ => self.parts.executor.execute(task).await,
+            _ => {
+                // A component task can outlast the broker's ack wait; tell the broker it is
+                // still running so the task is not redelivered meanwhile.
+                let work = self.parts.executor.execute(task);
+                tokio::pin!(work);
+                let mut ticker = tokio::time::interval(IN_PROGRESS_INTERVAL);
+                ticker.tick().await;
+                loop {
+                    tokio::select! {
+                        outcome = &mut work => break outcome,
+                        _ = ticker.tick() => {
+                            if let Some(delivery) = self.delivery {
+                                if let Err(error) = delivery.in_progress().await {
+                                    tracing::warn!(task_id = %task.id(), error = %error, "failed to mark the task in progress");
+                                }
+                            }
+                        }
+                    }
+                }
+            }
         };
         match &outcome {
             Ok(_) => tracing::info!(task_id = %task.id(), "task succeeded"),

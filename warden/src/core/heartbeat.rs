@@ -55,6 +55,7 @@ impl HeartbeatSchedule {
             sent_at: now,
             warden_version: self.warden_version.clone(),
             config_version,
+            components: Vec::new(),
         }
     }
 }

@@ -10,6 +10,7 @@
 //! report goes out before the acknowledgement so that a failed report is retried by the
 //! broker's redelivery, which republishes the recorded outcome without executing again.
 
+pub mod component;
 pub mod credentials;
 pub mod heartbeat;
 pub mod record;
@@ -355,7 +356,39 @@ impl WardenCore {
                     }
                 }
             }
-            TaskAction::CollectDiagnostics => Ok(Change::None),
+            TaskAction::CollectDiagnostics
+            | TaskAction::StartComponent(_)
+            | TaskAction::StopComponent(_)
+            | TaskAction::RestartComponent(_) => Ok(Change::None),
+            TaskAction::ReconfigureComponent(reconfigure) => {
+                if reconfigure.sealed_encryption_key.is_some() {
+                    let detail = format!(
+                        "task {} sets a data encryption key, which this Warden {} cannot install yet",
+                        verified.id(),
+                        env!("CARGO_PKG_VERSION")
+                    );
+                    return Err(Rejection::new(RejectCode::Unsupported, detail, id));
+                }
+                // The component runs with the configuration on disk, so a reconfiguration can
+                // only name the applied version.
+                let applied = self.config_version;
+                let wanted = reconfigure.config_version;
+                if wanted != applied {
+                    let (code, fix) = if wanted < applied {
+                        (RejectCode::StaleVersion, "name the applied version")
+                    } else {
+                        (
+                            RejectCode::InvalidParams,
+                            "apply that version with apply_config first",
+                        )
+                    };
+                    let detail = format!(
+                        "configuration version {wanted} is not the applied version {applied}; {fix}"
+                    );
+                    return Err(Rejection::new(code, detail, id));
+                }
+                Ok(Change::None)
+            }
             unsupported => {
                 let detail = format!(
                     "task kind {} is in the vocabulary but this Warden {} cannot carry it out yet",

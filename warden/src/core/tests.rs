@@ -490,7 +490,7 @@ fn unknown_kind_rejected() {
 }
 
 #[test]
-fn vocabulary_without_capability_unsupported() {
+fn component_tasks_execute() {
     let actions = [
         TaskAction::StartComponent(ComponentTarget {
             component: Component::Iggy,
@@ -501,8 +501,41 @@ fn vocabulary_without_capability_unsupported() {
         TaskAction::RestartComponent(ComponentTarget {
             component: Component::Iggy,
         }),
-        TaskAction::RotateCertificate,
+        reconfigure(3, None),
     ];
+    for (index, action) in actions.iter().enumerate() {
+        let mut core = core_with(default_trust(), 3);
+        let id = u8::try_from(index).unwrap();
+        let bytes = sign_with(&task_key(), &task(id, action));
+        let effects = core.on_pulled(pulled(&bytes, 1), NOW);
+        assert!(executes(&effects), "{}: {effects:?}", action.kind());
+    }
+}
+
+fn reconfigure(version: u64, key: Option<Vec<u8>>) -> TaskAction {
+    TaskAction::ReconfigureComponent(warden_bus::messages::Reconfigure {
+        component: Component::Iggy,
+        config_version: version,
+        sealed_encryption_key: key,
+    })
+}
+
+#[test]
+fn reconfigure_needs_applied_version() {
+    let mut core = core_with(default_trust(), 3);
+    assert_eq!(
+        code_for(&mut core, &task(1, &reconfigure(2, None))),
+        Some(RejectCode::StaleVersion)
+    );
+    assert_eq!(
+        code_for(&mut core, &task(2, &reconfigure(4, None))),
+        Some(RejectCode::InvalidParams)
+    );
+}
+
+#[test]
+fn vocabulary_without_capability_unsupported() {
+    let actions = [TaskAction::RotateCertificate];
     for (index, action) in actions.iter().enumerate() {
         let mut core = core();
         let id = u8::try_from(index).unwrap();

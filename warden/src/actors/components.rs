@@ -1,0 +1,498 @@
+//! One actor per defined component: it runs the [`ComponentSupervisor`] core and carries out its
+//! effects (spawn, signals, probes), persists the desired state, forwards the component's
+//! output as signed log batches, and publishes its phase for heartbeats.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix::prelude::*;
+use nix::sys::signal::Signal;
+use rand::RngCore;
+use warden_actors::clock::SharedClock;
+use warden_actors::entropy::{self, Entropy};
+use warden_bus::messages::{
+    Component, ComponentLogs, ComponentPhase, ComponentStatus, COMPONENT_DETAIL_BYTES_MAX,
+    LOG_LINES_PER_BATCH_MAX,
+};
+use warden_bus::{
+    Bus, DeploymentId, Envelope, MessageId, NodeId, SigningKey, Subject, TelemetryKind,
+};
+
+use crate::components::definition::{
+    check_kernel_for_iggy, render_launch, ComponentDefinition, RootCredentials,
+    ROOT_CREDENTIALS_BYTES_MAX,
+};
+use crate::components::installer::Installer;
+use crate::components::process::{self, OutputStream, SharedOutput};
+use crate::components::state::{ComponentState, DesiredState, ProcessRecord};
+use crate::core::component::{ComponentSupervisor, ExitStatus, SupervisorEffect};
+
+/// How often the supervisor core gets a timer tick.
+pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
+/// How often captured output is forwarded; each stream sends at most one batch per interval.
+pub const LOG_FORWARD_INTERVAL: Duration = Duration::from_secs(1);
+/// Output lines included in a failed task's reason.
+pub const FAILURE_TAIL_LINES: usize = 10;
+
+/// The phase of every component, read by the heartbeat actor.
+pub type StatusBoard = Arc<Mutex<BTreeMap<&'static str, ComponentStatus>>>;
+
+/// What a task asks of a component.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Request {
+    /// Run it.
+    Start,
+    /// Stop it.
+    Stop,
+    /// Run a fresh process.
+    Restart,
+}
+
+/// A task's request, with the configuration version it runs with.
+#[derive(Message)]
+#[rtype(result = "Result<(), String>")]
+pub struct Command {
+    /// The request.
+    pub request: Request,
+    /// Configuration version to record, for reconfiguration.
+    pub config_version: Option<u64>,
+}
+
+/// Asks for the current phase.
+#[derive(Message)]
+#[rtype(result = "Snapshot")]
+pub struct GetSnapshot;
+
+/// A component's phase at one moment.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The phase.
+    pub phase: ComponentPhase,
+    /// Why.
+    pub detail: String,
+    /// The live process.
+    pub pid: Option<u32>,
+    /// The last output lines.
+    pub tail: Vec<String>,
+}
+
+/// What a component actor needs.
+pub struct ComponentParts {
+    /// The validated definition.
+    pub definition: ComponentDefinition,
+    /// Persisted desired state and process record.
+    pub state: ComponentState,
+    /// Installed releases.
+    pub installer: Installer,
+    /// Where phases are published for heartbeats.
+    pub board: StatusBoard,
+    /// Wall clock.
+    pub clock: SharedClock,
+    /// The broker, for log batches.
+    pub bus: Arc<dyn Bus>,
+    /// This node's deployment.
+    pub deployment: DeploymentId,
+    /// This node.
+    pub node: NodeId,
+    /// The node key, which signs log batches.
+    pub node_key: SigningKey,
+    /// File with the kernel release, [`KERNEL_RELEASE_FILE`] outside tests.
+    pub kernel_release_file: std::path::PathBuf,
+}
+
+/// Where Linux exposes the running kernel's release.
+pub const KERNEL_RELEASE_FILE: &str = "/proc/sys/kernel/osrelease";
+
+/// Supervises one component process.
+pub struct ComponentActor {
+    parts: ComponentParts,
+    core: ComponentSupervisor,
+    output: SharedOutput,
+    rng: Entropy,
+    desired: DesiredState,
+    /// Carries node_id, deployment_id and component into every log line of this actor.
+    span: tracing::Span,
+}
+
+impl ComponentActor {
+    /// Creates the actor; it reads its persisted state when it starts.
+    pub fn new(parts: ComponentParts) -> Self {
+        let core = ComponentSupervisor::new(parts.definition.policy);
+        let span = tracing::info_span!(
+            "component",
+            node_id = %parts.node,
+            deployment_id = %parts.deployment,
+            component = %parts.definition.component
+        );
+        Self {
+            span,
+            parts,
+            core,
+            output: SharedOutput::default(),
+            rng: entropy::from_os(),
+            desired: DesiredState::default(),
+        }
+    }
+
+    fn component(&self) -> Component {
+        self.parts.definition.component
+    }
+
+    fn now(&self) -> warden_bus::UnixMillis {
+        self.parts.clock.now()
+    }
+
+    fn unit(&mut self) -> f64 {
+        entropy::unit_interval(&mut self.rng)
+    }
+
+    fn run(&mut self, effects: Vec<SupervisorEffect>, ctx: &mut Context<Self>) {
+        let _entered = self.span.clone().entered();
+        let mut queue = std::collections::VecDeque::from(effects);
+        // Each spawn feeds back at most one round of effects, so the loop ends.
+        while let Some(effect) = queue.pop_front() {
+            match effect {
+                SupervisorEffect::Spawn => {
+                    let now = self.now();
+                    let next = match self.spawn(ctx) {
+                        Ok(pid) => self.core.on_spawned(pid, now),
+                        Err(reason) => {
+                            tracing::error!(component = %self.component(), reason = %reason, "failed to start component");
+                            let unit = self.unit();
+                            self.core.on_spawn_failed(&reason, now, unit)
+                        }
+                    };
+                    queue.extend(next);
+                }
+                SupervisorEffect::Terminate { pid } => self.signal(pid, Signal::SIGTERM),
+                SupervisorEffect::Kill { pid } => {
+                    tracing::warn!(component = %self.component(), pid, "component did not stop in time; sending SIGKILL");
+                    self.signal(pid, Signal::SIGKILL);
+                }
+                SupervisorEffect::Probe { generation } => {
+                    let check = self.parts.definition.health.clone();
+                    let probe = async move { process::probe(&check).await };
+                    ctx.spawn(probe.into_actor(self).map(move |result, actor, ctx| {
+                        let now = actor.now();
+                        let effects = actor.core.on_probe(generation, result, now);
+                        actor.run(effects, ctx);
+                    }));
+                }
+                SupervisorEffect::PhaseChanged { phase, detail } => {
+                    tracing::info!(component = %self.component(), phase = %phase, detail = %detail, "component phase changed");
+                    if phase == ComponentPhase::Failed {
+                        // A failed component stays down across Warden restarts too.
+                        self.desired.running = false;
+                        if let Err(error) = self.parts.state.set_desired(self.desired) {
+                            tracing::error!(component = %self.component(), error = %error, "cannot record the desired state");
+                        }
+                    }
+                    self.publish_status();
+                }
+            }
+        }
+    }
+
+    fn signal(&self, pid: u32, signal: Signal) {
+        if let Err(reason) = process::signal_group(pid, signal) {
+            tracing::error!(component = %self.component(), pid, reason = %reason, "failed to signal component");
+        }
+    }
+
+    fn publish_status(&self) {
+        let mut detail = self.core.detail().to_owned();
+        if detail.len() > COMPONENT_DETAIL_BYTES_MAX {
+            let mut end = COMPONENT_DETAIL_BYTES_MAX;
+            while !detail.is_char_boundary(end) {
+                end -= 1;
+            }
+            detail.truncate(end);
+        }
+        let status = ComponentStatus {
+            component: self.component(),
+            phase: self.core.phase(),
+            pid: self.core.pid(),
+            detail,
+        };
+        let mut board = self
+            .parts
+            .board
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        board.insert(self.component().as_str(), status);
+    }
+
+    /// Starts the process: the active release or the bootstrap's binary, with the rendered
+    /// environment. Returns its pid.
+    fn spawn(&mut self, ctx: &mut Context<Self>) -> Result<u32, String> {
+        let definition = &self.parts.definition;
+        if definition.component == Component::Iggy {
+            let file = &self.parts.kernel_release_file;
+            let release = std::fs::read_to_string(file).map_err(|error| {
+                format!(
+                    "cannot read the kernel version from {}: {error}",
+                    file.display()
+                )
+            })?;
+            check_kernel_for_iggy(&release)?;
+        }
+
+        // The active installed release wins over the operator's binary.
+        let program = self
+            .parts
+            .installer
+            .active_binary()
+            .map_err(|error| error.to_string())?
+            .unwrap_or_else(|| definition.binary.clone());
+        let first_start = std::fs::read_dir(&definition.data_dir)
+            .map(|mut entries| entries.next().is_none())
+            .unwrap_or(true);
+        let root = match (&definition.root_credentials_file, first_start) {
+            (Some(path), true) => Some(read_root_credentials(path)?),
+            _ => None,
+        };
+
+        let spec = render_launch(definition, &program, first_start, root.as_ref());
+        tracing::info!(component = %self.component(), program = %program.display(), first_start, "starting component");
+        let spawned = process::spawn(&spec, &self.output)
+            .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
+        let pid = spawned.pid;
+
+        // Recorded before anything else happens, so a Warden crash cannot lose track of it.
+        let record = ProcessRecord {
+            pid,
+            start_ticks: process::process_start_ticks(pid).unwrap_or(0),
+        };
+        if let Err(error) = self.parts.state.set_process(Some(record)) {
+            // Without the record a restarted Warden could start a second process; stop this one.
+            let _ = process::signal_group(pid, Signal::SIGKILL);
+            return Err(format!("cannot record the started process: {error}"));
+        }
+
+        let mut child = spawned.child;
+        let wait = async move { child.wait().await };
+        ctx.spawn(wait.into_actor(self).map(move |status, actor, ctx| {
+            let status = match status {
+                Ok(status) => process::exit_status(status),
+                Err(_) => ExitStatus::Code(-1),
+            };
+            let _entered = actor.span.clone().entered();
+            tracing::info!(component = %actor.component(), pid, status = %status, "component process exited");
+            if let Err(error) = actor.parts.state.set_process(None) {
+                tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
+            }
+            let now = actor.now();
+            let unit = actor.unit();
+            let effects = actor.core.on_exited(pid, status, now, unit);
+            actor.run(effects, ctx);
+        }));
+        Ok(pid)
+    }
+
+    /// Forwards pending output, one batch per stream.
+    fn forward_logs(&mut self, ctx: &mut Context<Self>) {
+        for stream in [OutputStream::Stdout, OutputStream::Stderr] {
+            let (lines, dropped) = {
+                let mut output = self
+                    .output
+                    .lock()
+                    .unwrap_or_else(std::sync::PoisonError::into_inner);
+                output.drain(stream, LOG_LINES_PER_BATCH_MAX)
+            };
+            if lines.is_empty() && dropped == 0 {
+                continue;
+            }
+            let batch = ComponentLogs {
+                deployment: self.parts.deployment.clone(),
+                node: self.parts.node.clone(),
+                component: self.component(),
+                stream: stream.as_str().to_owned(),
+                lines,
+                dropped,
+                sent_at: self.now(),
+            };
+            let mut id = [0u8; 16];
+            self.rng.fill_bytes(&mut id);
+            let bytes = match Envelope::seal(MessageId::from_random(id), &batch)
+                .and_then(|envelope| self.parts.node_key.sign(&envelope))
+                .and_then(|signed| signed.encode())
+            {
+                Ok(bytes) => bytes,
+                Err(error) => {
+                    tracing::warn!(component = %self.component(), error = %error, "failed to encode a log batch");
+                    continue;
+                }
+            };
+            let bus = self.parts.bus.clone();
+            let subject = Subject::telemetry(
+                &self.parts.deployment,
+                &self.parts.node,
+                TelemetryKind::Logs,
+            );
+            let component = self.component();
+            ctx.spawn(
+                async move {
+                    if let Err(error) = bus.publish(&subject, bytes.into()).await {
+                        tracing::debug!(component = %component, error = %error, "failed to forward a log batch");
+                    }
+                }
+                .into_actor(self),
+            );
+        }
+    }
+
+    /// Stops a process a previous Warden run left behind, if its record still names a live
+    /// process with the same start time.
+    async fn stop_leftover(record: ProcessRecord, stop_timeout: Duration) {
+        let alive = || process::process_start_ticks(record.pid) == Some(record.start_ticks);
+        if !alive() {
+            return;
+        }
+        tracing::warn!(
+            pid = record.pid,
+            "a component process from an earlier Warden run is still running; stopping it"
+        );
+        let _ = process::signal_group(record.pid, Signal::SIGTERM);
+        let deadline = tokio::time::Instant::now() + stop_timeout;
+        while alive() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        if alive() {
+            let _ = process::signal_group(record.pid, Signal::SIGKILL);
+            // It is not this Warden's child, so it is reaped by init; wait until it is gone.
+            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+            while alive() && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+fn read_root_credentials(path: &std::path::Path) -> Result<RootCredentials, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let metadata = std::fs::metadata(path).map_err(|error| {
+        format!(
+            "cannot read root credentials file {}: {error}",
+            path.display()
+        )
+    })?;
+    if metadata.permissions().mode() & 0o077 != 0 {
+        return Err(format!(
+            "root credentials file {} is readable by others; chmod 600 it",
+            path.display()
+        ));
+    }
+    if metadata.len() > ROOT_CREDENTIALS_BYTES_MAX {
+        return Err(format!(
+            "root credentials file {} is over {ROOT_CREDENTIALS_BYTES_MAX} bytes",
+            path.display()
+        ));
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| {
+        format!(
+            "cannot read root credentials file {}: {error}",
+            path.display()
+        )
+    })?;
+    RootCredentials::parse(&text)
+        .map_err(|reason| format!("root credentials file {} {reason}", path.display()))
+}
+
+impl Actor for ComponentActor {
+    type Context = Context<Self>;
+
+    fn started(&mut self, ctx: &mut Self::Context) {
+        let _entered = self.span.clone().entered();
+        self.publish_status();
+        let desired = match self.parts.state.desired() {
+            Ok(desired) => desired,
+            Err(error) => {
+                tracing::error!(component = %self.component(), error = %error, "cannot read the desired state; the component stays stopped");
+                DesiredState::default()
+            }
+        };
+        self.desired = desired;
+        let leftover = self.parts.state.process().unwrap_or_else(|error| {
+            tracing::error!(component = %self.component(), error = %error, "cannot read the process record");
+            None
+        });
+        let stop_timeout = self.parts.definition.policy.stop_timeout;
+
+        // wait: no command is handled before a leftover process is gone.
+        let span = self.span.clone();
+        ctx.wait(
+            tracing::Instrument::instrument(
+                async move {
+                    if let Some(record) = leftover {
+                        Self::stop_leftover(record, stop_timeout).await;
+                    }
+                },
+                span,
+            )
+            .into_actor(self)
+            .map(|(), actor, ctx| {
+                let _entered = actor.span.clone().entered();
+                if let Err(error) = actor.parts.state.set_process(None) {
+                    tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
+                }
+                if actor.desired.running {
+                    tracing::info!(component = %actor.component(), "restoring the desired state: running");
+                    let effects = actor.core.start();
+                    actor.run(effects, ctx);
+                }
+            }),
+        );
+        ctx.run_interval(TICK_INTERVAL, |actor, ctx| {
+            let now = actor.now();
+            let effects = actor.core.on_tick(now);
+            actor.run(effects, ctx);
+        });
+        ctx.run_interval(LOG_FORWARD_INTERVAL, |actor, ctx| actor.forward_logs(ctx));
+    }
+}
+
+impl Handler<Command> for ComponentActor {
+    type Result = Result<(), String>;
+
+    fn handle(&mut self, command: Command, ctx: &mut Self::Context) -> Self::Result {
+        let _entered = self.span.clone().entered();
+        let mut desired = self.desired;
+        desired.running = command.request != Request::Stop;
+        if let Some(version) = command.config_version {
+            desired.config_version = version;
+        }
+        // Persist first: a Warden restart must restore what the operator asked for.
+        self.parts
+            .state
+            .set_desired(desired)
+            .map_err(|error| format!("cannot record the desired state: {error}"))?;
+        self.desired = desired;
+        let now = self.now();
+        let effects = match command.request {
+            Request::Start => self.core.start(),
+            Request::Stop => self.core.stop(now),
+            Request::Restart => self.core.restart(now),
+        };
+        self.run(effects, ctx);
+        Ok(())
+    }
+}
+
+impl Handler<GetSnapshot> for ComponentActor {
+    type Result = MessageResult<GetSnapshot>;
+
+    fn handle(&mut self, _: GetSnapshot, _: &mut Self::Context) -> Self::Result {
+        let tail = self
+            .output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tail(FAILURE_TAIL_LINES);
+        MessageResult(Snapshot {
+            phase: self.core.phase(),
+            detail: self.core.detail().to_owned(),
+            pid: self.core.pid(),
+            tail,
+        })
+    }
+}
