@@ -183,6 +183,8 @@ pub enum RpcVerb {
     Enroll,
     /// Asks for a fresh user JWT before the current one expires.
     Renew,
+    /// Asks for one chunk of a released artifact.
+    Fetch,
 }
 
 impl RpcVerb {
@@ -190,6 +192,7 @@ impl RpcVerb {
         match self {
             Self::Enroll => "enroll",
             Self::Renew => "renew",
+            Self::Fetch => "fetch",
         }
     }
 }

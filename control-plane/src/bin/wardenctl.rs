@@ -383,6 +383,12 @@ enum ActionCommand {
         /// Release counter from the manifest.
         #[arg(long)]
         release_counter: u64,
+        /// Signed manifest file written by `release sign`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Root-signed rollback permit file (base64), to go below the installed counter.
+        #[arg(long)]
+        rollback_permit: Option<PathBuf>,
     },
     /// Replace the access rules.
     ApplyAccessRules {
@@ -688,11 +694,22 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                     version,
                     sha256,
                     release_counter,
+                    manifest,
+                    rollback_permit,
                 } => ActionRequest::UpgradeComponent {
                     component: component.into(),
                     version,
                     sha256,
                     release_counter,
+                    manifest: read_capped(&manifest, CONFIG_FILE_BYTES_MAX, "manifest file")?
+                        .trim()
+                        .to_owned(),
+                    rollback_permit: rollback_permit
+                        .map(|path| {
+                            read_capped(&path, CONFIG_FILE_BYTES_MAX, "rollback permit file")
+                                .map(|text| text.trim().to_owned())
+                        })
+                        .transpose()?,
                 },
                 ActionCommand::ApplyAccessRules { version, rules } => {
                     let rules = rules

@@ -9,6 +9,7 @@ use warden_bus::messages::{
     AccessRule, AccessRules, ApplyConfig, Component, ComponentTarget, Reconfigure, UpdateTrust,
     Upgrade, CONFIG_BYTES_MAX,
 };
+use warden_bus::release::{SignedManifest, SignedRollbackPermit};
 use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, KeyId, NodeId, Task, TaskAction, TaskId, UnixMillis};
 
@@ -66,6 +67,11 @@ pub enum ActionRequest {
         sha256: String,
         /// Release counter from the manifest.
         release_counter: u64,
+        /// The signed manifest, base64 as `wardenctl release sign` writes it.
+        manifest: String,
+        /// A root-signed rollback permit, base64, if the task goes below the installed counter.
+        #[serde(default)]
+        rollback_permit: Option<String>,
     },
     /// Replace the access rules.
     ApplyAccessRules {
@@ -134,16 +140,37 @@ impl ActionRequest {
                 version,
                 sha256,
                 release_counter,
+                manifest,
+                rollback_permit,
             } => {
                 let sha256 = hex::decode(sha256.trim()).map_err(|error| FieldError {
                     field: "sha256",
                     reason: format!("not hex: {error}"),
                 })?;
+                let manifest = decode_base64("manifest", &manifest)
+                    .and_then(|bytes| {
+                        SignedManifest::decode(&bytes).map_err(|error| FieldError {
+                            field: "manifest",
+                            reason: error.to_string(),
+                        })
+                    })?;
+                let rollback_permit = rollback_permit
+                    .map(|text| {
+                        decode_base64("rollback_permit", &text).and_then(|bytes| {
+                            SignedRollbackPermit::decode(&bytes).map_err(|error| FieldError {
+                                field: "rollback_permit",
+                                reason: error.to_string(),
+                            })
+                        })
+                    })
+                    .transpose()?;
                 TaskAction::UpgradeComponent(Upgrade {
                     component,
                     version,
                     sha256,
                     release_counter,
+                    manifest,
+                    rollback_permit,
                 })
             }
             Self::ApplyAccessRules { version, rules } => {
@@ -180,6 +207,15 @@ impl ActionRequest {
         })?;
         Ok(action)
     }
+}
+
+fn decode_base64(field: &'static str, text: &str) -> Result<Vec<u8>, FieldError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|error| FieldError {
+            field,
+            reason: format!("not base64: {error}"),
+        })
 }
 
 /// Validates a requested validity period.
