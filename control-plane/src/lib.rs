@@ -26,6 +26,7 @@ pub mod core;
 pub mod ctl;
 pub mod keys;
 pub mod nats_security;
+pub mod releases;
 pub mod service;
 pub mod store;
 pub mod views;

@@ -14,7 +14,7 @@ use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::ctl::{self, offline, Client, CtlError};
 use warden_control_plane::views::{
     AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
-    NodeView, PublishTrust, Reenroll, TaskView, TrustView,
+    NodeView, PublishTrust, Reenroll, ReleaseView, TaskView, TrustView, MANIFEST_HEADER,
 };
 
 /// Operator command line for the Warden control plane.
@@ -125,6 +125,17 @@ enum ReleaseCommand {
         /// File written by `release sign`.
         file: PathBuf,
     },
+    /// Upload a signed manifest and its artifact to the control plane's release store.
+    Publish {
+        /// Signed manifest file written by `release sign`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The artifact the manifest was signed for.
+        #[arg(long)]
+        artifact: PathBuf,
+    },
+    /// List the published releases.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -513,7 +524,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let offline_command = matches!(
         cli.command,
         Command::Key(_)
-            | Command::Release(_)
+            | Command::Release(ReleaseCommand::Sign { .. } | ReleaseCommand::Show { .. })
             | Command::Broker(_)
             | Command::Trust(TrustCommand::Sign(_))
             | Command::Trust(TrustCommand::Show { file: Some(_) })
@@ -897,6 +908,27 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             } else {
                 print!("{}", manifest_text(&manifest));
                 println!("signed by   {}", signed.signature.key_id);
+            }
+        }
+        Command::Release(ReleaseCommand::Publish { manifest, artifact }) => {
+            let text = read_capped(&manifest, CONFIG_FILE_BYTES_MAX, "manifest file")?;
+            let release: ReleaseView =
+                client.put_file("/v1/releases", (MANIFEST_HEADER, text.trim()), &artifact)?;
+            if json {
+                print_json(&release)?;
+            } else {
+                println!(
+                    "published {} {} ({} bytes, sha256 {})",
+                    release.component, release.version, release.size, release.sha256
+                );
+            }
+        }
+        Command::Release(ReleaseCommand::List) => {
+            let releases: Vec<ReleaseView> = client.get("/v1/releases")?;
+            if json {
+                print_json(&releases)?;
+            } else {
+                print!("{}", ctl::releases_table(&releases));
             }
         }
         Command::Trust(TrustCommand::Sign(args)) => {

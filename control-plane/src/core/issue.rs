@@ -147,13 +147,12 @@ impl ActionRequest {
                     field: "sha256",
                     reason: format!("not hex: {error}"),
                 })?;
-                let manifest = decode_base64("manifest", &manifest)
-                    .and_then(|bytes| {
-                        SignedManifest::decode(&bytes).map_err(|error| FieldError {
-                            field: "manifest",
-                            reason: error.to_string(),
-                        })
-                    })?;
+                let manifest = decode_base64("manifest", &manifest).and_then(|bytes| {
+                    SignedManifest::decode(&bytes).map_err(|error| FieldError {
+                        field: "manifest",
+                        reason: error.to_string(),
+                    })
+                })?;
                 let rollback_permit = rollback_permit
                     .map(|text| {
                         decode_base64("rollback_permit", &text).and_then(|bytes| {
