@@ -13,6 +13,7 @@
 pub mod credentials;
 pub mod heartbeat;
 pub mod record;
+pub mod release;
 pub mod verify;
 
 use std::collections::BTreeMap;

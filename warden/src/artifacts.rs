@@ -1,0 +1,339 @@
+//! Downloading a verified release's artifact through the bus and staging it on disk.
+//!
+//! [`fetch_verified`] asks the control plane for the artifact in chunks of at most
+//! [`FETCH_CHUNK_BYTES_MAX`] bytes with `fetch` requests signed by the node key. It writes them
+//! to `<state_dir>/artifacts/staging/<sha256>.part`, created with mode 0600, hashing while it
+//! writes and never writing past the manifest's size. Only when the size and the SHA-256 match
+//! the manifest is the file synced and renamed to `<sha256>.verified`. On any mismatch or error
+//! the partial file is deleted. The staged file is never executable; making it so is the
+//! installer's step, after this check.
+//!
+//! Trust: no byte from the control plane is trusted. The manifest was checked by
+//! [`crate::core::release::check_upgrade`] before a [`VerifiedRelease`] exists, and the bytes
+//! must match it.
+
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::{StreamExt, TryStreamExt};
+use sha2::{Digest, Sha256};
+use warden_bus::messages::{FetchReply, FetchRequest, FETCH_CHUNK_BYTES_MAX};
+use warden_bus::release::ReleaseManifest;
+use warden_bus::{
+    Bus, BusError, Clock, DeploymentId, Envelope, MessageId, NodeId, RpcVerb, SigningKey, Subject,
+};
+
+use crate::core::release::VerifiedRelease;
+
+/// Directory under the state directory where artifacts are staged.
+pub const STAGING_DIR: &str = "artifacts/staging";
+
+/// Time one chunk request may take before the download fails.
+pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Number of chunk requests in flight at once, so the download is not bound by round trips.
+pub const FETCH_REQUESTS_IN_FLIGHT: usize = 4;
+
+/// Why an artifact could not be downloaded and staged. The partial file is gone in every case.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ArtifactError {
+    /// A request failed or timed out on the bus.
+    #[error("fetching artifact {sha256} failed: {source}")]
+    Bus {
+        /// Hex SHA-256 of the artifact.
+        sha256: String,
+        /// The bus error.
+        source: BusError,
+    },
+    /// The control plane refused the request.
+    #[error("the control plane refused to serve artifact {sha256}: {reason}")]
+    Refused {
+        /// Hex SHA-256 of the artifact.
+        sha256: String,
+        /// The control plane's reason.
+        reason: String,
+    },
+    /// The control plane has no artifact with this digest.
+    #[error("artifact {sha256} is not published; publish it with `wardenctl release publish`")]
+    NotFound {
+        /// Hex SHA-256 of the artifact.
+        sha256: String,
+    },
+    /// The bytes served do not match the manifest or the request.
+    #[error("artifact {sha256} is corrupt: {reason}")]
+    Corrupt {
+        /// Hex SHA-256 of the artifact.
+        sha256: String,
+        /// What does not match.
+        reason: String,
+    },
+    /// The staging file or directory could not be written.
+    #[error("staging file {path}: {source}")]
+    Io {
+        /// The file or directory.
+        path: PathBuf,
+        /// The operating system's error.
+        source: std::io::Error,
+    },
+}
+
+/// An artifact whose size and SHA-256 matched its verified manifest, in a file of mode 0600.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StagedArtifact {
+    path: PathBuf,
+    manifest: ReleaseManifest,
+}
+
+impl StagedArtifact {
+    /// The staged file, `<state_dir>/artifacts/staging/<sha256>.verified`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The manifest the file matched.
+    pub fn manifest(&self) -> &ReleaseManifest {
+        &self.manifest
+    }
+}
+
+/// Who asks for the chunks: the node's identity and key, which the control plane checks.
+#[derive(Clone, Copy)]
+pub struct Requester<'a> {
+    /// The node's deployment.
+    pub deployment: &'a DeploymentId,
+    /// The node.
+    pub node: &'a NodeId,
+    /// The node key that signs each request.
+    pub node_key: &'a SigningKey,
+    /// Clock for the requests' send time.
+    pub clock: &'a dyn Clock,
+}
+
+/// Returns the path of the partial download of an artifact.
+pub fn partial_path(state_dir: &Path, sha256_hex: &str) -> PathBuf {
+    state_dir
+        .join(STAGING_DIR)
+        .join(format!("{sha256_hex}.part"))
+}
+
+/// Returns the path of the verified download of an artifact.
+pub fn verified_path(state_dir: &Path, sha256_hex: &str) -> PathBuf {
+    state_dir
+        .join(STAGING_DIR)
+        .join(format!("{sha256_hex}.verified"))
+}
+
+/// Downloads the artifact of `release` in chunks, checks its size and SHA-256 and stages it.
+/// Deletes the partial file on any error.
+///
+/// Not cancel safe: dropping the future leaves the `.part` file, which the next call for the
+/// same artifact replaces.
+pub async fn fetch_verified(
+    bus: &dyn Bus,
+    requester: Requester<'_>,
+    release: &VerifiedRelease,
+    state_dir: &Path,
+) -> Result<StagedArtifact, ArtifactError> {
+    let manifest = release.manifest();
+    let sha256_hex = hex::encode(&manifest.sha256);
+    let partial = partial_path(state_dir, &sha256_hex);
+    let result = download(bus, requester, manifest, state_dir, &partial).await;
+    match result {
+        Ok(path) => {
+            tracing::info!(sha256 = %sha256_hex, size = manifest.size, path = %path.display(), "artifact downloaded and verified");
+            Ok(StagedArtifact {
+                path,
+                manifest: manifest.clone(),
+            })
+        }
+        Err(error) => {
+            if let Err(remove) = std::fs::remove_file(&partial) {
+                if remove.kind() != std::io::ErrorKind::NotFound {
+                    tracing::error!(path = %partial.display(), error = %remove, "failed to delete a partial artifact");
+                }
+            }
+            tracing::warn!(sha256 = %sha256_hex, error = %error, "artifact download failed; partial file deleted");
+            Err(error)
+        }
+    }
+}
+
+async fn download(
+    bus: &dyn Bus,
+    requester: Requester<'_>,
+    manifest: &ReleaseManifest,
+    state_dir: &Path,
+    partial: &Path,
+) -> Result<PathBuf, ArtifactError> {
+    let sha256_hex = hex::encode(&manifest.sha256);
+    let io = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| ArtifactError::Io { path, source }
+    };
+    let corrupt = |reason: String| ArtifactError::Corrupt {
+        sha256: sha256_hex.clone(),
+        reason,
+    };
+
+    // A private directory and a new file of mode 0600: no exec bit, no reader but the Warden.
+    let staging = state_dir.join(STAGING_DIR);
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(&staging)
+        .map_err(io(&staging))?;
+    match std::fs::remove_file(partial) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(io(partial)(error)),
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(partial)
+        .map_err(io(partial))?;
+
+    // Chunk requests go out a few at a time and come back in order.
+    let chunk = u64::from(FETCH_CHUNK_BYTES_MAX);
+    let offsets = (0..manifest.size.div_ceil(chunk)).map(|index| index * chunk);
+    let mut replies = futures::stream::iter(offsets)
+        .map(|offset| {
+            let length = chunk.min(manifest.size - offset);
+            request_chunk(bus, requester, manifest, offset, length)
+        })
+        .buffered(FETCH_REQUESTS_IN_FLIGHT);
+
+    let mut hasher = Sha256::new();
+    let mut written: u64 = 0;
+    while let Some((offset, length, reply)) = replies.try_next().await? {
+        let bytes = match reply {
+            FetchReply::Chunk {
+                offset: served_offset,
+                size,
+                bytes,
+            } => {
+                if served_offset != offset {
+                    return Err(corrupt(format!(
+                        "asked for offset {offset}, got offset {served_offset}"
+                    )));
+                }
+                if size != manifest.size {
+                    return Err(corrupt(format!(
+                        "the control plane has {size} bytes; the manifest says {}",
+                        manifest.size
+                    )));
+                }
+                if bytes.len() as u64 != length {
+                    return Err(corrupt(format!(
+                        "asked for {length} bytes at offset {offset}, got {}",
+                        bytes.len()
+                    )));
+                }
+                bytes
+            }
+            FetchReply::NotFound => {
+                return Err(ArtifactError::NotFound {
+                    sha256: sha256_hex.clone(),
+                })
+            }
+            FetchReply::OutOfRange { size } => {
+                return Err(corrupt(format!(
+                    "the control plane has {size} bytes; the manifest says {}",
+                    manifest.size
+                )))
+            }
+            FetchReply::Refused { reason } => {
+                return Err(ArtifactError::Refused {
+                    sha256: sha256_hex.clone(),
+                    reason,
+                })
+            }
+        };
+        debug_assert!(written + bytes.len() as u64 <= manifest.size);
+        hasher.update(&bytes);
+        file.write_all(&bytes).map_err(io(partial))?;
+        written += bytes.len() as u64;
+    }
+
+    // Size and digest are checked before the file gets its verified name.
+    if written != manifest.size {
+        return Err(corrupt(format!(
+            "downloaded {written} bytes; the manifest says {}",
+            manifest.size
+        )));
+    }
+    let digest = hasher.finalize();
+    if digest.as_slice() != manifest.sha256.as_slice() {
+        return Err(corrupt(format!(
+            "downloaded bytes have SHA-256 {}",
+            hex::encode(digest)
+        )));
+    }
+    file.sync_all().map_err(io(partial))?;
+    drop(file);
+    let verified = verified_path(state_dir, &sha256_hex);
+    std::fs::rename(partial, &verified).map_err(io(&verified))?;
+    std::fs::File::open(&staging)
+        .and_then(|dir| dir.sync_all())
+        .map_err(io(&staging))?;
+
+    let mode = std::fs::metadata(&verified)
+        .map_err(io(&verified))?
+        .permissions()
+        .mode();
+    debug_assert_eq!(mode & 0o777, 0o600, "staged artifact mode {mode:o}");
+    Ok(verified)
+}
+
+async fn request_chunk(
+    bus: &dyn Bus,
+    requester: Requester<'_>,
+    manifest: &ReleaseManifest,
+    offset: u64,
+    length: u64,
+) -> Result<(u64, u64, FetchReply), ArtifactError> {
+    let sha256_hex = hex::encode(&manifest.sha256);
+    let malformed = |reason: String| ArtifactError::Corrupt {
+        sha256: sha256_hex.clone(),
+        reason,
+    };
+    let now = requester.clock.now();
+    let request = FetchRequest {
+        deployment: requester.deployment.clone(),
+        node: requester.node.clone(),
+        sha256: manifest.sha256.clone(),
+        offset,
+        // The length is at most FETCH_CHUNK_BYTES_MAX, which is a u32.
+        length: u32::try_from(length).unwrap_or(FETCH_CHUNK_BYTES_MAX),
+        sent_at: now,
+    };
+
+    // The message id only has to differ between requests; derive it from what differs.
+    let mut id_source = Sha256::new();
+    id_source.update(&manifest.sha256);
+    id_source.update(offset.to_be_bytes());
+    id_source.update(now.0.to_be_bytes());
+    let mut id = [0u8; 16];
+    for (slot, byte) in id.iter_mut().zip(id_source.finalize()) {
+        *slot = byte;
+    }
+    let bytes = Envelope::seal(MessageId::from_random(id), &request)
+        .and_then(|envelope| requester.node_key.sign(&envelope))
+        .and_then(|signed| signed.encode())
+        .map_err(|error| malformed(format!("failed to encode the request: {error}")))?;
+    let subject = Subject::rpc(requester.deployment, requester.node, RpcVerb::Fetch);
+    let reply = bus
+        .request(&subject, bytes.into(), FETCH_TIMEOUT)
+        .await
+        .map_err(|source| ArtifactError::Bus {
+            sha256: sha256_hex.clone(),
+            source,
+        })?;
+    let reply = FetchReply::decode(&reply)
+        .map_err(|error| malformed(format!("undecodable reply at offset {offset}: {error}")))?;
+    Ok((offset, length, reply))
+}
