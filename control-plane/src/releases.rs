@@ -93,7 +93,7 @@ pub struct ReleaseStore {
 /// One chunk read from a cached artifact.
 #[derive(Debug)]
 pub struct Chunk {
-    /// The bytes; shorter than asked only at the end of the artifact.
+    /// The bytes; shorter than asked only at the end of the artifact, empty past it.
     pub bytes: Vec<u8>,
     /// Size of the whole artifact.
     pub size: u64,
@@ -227,18 +227,16 @@ impl ReleaseStore {
     }
 
     /// Reads up to `length` bytes at `offset` of the artifact, filling the cache from the
-    /// object store first if needed. `size` is the manifest's size, which a filled cache file
-    /// must have. Returns `Ok(None)` if `offset` is at or past the end.
+    /// object store first if needed; `size` is the manifest's size, which a newly filled cache
+    /// file must have. The returned size is the cache file's, so a node notices a cache file
+    /// that changed after it was filled. The bytes are empty if `offset` is at or past its end.
     pub async fn chunk(
         &self,
         sha256_hex: &str,
         size: u64,
         offset: u64,
         length: u32,
-    ) -> Result<Option<Chunk>, ReleaseError> {
-        if offset >= size {
-            return Ok(None);
-        }
+    ) -> Result<Chunk, ReleaseError> {
         let path = self.cache_path(sha256_hex);
         if tokio::fs::metadata(&path).await.is_err() {
             self.fill(sha256_hex, size).await?;
@@ -246,17 +244,31 @@ impl ReleaseStore {
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|error| cache_error(&path, error))?;
+        let cached_size = file
+            .metadata()
+            .await
+            .map_err(|error| cache_error(&path, error))?
+            .len();
+        if offset >= cached_size {
+            return Ok(Chunk {
+                bytes: Vec::new(),
+                size: cached_size,
+            });
+        }
         file.seek(std::io::SeekFrom::Start(offset))
             .await
             .map_err(|error| cache_error(&path, error))?;
-        let want = u64::from(length).min(size - offset);
+        let want = u64::from(length).min(cached_size - offset);
         let mut bytes = Vec::with_capacity(usize::try_from(want).unwrap_or(0));
         (&mut file)
             .take(want)
             .read_to_end(&mut bytes)
             .await
             .map_err(|error| cache_error(&path, error))?;
-        Ok(Some(Chunk { bytes, size }))
+        Ok(Chunk {
+            bytes,
+            size: cached_size,
+        })
     }
 
     /// Copies the artifact from the object store into the cache, checking its SHA-256 against

@@ -222,13 +222,11 @@ impl ControlPlane {
             )
             .await
         {
-            Ok(Some(chunk)) => Ok(FetchReply::Chunk {
+            Ok(chunk) if chunk.bytes.is_empty() => Ok(FetchReply::OutOfRange { size: chunk.size }),
+            Ok(chunk) => Ok(FetchReply::Chunk {
                 offset: request.offset,
                 size: chunk.size,
                 bytes: chunk.bytes,
-            }),
-            Ok(None) => Ok(FetchReply::OutOfRange {
-                size: release.manifest.size,
             }),
             Err(ReleaseError::NotFound { .. }) => Ok(FetchReply::NotFound),
             Err(error) => {
