@@ -154,11 +154,12 @@ pub struct Upgrade {
     pub sha256: Vec<u8>,
     /// Monotonic release counter from the manifest.
     pub release_counter: u64,
-    /// The manifest signed by a release key of the trust document.
-    pub manifest: crate::release::SignedManifest,
+    /// The manifest signed by a release key of the trust document. Boxed, like the permit,
+    /// to keep [`TaskAction`] small.
+    pub manifest: Box<crate::release::SignedManifest>,
     /// The root key's permit to go below the installed release counter, if the task does.
     #[serde(default)]
-    pub rollback_permit: Option<crate::release::SignedRollbackPermit>,
+    pub rollback_permit: Option<Box<crate::release::SignedRollbackPermit>>,
 }
 
 /// Protocols an access rule can open.

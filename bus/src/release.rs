@@ -321,6 +321,7 @@ mod tests {
 
     const NOW: UnixMillis = UnixMillis(1_796_428_800_000);
     const SKEW: Duration = Duration::from_secs(300);
+    const SKEW_MS: u64 = 300_000;
 
     fn key(seed: u64) -> SigningKey {
         SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
@@ -443,8 +444,8 @@ mod tests {
     #[test]
     fn root_signed_permit_verifies() {
         let trust = trust(&key(3), UnixMillis(u64::MAX / 2));
-        let signed = SignedRollbackPermit::sign(&permit(UnixMillis(NOW.0 + 60_000)), &key(1))
-            .unwrap();
+        let signed =
+            SignedRollbackPermit::sign(&permit(UnixMillis(NOW.0 + 60_000)), &key(1)).unwrap();
         let decoded = SignedRollbackPermit::decode(&signed.encode().unwrap()).unwrap();
         assert_eq!(
             decoded.verify(&trust, NOW, SKEW).unwrap(),
@@ -459,14 +460,17 @@ mod tests {
             let signed =
                 SignedRollbackPermit::sign(&permit(UnixMillis(NOW.0 + 60_000)), &signer).unwrap();
             let error = signed.verify(&trust, NOW, SKEW).unwrap_err();
-            assert!(matches!(error, PermitError::NotRootSigned { .. }), "{error}");
+            assert!(
+                matches!(error, PermitError::NotRootSigned { .. }),
+                "{error}"
+            );
         }
     }
 
     #[test]
     fn expired_permit_rejected() {
         let trust = trust(&key(3), UnixMillis(u64::MAX / 2));
-        let expires_at = UnixMillis(NOW.0 - SKEW.as_millis() as u64 - 1);
+        let expires_at = UnixMillis(NOW.0 - SKEW_MS - 1);
         let mut expired = permit(expires_at);
         expired.issued_at = UnixMillis(expires_at.0 - 1000);
         let signed = SignedRollbackPermit::sign(&expired, &key(1)).unwrap();
@@ -488,7 +492,10 @@ mod tests {
                 let accepted = SignedRollbackPermit::decode(&flipped)
                     .ok()
                     .and_then(|signed| signed.verify(&trust, NOW, SKEW).ok());
-                assert_eq!(accepted, None, "bit {bit} of byte {index} flipped was accepted");
+                assert_eq!(
+                    accepted, None,
+                    "bit {bit} of byte {index} flipped was accepted"
+                );
             }
         }
     }

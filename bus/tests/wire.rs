@@ -91,14 +91,14 @@ fn action() -> impl Strategy<Value = TaskAction> {
                         issued_at: UnixMillis(1_000),
                         expires_at: UnixMillis(2_000),
                     };
-                    SignedRollbackPermit::sign(&permit, &signing_key(5)).unwrap()
+                    Box::new(SignedRollbackPermit::sign(&permit, &signing_key(5)).unwrap())
                 });
                 TaskAction::UpgradeComponent(Upgrade {
                     component: Component::Warden,
                     version,
                     sha256: sha.to_vec(),
                     release_counter,
-                    manifest: SignedManifest::sign(&manifest, &signing_key(4)).unwrap(),
+                    manifest: Box::new(SignedManifest::sign(&manifest, &signing_key(4)).unwrap()),
                     rollback_permit,
                 })
             }),
@@ -200,13 +200,16 @@ fn fetch_request() -> impl Strategy<Value = FetchRequest> {
 
 fn fetch_reply() -> impl Strategy<Value = FetchReply> {
     prop_oneof![
-        (any::<u64>(), any::<u64>(), proptest::collection::vec(any::<u8>(), 0..2048)).prop_map(
-            |(offset, size, bytes)| FetchReply::Chunk {
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..2048)
+        )
+            .prop_map(|(offset, size, bytes)| FetchReply::Chunk {
                 offset,
                 size,
                 bytes
-            }
-        ),
+            }),
         Just(FetchReply::NotFound),
         any::<u64>().prop_map(|size| FetchReply::OutOfRange { size }),
         ".{0,100}".prop_map(|reason| FetchReply::Refused { reason }),
@@ -399,7 +402,11 @@ fn full_chunk_fits_fetch_reply() {
         bytes: vec![0xff; FETCH_CHUNK_BYTES_MAX as usize],
     };
     let bytes = reply.encode().unwrap();
-    assert!(bytes.len() <= FETCH_REPLY_BYTES_MAX, "{} bytes", bytes.len());
+    assert!(
+        bytes.len() <= FETCH_REPLY_BYTES_MAX,
+        "{} bytes",
+        bytes.len()
+    );
     assert_eq!(FetchReply::decode(&bytes).unwrap(), reply);
     assert!(matches!(
         FetchReply::decode(&vec![0u8; FETCH_REPLY_BYTES_MAX + 1]),

@@ -31,6 +31,7 @@ use warden_testkit::wait_until;
 
 const TARGET: &str = "x86_64-unknown-linux-gnu";
 const SKEW: Duration = Duration::from_secs(300);
+const SKEW_MS: u64 = 300_000;
 
 /// A cluster whose trust document lists a release key, with one enrolled node whose
 /// credentials the test uses directly.
@@ -176,7 +177,7 @@ impl ReleaseSetup {
             version: manifest.version,
             sha256: manifest.sha256,
             release_counter: manifest.release_counter,
-            manifest: signed,
+            manifest: Box::new(signed),
             rollback_permit: None,
         }
     }
@@ -417,7 +418,7 @@ fn bad_manifests_and_tasks_rejected_before_download() {
     ] {
         let mut upgrade = setup.upgrade(&good);
         let manifest = upgrade.manifest.manifest_unverified().unwrap();
-        upgrade.manifest = SignedManifest::sign(&manifest, &key).unwrap();
+        *upgrade.manifest = SignedManifest::sign(&manifest, &key).unwrap();
         let failure = setup.attempt(&upgrade, 0).unwrap_err();
         assert_eq!(
             failure.code(),
@@ -457,7 +458,7 @@ fn rollback_needs_valid_root_permit() {
     );
     setup.assert_nothing_staged(&sha256, "no permit");
 
-    let expired = UnixMillis(now.0 - SKEW.as_millis() as u64 - 60_000);
+    let expired = UnixMillis(now.0 - SKEW_MS - 60_000);
     let cases = [
         (
             "signed by the task key",
@@ -475,7 +476,7 @@ fn rollback_needs_valid_root_permit() {
     ];
     for (case, permit) in cases {
         let mut upgrade = setup.upgrade(&old);
-        upgrade.rollback_permit = Some(permit);
+        upgrade.rollback_permit = Some(Box::new(permit));
         let failure = setup.attempt(&upgrade, 5).unwrap_err();
         assert_eq!(
             failure.code(),
@@ -486,7 +487,7 @@ fn rollback_needs_valid_root_permit() {
     }
 
     let mut upgrade = setup.upgrade(&old);
-    upgrade.rollback_permit = Some(permit(3, in_an_hour, &setup.cluster.root_key()));
+    upgrade.rollback_permit = Some(Box::new(permit(3, in_an_hour, &setup.cluster.root_key())));
     let staged = setup.attempt(&upgrade, 5).unwrap();
     assert!(staged.path().exists());
 }
@@ -558,7 +559,7 @@ fn publish_rejects_unsigned_or_mismatched() {
     let original = std::fs::read(&good).unwrap();
     let mut flipped = original.clone();
     flipped[5] ^= 0x80;
-    let mut longer = original.clone();
+    let mut longer = original;
     longer.push(0);
     for (case, bytes, detail) in [("flipped", flipped, "sha256"), ("longer", longer, "size")] {
         let upload = setup.cluster.path(&format!("upload-{case}"));

@@ -168,8 +168,8 @@ impl ActionRequest {
                     version,
                     sha256,
                     release_counter,
-                    manifest,
-                    rollback_permit,
+                    manifest: Box::new(manifest),
+                    rollback_permit: rollback_permit.map(Box::new),
                 })
             }
             Self::ApplyAccessRules { version, rules } => {

@@ -234,6 +234,7 @@ mod tests {
 
     const NOW: UnixMillis = UnixMillis(1_796_428_800_000);
     const SKEW: Duration = Duration::from_secs(300);
+    const SKEW_MS: u64 = 300_000;
     const TARGET: &str = "x86_64-unknown-linux-gnu";
 
     fn key(seed: u64) -> SigningKey {
@@ -294,7 +295,7 @@ mod tests {
             version: manifest.version.clone(),
             sha256: manifest.sha256.clone(),
             release_counter: manifest.release_counter,
-            manifest: SignedManifest::sign(manifest, signer).unwrap(),
+            manifest: Box::new(SignedManifest::sign(manifest, signer).unwrap()),
             rollback_permit: None,
         }
     }
@@ -383,7 +384,9 @@ mod tests {
     #[test]
     fn lower_counter_with_root_permit_passes() {
         let mut task = upgrade(&manifest(3), &release_key());
-        task.rollback_permit = Some(SignedRollbackPermit::sign(&permit(3), &root()).unwrap());
+        task.rollback_permit = Some(Box::new(
+            SignedRollbackPermit::sign(&permit(3), &root()).unwrap(),
+        ));
         let verified = check(&task, 4).unwrap();
         assert!(verified.is_rollback());
     }
@@ -392,7 +395,7 @@ mod tests {
     fn bad_permits_rejected() {
         let mut expired = permit(3);
         expired.issued_at = UnixMillis(NOW.0 - 7_200_000);
-        expired.expires_at = UnixMillis(NOW.0 - SKEW.as_millis() as u64 - 1);
+        expired.expires_at = UnixMillis(NOW.0 - SKEW_MS - 1);
         let mut other_node = permit(3);
         other_node.node = Some(NodeId::new("n2").unwrap());
         let mut other_deployment = permit(3);
@@ -410,7 +413,9 @@ mod tests {
         ];
         for (case, permit, signer) in cases {
             let mut task = upgrade(&manifest(3), &release_key());
-            task.rollback_permit = Some(SignedRollbackPermit::sign(&permit, &signer).unwrap());
+            task.rollback_permit = Some(Box::new(
+                SignedRollbackPermit::sign(&permit, &signer).unwrap(),
+            ));
             let rejection = check(&task, 5).unwrap_err();
             assert_eq!(
                 rejection.code,
@@ -425,7 +430,7 @@ mod tests {
         let mut all = permit(3);
         all.node = None;
         let mut task = upgrade(&manifest(3), &release_key());
-        task.rollback_permit = Some(SignedRollbackPermit::sign(&all, &root()).unwrap());
+        task.rollback_permit = Some(Box::new(SignedRollbackPermit::sign(&all, &root()).unwrap()));
         assert!(check(&task, 5).is_ok());
     }
 }
