@@ -104,8 +104,8 @@ impl Client {
     }
 
     /// Sends a PUT whose body is the file at `body`, streamed, with one extra header, and
-    /// decodes the JSON response. The request has no overall timeout, since an artifact may be
-    /// large; the connection still fails if the server stops answering.
+    /// decodes the JSON response. Only connecting has a timeout, because uploading a large
+    /// artifact may take longer than any fixed limit.
     pub fn put_file<T: DeserializeOwned>(
         &self,
         path: &str,

@@ -25,7 +25,7 @@ use warden_bus::release::ReleaseManifest;
 /// JetStream object store that holds released artifacts, named by their hex SHA-256.
 pub const RELEASES_OBJECT_STORE: &str = "WARDEN_RELEASES";
 
-/// Key-value bucket that holds each artifact's signed manifest under its hex SHA-256.
+/// Key-value bucket that stores each artifact's signed manifest under its hex SHA-256.
 pub const RELEASE_MANIFESTS_BUCKET: &str = "warden_release_manifests";
 
 /// Size of the buffer used to copy artifacts between files, the network and the object store.
@@ -59,7 +59,7 @@ pub enum ReleaseError {
     Damaged {
         /// Hex SHA-256.
         sha256: String,
-        /// What does not match.
+        /// Description of the mismatch.
         reason: String,
     },
     /// A file in the cache directory could not be read or written.
@@ -227,8 +227,8 @@ impl ReleaseStore {
     }
 
     /// Reads up to `length` bytes at `offset` of the artifact, filling the cache from the
-    /// object store first if needed; `size` is the manifest's size, which a newly filled cache
-    /// file must have. The returned size is the cache file's, so a node notices a cache file
+    /// object store first if needed. A newly filled cache file must have `size` bytes, the
+    /// manifest's size. The returned size is the cache file's, so a node notices a cache file
     /// that changed after it was filled. The bytes are empty if `offset` is at or past its end.
     pub async fn chunk(
         &self,

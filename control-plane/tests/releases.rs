@@ -168,7 +168,7 @@ impl ReleaseSetup {
         serde_json::from_str(&stdout).unwrap()
     }
 
-    /// The upgrade task the control plane would issue for a signed artifact.
+    /// Builds the upgrade task the control plane would issue for a signed artifact.
     fn upgrade(&self, artifact: &Path) -> Upgrade {
         let signed = offline::read_manifest(&manifest_path(artifact)).unwrap();
         let manifest = signed.manifest_unverified().unwrap();
@@ -222,7 +222,7 @@ impl ReleaseSetup {
             .map_err(Failure::Download)
     }
 
-    /// Asserts that the staging directory holds no file for `sha256`, and nothing executable.
+    /// Asserts that the staging directory contains no file for `sha256`, and nothing executable.
     fn assert_nothing_staged(&self, sha256: &str, case: &str) {
         for path in [
             artifacts::partial_path(&self.state_dir, sha256),

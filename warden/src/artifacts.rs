@@ -1,6 +1,6 @@
 //! Downloading a verified release's artifact through the bus and staging it on disk.
 //!
-//! [`fetch_verified`] asks the control plane for the artifact in chunks of at most
+//! [`fetch_verified`] requests the artifact from the control plane in chunks of at most
 //! [`FETCH_CHUNK_BYTES_MAX`] bytes with `fetch` requests signed by the node key. It writes them
 //! to `<state_dir>/artifacts/staging/<sha256>.part`, created with mode 0600, hashing while it
 //! writes and never writing past the manifest's size. Only when the size and the SHA-256 match
@@ -36,7 +36,7 @@ pub const FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Number of chunk requests in flight at once, so the download is not bound by round trips.
 pub const FETCH_REQUESTS_IN_FLIGHT: usize = 4;
 
-/// Why an artifact could not be downloaded and staged. The partial file is gone in every case.
+/// Error from downloading and staging an artifact. The partial file is gone in every case.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum ArtifactError {
@@ -67,7 +67,7 @@ pub enum ArtifactError {
     Corrupt {
         /// Hex SHA-256 of the artifact.
         sha256: String,
-        /// What does not match.
+        /// Description of the mismatch.
         reason: String,
     },
     /// The staging file or directory could not be written.
@@ -88,18 +88,18 @@ pub struct StagedArtifact {
 }
 
 impl StagedArtifact {
-    /// The staged file, `<state_dir>/artifacts/staging/<sha256>.verified`.
+    /// Returns the staged file, `<state_dir>/artifacts/staging/<sha256>.verified`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// The manifest the file matched.
+    /// Returns the manifest the file matched.
     pub fn manifest(&self) -> &ReleaseManifest {
         &self.manifest
     }
 }
 
-/// Who asks for the chunks: the node's identity and key, which the control plane checks.
+/// Identity that requests the chunks: the node and its key, which the control plane checks.
 #[derive(Clone, Copy)]
 pub struct Requester<'a> {
     /// The node's deployment.

@@ -99,7 +99,12 @@ impl ControlPlane {
         // always has its bytes.
         let upload_id = hex::encode(self.random_bytes());
         let staged = store.receive(&manifest, &upload_id, body).await?;
-        store.store(&sha256_hex, &staged).await?;
+        if let Err(error) = store.store(&sha256_hex, &staged).await {
+            if let Err(remove) = tokio::fs::remove_file(&staged).await {
+                tracing::warn!(path = %staged.display(), error = %remove, "failed to delete an upload that was not stored");
+            }
+            return Err(error.into());
+        }
         match self
             .inner
             .bus
@@ -162,8 +167,8 @@ impl ControlPlane {
         Ok(Some(PublishedRelease { signed, manifest }))
     }
 
-    /// Answers a node's chunk request. The request must verify with the node's enrolled key and
-    /// name the node of its subject; otherwise it is refused and logged.
+    /// Serves a node's chunk request. The request must verify with the node's enrolled key and
+    /// name the node of its subject; otherwise the reply is a refusal, which is logged.
     pub(super) async fn fetch(
         &self,
         origin: &NodeSubject,

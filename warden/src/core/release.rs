@@ -50,7 +50,7 @@ const fn build_target() -> &'static str {
     }
 }
 
-/// What a node needs to judge an upgrade, besides the task itself.
+/// Inputs besides the task that a node needs to judge an upgrade.
 #[derive(Debug, Clone, Copy)]
 pub struct ReleaseContext<'a> {
     /// The node's current trust document.
@@ -81,7 +81,7 @@ impl VerifiedRelease {
         &self.manifest
     }
 
-    /// Whether the release goes below the installed counter under a rollback permit.
+    /// Returns whether the release goes below the installed counter under a rollback permit.
     pub fn is_rollback(&self) -> bool {
         self.rollback
     }
@@ -93,7 +93,7 @@ impl VerifiedRelease {
 pub struct ReleaseRejection {
     /// The failed check.
     pub code: RejectCode,
-    /// What exactly was wrong.
+    /// Description of the failed check.
     pub detail: String,
 }
 
