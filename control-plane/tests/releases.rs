@@ -15,6 +15,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use base64::Engine;
 use rand::{RngCore, SeedableRng};
 use support::{Cluster, DEPLOYMENT};
 use warden::artifacts::{self, ArtifactError, Requester, StagedArtifact};
@@ -486,8 +487,35 @@ fn rollback_needs_valid_root_permit() {
         setup.assert_nothing_staged(&sha256, case);
     }
 
+    // A permit signed offline with `wardenctl release permit` and the root key.
+    let permit_file = setup.cluster.path("permit.b64");
+    ctl_ok(
+        &setup.cluster,
+        &[
+            "release",
+            "permit",
+            "--root-key",
+            path_str(&setup.cluster.path("root.key")),
+            "--deployment",
+            DEPLOYMENT,
+            "--node",
+            "n1",
+            "--component",
+            "iggy",
+            "--release-counter-min",
+            "3",
+            "--expires-in",
+            "1h",
+            "--out",
+            path_str(&permit_file),
+        ],
+    );
+    let text = std::fs::read_to_string(&permit_file).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
     let mut upgrade = setup.upgrade(&old);
-    upgrade.rollback_permit = Some(Box::new(permit(3, in_an_hour, &setup.cluster.root_key())));
+    upgrade.rollback_permit = Some(Box::new(SignedRollbackPermit::decode(&bytes).unwrap()));
     let staged = setup.attempt(&upgrade, 5).unwrap();
     assert!(staged.path().exists());
 }

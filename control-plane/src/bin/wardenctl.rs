@@ -125,6 +125,32 @@ enum ReleaseCommand {
         /// File written by `release sign`.
         file: PathBuf,
     },
+    /// Sign a rollback permit with the root key file (offline): it lets nodes install a release
+    /// counter below their installed one, down to --release-counter-min.
+    Permit {
+        /// Root key file of the trust document.
+        #[arg(long)]
+        root_key: PathBuf,
+        /// Deployment the permit applies to.
+        #[arg(long)]
+        deployment: String,
+        /// The one node it applies to; without it, every node of the deployment.
+        #[arg(long)]
+        node: Option<String>,
+        /// iggy, connectors or warden.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+        /// Lowest release counter the permit allows.
+        #[arg(long)]
+        release_counter_min: u64,
+        /// Validity, such as 2h; at most 7d.
+        #[arg(long, default_value = "1h")]
+        expires_in: String,
+        /// Output file for the signed permit (base64 text), for `upgrade-component
+        /// --rollback-permit`.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Upload a signed manifest and its artifact to the control plane's release store.
     Publish {
         /// Signed manifest file written by `release sign`.
@@ -524,7 +550,11 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let offline_command = matches!(
         cli.command,
         Command::Key(_)
-            | Command::Release(ReleaseCommand::Sign { .. } | ReleaseCommand::Show { .. })
+            | Command::Release(
+                ReleaseCommand::Sign { .. }
+                    | ReleaseCommand::Show { .. }
+                    | ReleaseCommand::Permit { .. }
+            )
             | Command::Broker(_)
             | Command::Trust(TrustCommand::Sign(_))
             | Command::Trust(TrustCommand::Show { file: Some(_) })
@@ -908,6 +938,47 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             } else {
                 print!("{}", manifest_text(&manifest));
                 println!("signed by   {}", signed.signature.key_id);
+            }
+        }
+        Command::Release(ReleaseCommand::Permit {
+            root_key,
+            deployment,
+            node,
+            component,
+            release_counter_min,
+            expires_in,
+            out,
+        }) => {
+            let deployment = warden_bus::DeploymentId::new(&deployment)
+                .map_err(|error| CtlError::Local(format!("--deployment: {error}")))?;
+            let node = node
+                .map(|node| warden_bus::NodeId::new(&node))
+                .transpose()
+                .map_err(|error| CtlError::Local(format!("--node: {error}")))?;
+            let request = offline::PermitSignRequest {
+                root_key,
+                deployment,
+                node,
+                component: component.into(),
+                release_counter_min,
+                expires_in,
+                out,
+            };
+            let permit = offline::sign_permit(&request)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "deployment": permit.deployment.to_string(),
+                    "node": permit.node.as_ref().map(ToString::to_string),
+                    "component": format!("{:?}", permit.component).to_lowercase(),
+                    "release_counter_min": permit.release_counter_min,
+                    "expires_at": permit.expires_at.to_string(),
+                }))?;
+            } else {
+                println!(
+                    "rollback permit written to {}; valid until {}",
+                    request.out.display(),
+                    permit.expires_at
+                );
             }
         }
         Command::Release(ReleaseCommand::Publish { manifest, artifact }) => {
