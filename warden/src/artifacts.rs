@@ -131,6 +131,9 @@ pub fn verified_path(state_dir: &Path, sha256_hex: &str) -> PathBuf {
 ///
 /// Not cancel safe: dropping the future leaves the `.part` file, which the next call for the
 /// same artifact replaces.
+///
+/// NOTE: no chunk request is retried, so one lost reply or timeout fails the whole download and
+/// the caller has to start again.
 pub async fn fetch_verified(
     bus: &dyn Bus,
     requester: Requester<'_>,
