@@ -324,6 +324,23 @@ proptest! {
     }
 
     #[test]
+    fn permit_arbitrary_bytes_never_verify(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let root = signing_key(1);
+        let trust = warden_bus::trust::TrustDocument {
+            version: 1,
+            issued_at: UnixMillis(0),
+            expires_at: UnixMillis(u64::MAX / 2),
+            root_key: root.public_key().as_bytes().to_vec(),
+            task_keys: Vec::new(),
+            release_keys: Vec::new(),
+        };
+        if let Ok(permit) = SignedRollbackPermit::decode(&bytes) {
+            let verified = permit.verify(&trust, UnixMillis(1_000), std::time::Duration::from_secs(300));
+            prop_assert!(verified.is_err(), "arbitrary bytes verified as a rollback permit");
+        }
+    }
+
+    #[test]
     fn action_round_trips(action in action()) {
         let params = action.encode_params().unwrap();
         prop_assert_eq!(TaskAction::from_parts(action.kind(), &params).unwrap(), action);

@@ -340,3 +340,218 @@ async fn request_chunk(
         .map_err(|error| malformed(format!("undecodable reply at offset {offset}: {error}")))?;
     Ok((offset, length, reply))
 }
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use rand::{RngCore, SeedableRng};
+    use warden_bus::messages::{Component, Upgrade};
+    use warden_bus::release::SignedManifest;
+    use warden_bus::transport::memory::MemoryBus;
+    use warden_bus::trust::{KeyGrant, TrustDocument};
+    use warden_bus::{ManualClock, SignedEnvelope, UnixMillis};
+
+    use super::*;
+    use crate::core::release::{check_upgrade, ReleaseContext};
+    use crate::core::verify::Identity;
+
+    const NOW: UnixMillis = UnixMillis(1_796_428_800_000);
+    const SIZE: usize = 2 * FETCH_CHUNK_BYTES_MAX as usize + 100;
+
+    /// A scripted control plane: the reply to a request, given the honest artifact.
+    type Serve = fn(&FetchRequest, &[u8]) -> FetchReply;
+
+    fn key(seed: u64) -> SigningKey {
+        SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
+    }
+
+    fn artifact() -> Vec<u8> {
+        let mut bytes = vec![0u8; SIZE];
+        rand_chacha::ChaCha20Rng::seed_from_u64(5).fill_bytes(&mut bytes);
+        bytes
+    }
+
+    fn identity() -> Identity {
+        Identity {
+            deployment: DeploymentId::new("prod").unwrap(),
+            node: NodeId::new("n1").unwrap(),
+            approval_key: None,
+        }
+    }
+
+    fn release() -> VerifiedRelease {
+        let grant = |key: &SigningKey| KeyGrant {
+            public_key: key.public_key().as_bytes().to_vec(),
+            not_before: UnixMillis(0),
+            not_after: UnixMillis(u64::MAX / 2),
+        };
+        let trust = TrustDocument {
+            version: 1,
+            issued_at: UnixMillis(0),
+            expires_at: UnixMillis(u64::MAX / 2),
+            root_key: key(1).public_key().as_bytes().to_vec(),
+            task_keys: vec![grant(&key(2))],
+            release_keys: vec![grant(&key(3))],
+        };
+        let manifest = ReleaseManifest {
+            component: Component::Iggy,
+            version: "0.8.1".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            sha256: Sha256::digest(artifact()).to_vec(),
+            size: SIZE as u64,
+            release_counter: 1,
+            issued_at: NOW,
+        };
+        let upgrade = Upgrade {
+            component: manifest.component,
+            version: manifest.version.clone(),
+            sha256: manifest.sha256.clone(),
+            release_counter: 1,
+            manifest: Box::new(SignedManifest::sign(&manifest, &key(3)).unwrap()),
+            rollback_permit: None,
+        };
+        check_upgrade(
+            &upgrade,
+            &ReleaseContext {
+                trust: &trust,
+                identity: &identity(),
+                now: NOW,
+                skew: Duration::from_secs(300),
+                target: "x86_64-unknown-linux-gnu",
+                installed_counter: 0,
+            },
+        )
+        .unwrap()
+    }
+
+    /// Answers fetch requests on a memory bus with `serve`, which sees each request and the
+    /// honest artifact, and downloads the release.
+    async fn download_with(
+        state_dir: &Path,
+        serve: Serve,
+    ) -> Result<StagedArtifact, ArtifactError> {
+        let clock = Arc::new(ManualClock::new(NOW));
+        let bus = Arc::new(MemoryBus::new(clock.clone()));
+        let mut requests = bus
+            .subscribe(&Subject::all_rpc(RpcVerb::Fetch), None)
+            .await
+            .unwrap();
+        let responder_bus = bus.clone();
+        let responder = tokio::spawn(async move {
+            let artifact = artifact();
+            while let Some(inbound) = requests.next().await {
+                let request: FetchRequest = SignedEnvelope::decode(&inbound.payload)
+                    .unwrap()
+                    .verify_with(&key(9).public_key())
+                    .unwrap()
+                    .open()
+                    .unwrap();
+                let reply = serve(&request, &artifact).encode().unwrap();
+                responder_bus
+                    .reply(inbound.reply.as_deref().unwrap(), reply.into())
+                    .await
+                    .unwrap();
+            }
+        });
+        let identity = identity();
+        let node_key = key(9);
+        let requester = Requester {
+            deployment: &identity.deployment,
+            node: &identity.node,
+            node_key: &node_key,
+            clock: clock.as_ref(),
+        };
+        let result = fetch_verified(bus.as_ref(), requester, &release(), state_dir).await;
+        responder.abort();
+        result
+    }
+
+    fn honest(request: &FetchRequest, artifact: &[u8]) -> FetchReply {
+        let start = usize::try_from(request.offset).unwrap();
+        let end = (start + request.length as usize).min(artifact.len());
+        FetchReply::Chunk {
+            offset: request.offset,
+            size: artifact.len() as u64,
+            bytes: artifact[start..end].to_vec(),
+        }
+    }
+
+    fn assert_nothing_staged(state_dir: &Path, case: &str) {
+        let staging = state_dir.join(STAGING_DIR);
+        let left: Vec<_> = std::fs::read_dir(&staging)
+            .map(|entries| entries.map(|entry| entry.unwrap().path()).collect())
+            .unwrap_or_default();
+        assert!(
+            left.is_empty(),
+            "{case}: {left:?} left in {}",
+            staging.display()
+        );
+    }
+
+    #[tokio::test]
+    async fn honest_server_stages_private_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let staged = download_with(dir.path(), honest).await.unwrap();
+        assert_eq!(std::fs::read(staged.path()).unwrap(), artifact());
+        let mode = std::fs::metadata(staged.path())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "mode {mode:o}");
+        let staging_mode = std::fs::metadata(dir.path().join(STAGING_DIR))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(staging_mode & 0o777, 0o700, "mode {staging_mode:o}");
+    }
+
+    #[tokio::test]
+    async fn hostile_server_never_staged() {
+        let cases: [(&str, Serve); 6] = [
+            ("longer chunk than asked", |request, artifact| {
+                let mut reply = honest(request, artifact);
+                if let FetchReply::Chunk { bytes, .. } = &mut reply {
+                    bytes.push(0);
+                }
+                reply
+            }),
+            ("shifted offset", |request, artifact| {
+                let mut shifted = request.clone();
+                shifted.offset += 1;
+                let mut reply = honest(&shifted, artifact);
+                if let FetchReply::Chunk { offset, .. } = &mut reply {
+                    *offset = request.offset;
+                }
+                reply
+            }),
+            ("other size", |request, artifact| {
+                let mut reply = honest(request, artifact);
+                if let FetchReply::Chunk { size, .. } = &mut reply {
+                    *size += 1;
+                }
+                reply
+            }),
+            ("offset out of range", |_, artifact| {
+                FetchReply::OutOfRange {
+                    size: artifact.len() as u64 - 1,
+                }
+            }),
+            ("not found", |_, _| FetchReply::NotFound),
+            ("refused", |_, _| FetchReply::Refused {
+                reason: "no".into(),
+            }),
+        ];
+        for (case, serve) in cases {
+            let dir = tempfile::tempdir().unwrap();
+            let error = download_with(dir.path(), serve).await.unwrap_err();
+            let expected = match case {
+                "not found" => matches!(error, ArtifactError::NotFound { .. }),
+                "refused" => matches!(error, ArtifactError::Refused { .. }),
+                _ => matches!(error, ArtifactError::Corrupt { .. }),
+            };
+            assert!(expected, "{case}: {error}");
+            assert_nothing_staged(dir.path(), case);
+        }
+    }
+}
