@@ -289,7 +289,10 @@ impl ReleaseStore {
             }
             Err(error) => return Err(ReleaseError::ObjectStore(error.to_string())),
         };
-        let partial = self.cache_dir.join(format!("{sha256_hex}.fill"));
+        // The process id keeps replicas that share a cache directory out of each other's file.
+        let partial = self
+            .cache_dir
+            .join(format!("{sha256_hex}.fill-{}", std::process::id()));
         let result = async {
             let mut file = tokio::fs::File::create(&partial)
                 .await
