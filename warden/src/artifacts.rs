@@ -130,7 +130,8 @@ pub fn verified_path(state_dir: &Path, sha256_hex: &str) -> PathBuf {
 /// Deletes the partial file on any error.
 ///
 /// Not cancel safe: dropping the future leaves the `.part` file, which the next call for the
-/// same artifact replaces.
+/// same artifact replaces. Two calls for the same artifact must not run at once, because they
+/// share that file.
 ///
 /// NOTE: no chunk request is retried, so one lost reply or timeout fails the whole download and
 /// the caller has to start again.
