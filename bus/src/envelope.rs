@@ -35,6 +35,8 @@ pub enum MessageType {
     CredentialReply,
     /// A [`crate::messages::ComponentLogs`].
     ComponentLogs,
+    /// A [`crate::messages::FetchRequest`].
+    FetchRequest,
 }
 
 /// A message body type and the envelope type that carries it.
@@ -145,14 +147,23 @@ impl Envelope {
 
 /// Encodes a value as MessagePack, failing if the result is over [`ENVELOPE_BYTES_MAX`].
 pub(crate) fn encode<T: Serialize>(what: &'static str, value: &T) -> Result<Vec<u8>, WireError> {
+    encode_capped(what, value, ENVELOPE_BYTES_MAX)
+}
+
+/// Encodes a value as MessagePack, failing if the result is over `max` bytes.
+pub(crate) fn encode_capped<T: Serialize>(
+    what: &'static str,
+    value: &T,
+    max: usize,
+) -> Result<Vec<u8>, WireError> {
     let bytes = rmp_serde::to_vec(value).map_err(|error| WireError::Encode {
         what,
         reason: error.to_string(),
     })?;
-    if bytes.len() > ENVELOPE_BYTES_MAX {
+    if bytes.len() > max {
         return Err(WireError::TooLarge {
             len: bytes.len(),
-            max: ENVELOPE_BYTES_MAX,
+            max,
         });
     }
     Ok(bytes)
@@ -166,10 +177,19 @@ pub(crate) fn decode<T: DeserializeOwned>(
     what: &'static str,
     bytes: &[u8],
 ) -> Result<T, WireError> {
-    if bytes.len() > ENVELOPE_BYTES_MAX {
+    decode_capped(what, bytes, ENVELOPE_BYTES_MAX)
+}
+
+/// Decodes MessagePack after checking the input against `max` bytes, like [`decode`].
+pub(crate) fn decode_capped<T: DeserializeOwned>(
+    what: &'static str,
+    bytes: &[u8],
+    max: usize,
+) -> Result<T, WireError> {
+    if bytes.len() > max {
         return Err(WireError::TooLarge {
             len: bytes.len(),
-            max: ENVELOPE_BYTES_MAX,
+            max,
         });
     }
     let mut deserializer = rmp_serde::Deserializer::new(std::io::Cursor::new(bytes));

@@ -245,8 +245,11 @@ impl fmt::Debug for Reconfigure {
     }
 }
 
-/// Parameters of [`TaskAction::UpgradeComponent`]; the release manifest must name the same
-/// digest, so the control plane and the release key have to agree.
+/// Parameters of [`TaskAction::UpgradeComponent`].
+///
+/// The task names the component, version, digest and counter, and carries the manifest that a
+/// release key signed. A Warden installs only if both agree, so neither the control plane's task
+/// key nor a release key alone can make a node run an artifact.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Upgrade {
     /// The component, `warden` included.
@@ -258,6 +261,12 @@ pub struct Upgrade {
     pub sha256: Vec<u8>,
     /// Monotonic release counter from the manifest.
     pub release_counter: u64,
+    /// The manifest signed by a release key of the trust document. Boxed, like the permit,
+    /// to keep [`TaskAction`] small.
+    pub manifest: Box<crate::release::SignedManifest>,
+    /// The root key's permit to go below the installed release counter, if the task does.
+    #[serde(default)]
+    pub rollback_permit: Option<Box<crate::release::SignedRollbackPermit>>,
 }
 
 /// Protocols an access rule can open.
@@ -481,6 +490,15 @@ impl TaskAction {
                         truncate(&upgrade.version, 80)
                     ));
                 }
+                upgrade
+                    .manifest
+                    .manifest_unverified()
+                    .map_err(|error| format!("manifest: {error}"))?;
+                if let Some(permit) = &upgrade.rollback_permit {
+                    permit
+                        .permit_unverified()
+                        .map_err(|error| format!("rollback_permit: {error}"))?;
+                }
                 Ok(())
             }
             Self::ApplyAccessRules(rules) => {
@@ -673,6 +691,19 @@ pub enum RejectCode {
     ApprovalInvalid,
     /// The node's clock is behind the latest time it recorded, so expiry cannot be judged.
     ClockRegressed,
+    /// The release manifest does not verify with a release key of the trust document, or does
+    /// not decode.
+    ManifestInvalid,
+    /// The release manifest names another component, version, digest or counter than the task.
+    ManifestMismatch,
+    /// The release manifest is for another target triple than the node's.
+    WrongTarget,
+    /// The release counter is below the installed one and no valid rollback permit covers it.
+    ReleaseRollback,
+    /// The rollback permit is not signed by the root key, has expired or does not cover the task.
+    RollbackPermitInvalid,
+    /// The downloaded artifact does not have the manifest's size or SHA-256.
+    ArtifactCorrupt,
     /// A code from a newer build that this build does not know.
     #[serde(other)]
     Unrecognized,
@@ -703,6 +734,12 @@ impl RejectCode {
             Self::ApprovalMissing => "approval_missing",
             Self::ApprovalInvalid => "approval_invalid",
             Self::ClockRegressed => "clock_regressed",
+            Self::ManifestInvalid => "manifest_invalid",
+            Self::ManifestMismatch => "manifest_mismatch",
+            Self::WrongTarget => "wrong_target",
+            Self::ReleaseRollback => "release_rollback",
+            Self::RollbackPermitInvalid => "rollback_permit_invalid",
+            Self::ArtifactCorrupt => "artifact_corrupt",
             Self::Unrecognized => "unrecognized",
         }
     }
@@ -817,6 +854,117 @@ impl fmt::Debug for CredentialReply {
 
 impl Message for CredentialReply {
     const TYPE: MessageType = MessageType::CredentialReply;
+}
+
+/// Maximum length of one artifact chunk a node may ask for, in bytes.
+pub const FETCH_CHUNK_BYTES_MAX: u32 = 512 * 1024;
+
+/// Maximum size of an encoded [`FetchReply`]: a full chunk and room for its framing.
+pub const FETCH_REPLY_BYTES_MAX: usize = FETCH_CHUNK_BYTES_MAX as usize + 1024;
+
+/// A node's request for one chunk of a released artifact, signed with its enrolled key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FetchRequest {
+    /// Deployment of the node.
+    pub deployment: DeploymentId,
+    /// The node.
+    pub node: NodeId,
+    /// SHA-256 of the artifact, which is its name in the release store.
+    #[serde(with = "serde_bytes")]
+    pub sha256: Vec<u8>,
+    /// Byte offset of the chunk.
+    pub offset: u64,
+    /// Length of the chunk in bytes, 1 to [`FETCH_CHUNK_BYTES_MAX`].
+    pub length: u32,
+    /// When the node sent the request, by its clock.
+    pub sent_at: UnixMillis,
+}
+
+impl Message for FetchRequest {
+    const TYPE: MessageType = MessageType::FetchRequest;
+}
+
+impl FetchRequest {
+    /// Checks the digest length and the chunk length.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.sha256.len() != 32 {
+            return Err(format!(
+                "sha256 has {} bytes; expected 32",
+                self.sha256.len()
+            ));
+        }
+        if self.length == 0 || self.length > FETCH_CHUNK_BYTES_MAX {
+            return Err(format!(
+                "length {} is outside 1 to {FETCH_CHUNK_BYTES_MAX} bytes",
+                self.length
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The control plane's answer to a [`FetchRequest`].
+///
+/// It travels unsigned and outside an envelope, because a chunk is larger than
+/// [`crate::ENVELOPE_BYTES_MAX`]. The node trusts no byte of it: the whole artifact must match
+/// the size and SHA-256 of a manifest that a release key signed.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FetchReply {
+    /// The requested bytes; shorter than asked only at the end of the artifact.
+    Chunk {
+        /// Byte offset of the chunk.
+        offset: u64,
+        /// Total size of the artifact, in bytes.
+        size: u64,
+        /// The bytes.
+        #[serde(with = "serde_bytes")]
+        bytes: Vec<u8>,
+    },
+    /// No artifact with this digest is published.
+    NotFound,
+    /// The offset is at or past the end of the artifact.
+    OutOfRange {
+        /// Total size of the artifact, in bytes.
+        size: u64,
+    },
+    /// The request was refused, such as for a bad signature.
+    Refused {
+        /// Why, for the node's log.
+        reason: String,
+    },
+}
+
+impl fmt::Debug for FetchReply {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Chunk {
+                offset,
+                size,
+                bytes,
+            } => f
+                .debug_struct("Chunk")
+                .field("offset", offset)
+                .field("size", size)
+                .field("bytes", &bytes.len())
+                .finish(),
+            Self::NotFound => f.write_str("NotFound"),
+            Self::OutOfRange { size } => f.debug_struct("OutOfRange").field("size", size).finish(),
+            Self::Refused { reason } => f.debug_struct("Refused").field("reason", reason).finish(),
+        }
+    }
+}
+
+impl FetchReply {
+    /// Encodes the reply, failing if it is over [`FETCH_REPLY_BYTES_MAX`].
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        crate::envelope::encode_capped("fetch reply", self, FETCH_REPLY_BYTES_MAX)
+    }
+
+    /// Decodes a reply, checking [`FETCH_REPLY_BYTES_MAX`] first.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        crate::envelope::decode_capped("fetch reply", bytes, FETCH_REPLY_BYTES_MAX)
+    }
 }
 
 /// Cuts `text` to at most `max` bytes on a character boundary.

@@ -11,6 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use crate::envelope::{decode, encode, WireError};
+use crate::ids::{DeploymentId, NodeId};
 use crate::messages::Component;
 use crate::signed::{KeySignature, SigningKey};
 use crate::time::UnixMillis;
@@ -175,6 +176,142 @@ impl SignedManifest {
     }
 }
 
+/// The root key's consent to install a lower release counter than the installed one.
+///
+/// Without a permit a Warden never goes back to a lower release counter, so an old release with
+/// a known flaw cannot be installed again by whoever holds a task key. Only the offline root key
+/// signs permits, and each is bounded to one deployment, optionally one node, one component,
+/// the lowest counter it allows and an expiry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RollbackPermit {
+    /// Deployment the permit applies to.
+    pub deployment: DeploymentId,
+    /// The one node the permit applies to, or every node of the deployment if `None`.
+    pub node: Option<NodeId>,
+    /// Component the permit applies to.
+    pub component: Component,
+    /// Lowest release counter the permit allows installing.
+    pub release_counter_min: u64,
+    /// When the root key signed the permit.
+    pub issued_at: UnixMillis,
+    /// After this time the permit allows nothing.
+    pub expires_at: UnixMillis,
+}
+
+/// A rollback permit as exact bytes and the root key's signature over them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SignedRollbackPermit {
+    /// MessagePack encoding of a [`RollbackPermit`].
+    #[serde(with = "serde_bytes")]
+    pub body: Vec<u8>,
+    /// The root key's signature over `body`.
+    pub signature: KeySignature,
+}
+
+/// Error from verifying a rollback permit.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PermitError {
+    /// The bytes do not decode.
+    #[error(transparent)]
+    Wire(#[from] WireError),
+    /// The root key of the trust document is not a valid key.
+    #[error("the trust document's root key is invalid: {reason}")]
+    InvalidRoot {
+        /// The parser's message.
+        reason: String,
+    },
+    /// Signed by a key other than the root.
+    #[error("rollback permit signed by {key_id}, not by the root key {root}; sign it with the root key file")]
+    NotRootSigned {
+        /// The key id the signature names.
+        key_id: String,
+        /// Id of the root key of the trust document.
+        root: String,
+    },
+    /// The signature does not verify.
+    #[error("rollback permit signature by {key_id} does not verify")]
+    BadSignature {
+        /// The key id.
+        key_id: String,
+    },
+    /// The permit has expired.
+    #[error("rollback permit expired at {expires_at}")]
+    Expired {
+        /// Expiry of the permit.
+        expires_at: UnixMillis,
+    },
+    /// The permit's expiry is not after its issue time.
+    #[error("rollback permit expires at {expires_at}, not after its issue time {issued_at}")]
+    Invalid {
+        /// Issue time.
+        issued_at: UnixMillis,
+        /// Expiry.
+        expires_at: UnixMillis,
+    },
+}
+
+impl SignedRollbackPermit {
+    /// Encodes and signs a permit with the root key.
+    pub fn sign(permit: &RollbackPermit, root: &SigningKey) -> Result<Self, PermitError> {
+        let body = encode("rollback permit", permit)?;
+        let signature = root.key_signature(&body);
+        Ok(Self { body, signature })
+    }
+
+    /// Encodes the signed permit for a file or the wire.
+    pub fn encode(&self) -> Result<Vec<u8>, WireError> {
+        encode("signed rollback permit", self)
+    }
+
+    /// Decodes a signed permit, checking the size cap first.
+    pub fn decode(bytes: &[u8]) -> Result<Self, WireError> {
+        decode("signed rollback permit", bytes)
+    }
+
+    /// Decodes the permit without checking the signature, to inspect it.
+    pub fn permit_unverified(&self) -> Result<RollbackPermit, PermitError> {
+        Ok(decode("rollback permit", &self.body)?)
+    }
+
+    /// Verifies the signature with the root key of `trust` and that the permit has not expired
+    /// at `now` minus `skew`. Whether the permit covers a given node, component and counter is
+    /// the caller's check.
+    pub fn verify(
+        &self,
+        trust: &TrustDocument,
+        now: UnixMillis,
+        skew: Duration,
+    ) -> Result<RollbackPermit, PermitError> {
+        let root = trust.root().map_err(|error| PermitError::InvalidRoot {
+            reason: error.to_string(),
+        })?;
+        let key_id = self.signature.key_id.to_string();
+        if &self.signature.key_id != root.id() {
+            return Err(PermitError::NotRootSigned {
+                key_id,
+                root: root.id().to_string(),
+            });
+        }
+        if !root.verify_signature(&self.body, &self.signature) {
+            return Err(PermitError::BadSignature { key_id });
+        }
+        let permit: RollbackPermit = decode("rollback permit", &self.body)?;
+        if permit.expires_at <= permit.issued_at {
+            return Err(PermitError::Invalid {
+                issued_at: permit.issued_at,
+                expires_at: permit.expires_at,
+            });
+        }
+        if now.saturating_sub(skew) > permit.expires_at {
+            return Err(PermitError::Expired {
+                expires_at: permit.expires_at,
+            });
+        }
+        Ok(permit)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use rand::SeedableRng;
@@ -184,6 +321,7 @@ mod tests {
 
     const NOW: UnixMillis = UnixMillis(1_796_428_800_000);
     const SKEW: Duration = Duration::from_secs(300);
+    const SKEW_MS: u64 = 300_000;
 
     fn key(seed: u64) -> SigningKey {
         SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(seed))
@@ -289,6 +427,76 @@ mod tests {
             let mut bad = manifest();
             edit(&mut bad);
             assert!(SignedManifest::sign(&bad, &release).is_err(), "{bad:?}");
+        }
+    }
+
+    fn permit(expires_at: UnixMillis) -> RollbackPermit {
+        RollbackPermit {
+            deployment: DeploymentId::new("prod").unwrap(),
+            node: None,
+            component: Component::Iggy,
+            release_counter_min: 3,
+            issued_at: UnixMillis(NOW.0 - 1000),
+            expires_at,
+        }
+    }
+
+    #[test]
+    fn root_signed_permit_verifies() {
+        let trust = trust(&key(3), UnixMillis(u64::MAX / 2));
+        let signed =
+            SignedRollbackPermit::sign(&permit(UnixMillis(NOW.0 + 60_000)), &key(1)).unwrap();
+        let decoded = SignedRollbackPermit::decode(&signed.encode().unwrap()).unwrap();
+        assert_eq!(
+            decoded.verify(&trust, NOW, SKEW).unwrap(),
+            permit(UnixMillis(NOW.0 + 60_000))
+        );
+    }
+
+    #[test]
+    fn permit_not_signed_by_root_rejected() {
+        let trust = trust(&key(3), UnixMillis(u64::MAX / 2));
+        for signer in [key(2), key(3), key(9)] {
+            let signed =
+                SignedRollbackPermit::sign(&permit(UnixMillis(NOW.0 + 60_000)), &signer).unwrap();
+            let error = signed.verify(&trust, NOW, SKEW).unwrap_err();
+            assert!(
+                matches!(error, PermitError::NotRootSigned { .. }),
+                "{error}"
+            );
+        }
+    }
+
+    #[test]
+    fn expired_permit_rejected() {
+        let trust = trust(&key(3), UnixMillis(u64::MAX / 2));
+        let expires_at = UnixMillis(NOW.0 - SKEW_MS - 1);
+        let mut expired = permit(expires_at);
+        expired.issued_at = UnixMillis(expires_at.0 - 1000);
+        let signed = SignedRollbackPermit::sign(&expired, &key(1)).unwrap();
+        let error = signed.verify(&trust, NOW, SKEW).unwrap_err();
+        assert!(matches!(error, PermitError::Expired { .. }), "{error}");
+    }
+
+    #[test]
+    fn permit_flipped_bit_rejected() {
+        let trust = trust(&key(3), UnixMillis(u64::MAX / 2));
+        let bytes = SignedRollbackPermit::sign(&permit(UnixMillis(NOW.0 + 60_000)), &key(1))
+            .unwrap()
+            .encode()
+            .unwrap();
+        for index in 0..bytes.len() {
+            for bit in 0..8 {
+                let mut flipped = bytes.clone();
+                flipped[index] ^= 1 << bit;
+                let accepted = SignedRollbackPermit::decode(&flipped)
+                    .ok()
+                    .and_then(|signed| signed.verify(&trust, NOW, SKEW).ok());
+                assert_eq!(
+                    accepted, None,
+                    "bit {bit} of byte {index} flipped was accepted"
+                );
+            }
         }
     }
 }

@@ -186,6 +186,8 @@ pub enum RpcVerb {
     Enroll,
     /// Asks for a fresh user JWT before the current one expires.
     Renew,
+    /// Asks for one chunk of a released artifact.
+    Fetch,
 }
 
 impl RpcVerb {
@@ -193,6 +195,7 @@ impl RpcVerb {
         match self {
             Self::Enroll => "enroll",
             Self::Renew => "renew",
+            Self::Fetch => "fetch",
         }
     }
 }

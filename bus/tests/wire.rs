@@ -12,8 +12,10 @@ use std::collections::BTreeMap;
 use proptest::prelude::*;
 use rand::SeedableRng;
 use warden_bus::messages::{
-    ApplyConfig, RejectCode, ReportStatus, TaskAction, DOCUMENT_VERSION_MAX,
+    ApplyConfig, FetchReply, FetchRequest, RejectCode, ReportStatus, TaskAction,
+    DOCUMENT_VERSION_MAX, FETCH_CHUNK_BYTES_MAX, FETCH_REPLY_BYTES_MAX,
 };
+use warden_bus::release::{ReleaseManifest, RollbackPermit, SignedManifest, SignedRollbackPermit};
 use warden_bus::{
     DeploymentId, Envelope, Heartbeat, KeyId, Keyring, Message, MessageId, NodeId, SignedEnvelope,
     SigningKey, Task, TaskId, TaskReport, UnixMillis, WireError, ENVELOPE_BYTES_MAX,
@@ -64,16 +66,42 @@ fn action() -> impl Strategy<Value = TaskAction> {
                     sealed_encryption_key,
                 })
             }),
-        ("[0-9]{1,3}\\.[0-9]{1,3}", any::<[u8; 32]>(), any::<u64>()).prop_map(
-            |(version, sha, release_counter)| {
+        (
+            "[0-9]{1,3}\\.[0-9]{1,3}",
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<bool>()
+        )
+            .prop_map(|(version, sha, release_counter, with_permit)| {
+                let manifest = ReleaseManifest {
+                    component: Component::Warden,
+                    version: version.clone(),
+                    target: "x86_64-unknown-linux-gnu".into(),
+                    sha256: sha.to_vec(),
+                    size: 1 + release_counter % 1000,
+                    release_counter,
+                    issued_at: UnixMillis(1_000),
+                };
+                let rollback_permit = with_permit.then(|| {
+                    let permit = RollbackPermit {
+                        deployment: DeploymentId::new("prod").unwrap(),
+                        node: None,
+                        component: Component::Warden,
+                        release_counter_min: release_counter,
+                        issued_at: UnixMillis(1_000),
+                        expires_at: UnixMillis(2_000),
+                    };
+                    Box::new(SignedRollbackPermit::sign(&permit, &signing_key(5)).unwrap())
+                });
                 TaskAction::UpgradeComponent(Upgrade {
                     component: Component::Warden,
                     version,
                     sha256: sha.to_vec(),
                     release_counter,
+                    manifest: Box::new(SignedManifest::sign(&manifest, &signing_key(4)).unwrap()),
+                    rollback_permit,
                 })
-            }
-        ),
+            }),
         (
             1u64..=DOCUMENT_VERSION_MAX,
             proptest::collection::vec(
@@ -140,6 +168,51 @@ fn reject_code() -> impl Strategy<Value = RejectCode> {
         Just(RejectCode::UnknownKind),
         Just(RejectCode::InvalidParams),
         Just(RejectCode::StaleVersion),
+        Just(RejectCode::ManifestInvalid),
+        Just(RejectCode::ManifestMismatch),
+        Just(RejectCode::WrongTarget),
+        Just(RejectCode::ReleaseRollback),
+        Just(RejectCode::RollbackPermitInvalid),
+        Just(RejectCode::ArtifactCorrupt),
+    ]
+}
+
+fn fetch_request() -> impl Strategy<Value = FetchRequest> {
+    (
+        deployment(),
+        node(),
+        any::<[u8; 32]>(),
+        any::<u64>(),
+        1u32..=FETCH_CHUNK_BYTES_MAX,
+        any::<u64>(),
+    )
+        .prop_map(
+            |(deployment, node, sha, offset, length, sent)| FetchRequest {
+                deployment,
+                node,
+                sha256: sha.to_vec(),
+                offset,
+                length,
+                sent_at: UnixMillis(sent),
+            },
+        )
+}
+
+fn fetch_reply() -> impl Strategy<Value = FetchReply> {
+    prop_oneof![
+        (
+            any::<u64>(),
+            any::<u64>(),
+            proptest::collection::vec(any::<u8>(), 0..2048)
+        )
+            .prop_map(|(offset, size, bytes)| FetchReply::Chunk {
+                offset,
+                size,
+                bytes
+            }),
+        Just(FetchReply::NotFound),
+        any::<u64>().prop_map(|size| FetchReply::OutOfRange { size }),
+        ".{0,100}".prop_map(|reason| FetchReply::Refused { reason }),
     ]
 }
 
@@ -235,6 +308,40 @@ proptest! {
     }
 
     #[test]
+    fn fetch_request_round_trips(request in fetch_request()) {
+        round_trip(&request);
+        prop_assert_eq!(request.validate(), Ok(()));
+    }
+
+    #[test]
+    fn fetch_reply_round_trips(reply in fetch_reply()) {
+        let bytes = reply.encode().unwrap();
+        prop_assert_eq!(FetchReply::decode(&bytes).unwrap(), reply);
+    }
+
+    #[test]
+    fn fetch_reply_arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let _ = FetchReply::decode(&bytes);
+    }
+
+    #[test]
+    fn permit_arbitrary_bytes_never_verify(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+        let root = signing_key(1);
+        let trust = warden_bus::trust::TrustDocument {
+            version: 1,
+            issued_at: UnixMillis(0),
+            expires_at: UnixMillis(u64::MAX / 2),
+            root_key: root.public_key().as_bytes().to_vec(),
+            task_keys: Vec::new(),
+            release_keys: Vec::new(),
+        };
+        if let Ok(permit) = SignedRollbackPermit::decode(&bytes) {
+            let verified = permit.verify(&trust, UnixMillis(1_000), std::time::Duration::from_secs(300));
+            prop_assert!(verified.is_err(), "arbitrary bytes verified as a rollback permit");
+        }
+    }
+
+    #[test]
     fn action_round_trips(action in action()) {
         let params = action.encode_params().unwrap();
         prop_assert_eq!(TaskAction::from_parts(action.kind(), &params).unwrap(), action);
@@ -302,6 +409,47 @@ fn every_bit_of_one_signed_task_is_covered() {
                 "bit {bit} of byte {index} flipped was accepted"
             );
         }
+    }
+}
+
+#[test]
+fn full_chunk_fits_fetch_reply() {
+    let reply = FetchReply::Chunk {
+        offset: u64::MAX,
+        size: u64::MAX,
+        bytes: vec![0xff; FETCH_CHUNK_BYTES_MAX as usize],
+    };
+    let bytes = reply.encode().unwrap();
+    assert!(
+        bytes.len() <= FETCH_REPLY_BYTES_MAX,
+        "{} bytes",
+        bytes.len()
+    );
+    assert_eq!(FetchReply::decode(&bytes).unwrap(), reply);
+    assert!(matches!(
+        FetchReply::decode(&vec![0u8; FETCH_REPLY_BYTES_MAX + 1]),
+        Err(WireError::TooLarge { .. })
+    ));
+}
+
+#[test]
+fn reject_codes_keep_wire_names() {
+    for (code, name) in [
+        (RejectCode::ManifestInvalid, "manifest_invalid"),
+        (RejectCode::ManifestMismatch, "manifest_mismatch"),
+        (RejectCode::WrongTarget, "wrong_target"),
+        (RejectCode::ReleaseRollback, "release_rollback"),
+        (RejectCode::RollbackPermitInvalid, "rollback_permit_invalid"),
+        (RejectCode::ArtifactCorrupt, "artifact_corrupt"),
+    ] {
+        assert_eq!(code.as_str(), name);
+        let encoded = rmp_serde::to_vec(&code).unwrap();
+        assert_eq!(rmp_serde::from_slice::<RejectCode>(&encoded).unwrap(), code);
+        assert_eq!(
+            rmp_serde::from_slice::<String>(&encoded).unwrap(),
+            name,
+            "serde name of {code:?}"
+        );
     }
 }
 

@@ -10,6 +10,7 @@ use base64::Engine;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
+use warden_bus::release::SignedManifest;
 use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, IdError, NodeId, TaskId};
 
@@ -17,7 +18,7 @@ use crate::core::lifecycle::TaskStatus;
 use crate::service::{ControlPlane, NodeOptions, ServiceError, Target, TaskFilter};
 use crate::views::{
     AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
-    NodeView, Problem, PublishTrust, Reenroll, TaskView, TrustView,
+    NodeView, Problem, PublishTrust, Reenroll, ReleaseView, TaskView, TrustView, MANIFEST_HEADER,
 };
 
 /// Maximum size of a request body: a 128 KiB configuration plus JSON escaping.
@@ -252,6 +253,17 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/v1/deployments/{deployment}/tasks",
             vec![("POST", web::post().to(issue_tasks))],
         ),
+        (
+            "/v1/releases",
+            vec![
+                ("GET", web::get().to(list_releases)),
+                ("PUT", web::put().to(publish_release)),
+            ],
+        ),
+        (
+            "/v1/releases/{sha256}",
+            vec![("GET", web::get().to(get_release))],
+        ),
         ("/v1/tasks", vec![("GET", web::get().to(list_tasks))]),
         ("/v1/tasks/{task}", vec![("GET", web::get().to(get_task))]),
         (
@@ -347,6 +359,65 @@ async fn publish_trust(
     state.control_plane.publish_trust(&signed).await?;
     let view = TrustView::new(&signed).map_err(invalid)?;
     Ok(HttpResponse::Ok().json(view))
+}
+
+async fn publish_release(
+    _: Admin,
+    state: web::Data<ApiState>,
+    request: HttpRequest,
+    body: web::Payload,
+) -> Result<HttpResponse, ApiError> {
+    let invalid = |reason: String| {
+        invalid_field(
+            MANIFEST_HEADER,
+            reason,
+            "send the base64 text that `wardenctl release sign` wrote in the X-Warden-Manifest header",
+        )
+    };
+    let header = request
+        .headers()
+        .get(MANIFEST_HEADER)
+        .ok_or_else(|| invalid("the X-Warden-Manifest header is missing".into()))?;
+    let text = header
+        .to_str()
+        .map_err(|_| invalid("the X-Warden-Manifest header is not ASCII".into()))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|error| invalid(format!("not base64: {error}")))?;
+    let signed = SignedManifest::decode(&bytes).map_err(|error| invalid(error.to_string()))?;
+    let release = state.control_plane.publish_release(signed, body).await?;
+    Ok(HttpResponse::Created().json(ReleaseView::from(release)))
+}
+
+async fn list_releases(_: Admin, state: web::Data<ApiState>) -> Result<HttpResponse, ApiError> {
+    let releases = state.control_plane.list_releases().await?;
+    Ok(HttpResponse::Ok().json(
+        releases
+            .into_iter()
+            .map(ReleaseView::from)
+            .collect::<Vec<_>>(),
+    ))
+}
+
+async fn get_release(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let sha256 = path.into_inner().to_ascii_lowercase();
+    let valid = sha256.len() == 64 && sha256.bytes().all(|byte| byte.is_ascii_hexdigit());
+    if !valid {
+        return Err(invalid_field(
+            "sha256",
+            format!(
+                "{:?} is not a SHA-256 digest",
+                warden_bus::messages::truncate(&sha256, 80)
+            ),
+            "give the 64 hex characters shown by `wardenctl release list`",
+        ));
+    }
+    let release = state.control_plane.get_release(&sha256).await?;
+    Ok(HttpResponse::Ok().json(ReleaseView::from(release)))
 }
 
 async fn approve(

@@ -103,6 +103,39 @@ impl Client {
         self.send(self.http.put(self.url(path)).json(body), path)
     }
 
+    /// Sends a PUT whose body is the file at `body`, streamed, with one extra header, and
+    /// decodes the JSON response. Only connecting has a timeout, because uploading a large
+    /// artifact may take longer than any fixed limit.
+    pub fn put_file<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        header: (&str, &str),
+        body: &std::path::Path,
+    ) -> Result<T, CtlError> {
+        let file = std::fs::File::open(body).map_err(|error| {
+            CtlError::Local(format!("failed to read {}: {error}", body.display()))
+        })?;
+        let length = file
+            .metadata()
+            .map_err(|error| {
+                CtlError::Local(format!("failed to read {}: {error}", body.display()))
+            })?
+            .len();
+        let http = reqwest::blocking::Client::builder()
+            .connect_timeout(REQUEST_TIMEOUT)
+            .timeout(None)
+            .build()
+            .map_err(|error| {
+                CtlError::Local(format!("failed to create the HTTP client: {error}"))
+            })?;
+        let request = http
+            .put(self.url(path))
+            .header(header.0, header.1)
+            .header(reqwest::header::CONTENT_TYPE, "application/octet-stream")
+            .body(reqwest::blocking::Body::sized(file, length));
+        self.send(request, path)
+    }
+
     fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }
@@ -187,6 +220,36 @@ pub fn deployments_table(deployments: &[DeploymentView]) -> String {
         .map(|d| vec![d.id.clone(), d.created_at.clone(), d.description.clone()])
         .collect();
     table(&["DEPLOYMENT", "CREATED", "DESCRIPTION"], &rows)
+}
+
+/// Table of published releases.
+pub fn releases_table(releases: &[crate::views::ReleaseView]) -> String {
+    let rows: Vec<Vec<String>> = releases
+        .iter()
+        .map(|r| {
+            vec![
+                r.component.clone(),
+                r.version.clone(),
+                r.target.clone(),
+                r.release_counter.to_string(),
+                r.size.to_string(),
+                r.sha256.clone(),
+                r.signed_by.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "COMPONENT",
+            "VERSION",
+            "TARGET",
+            "COUNTER",
+            "SIZE",
+            "SHA256",
+            "SIGNED BY",
+        ],
+        &rows,
+    )
 }
 
 /// Table of nodes.

@@ -9,6 +9,7 @@
 //! - [`service`]: the operations, shared by the API and the actors.
 //! - [`api`]: the operator HTTP API with RFC 7807 errors.
 //! - [`actors`]: report and heartbeat ingestion, the sweeper, under a supervisor.
+//! - [`releases`]: the object store of released artifacts and the cache that serves chunks.
 //! - [`ctl`]: the `wardenctl` client.
 //! - [`nats_security`]: nkeys, NATS JWTs, per-node permissions, nats-server configuration and
 //!   TLS certificates for broker-enforced node identity. The binaries do not use it yet.
@@ -26,6 +27,7 @@ pub mod core;
 pub mod ctl;
 pub mod keys;
 pub mod nats_security;
+pub mod releases;
 pub mod service;
 pub mod store;
 pub mod views;

@@ -33,7 +33,12 @@ use crate::core::health::{HealthTransition, NodeHealth, NodeRecord};
 use crate::core::issue::{self, ActionRequest, FieldError};
 use crate::core::lifecycle::{TaskRecord, TaskStatus};
 use crate::keys;
+use crate::releases::{ReleaseStore, RELEASE_MANIFESTS_BUCKET};
 use crate::store::{DeploymentRecord, Record, Store, StoreError};
+
+mod releases;
+
+pub use releases::PublishedRelease;
 
 /// How long tasks stay in the task stream.
 pub const TASK_STREAM_MAX_AGE: Duration = Duration::from_secs(24 * 3600);
@@ -103,6 +108,8 @@ pub struct Settings {
     pub enrollment_ttl: Duration,
     /// How long a node's user JWT stays valid.
     pub node_jwt_ttl: Duration,
+    /// Clock-skew tolerance when checking a release key's validity window at publishing.
+    pub release_clock_skew: Duration,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
 }
@@ -200,6 +207,7 @@ pub struct NodeOptions {
 struct Inner {
     broker: Option<Arc<crate::broker::Broker>>,
     account_pusher: Option<async_nats::Client>,
+    releases: Option<ReleaseStore>,
     bus: Arc<dyn Bus>,
     store: Store,
     signer: SigningKey,
@@ -228,6 +236,7 @@ impl ControlPlane {
             inner: Arc::new(Inner {
                 broker: None,
                 account_pusher: None,
+                releases: None,
                 bus,
                 store,
                 signer,
@@ -248,6 +257,15 @@ impl ControlPlane {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.broker = Some(Arc::new(broker));
             inner.account_pusher = account_pusher;
+        }
+        self
+    }
+
+    /// Adds the release store, which lets this replica publish releases and serve artifact
+    /// chunks to nodes. Call it right after [`ControlPlane::new`].
+    pub fn with_releases(mut self, releases: ReleaseStore) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.releases = Some(releases);
         }
         self
     }
@@ -298,6 +316,7 @@ impl ControlPlane {
         let bus = &self.inner.bus;
         self.inner.store.ensure_buckets().await?;
         bus.ensure_bucket(CONTROL_BUCKET).await?;
+        bus.ensure_bucket(RELEASE_MANIFESTS_BUCKET).await?;
         bus.ensure_stream(&StreamSpec {
             name: TASK_STREAM.into(),
             subjects: vec![Subject::all_tasks()],
@@ -1237,6 +1256,18 @@ impl ControlPlane {
         let Some(verb) = subject.rsplit('.').next() else {
             return Ok(None);
         };
+        if verb == "fetch" {
+            let reply = match SignedEnvelope::decode(payload) {
+                Ok(signed) => self.fetch(&origin, &signed).await?,
+                Err(error) => warden_bus::messages::FetchReply::Refused {
+                    reason: format!("malformed request: {error}"),
+                },
+            };
+            return Ok(Some(reply.encode().unwrap_or_else(|error| {
+                tracing::error!(error = %error, "failed to encode a fetch reply");
+                Vec::new()
+            })));
+        }
         let signed = match SignedEnvelope::decode(payload) {
             Ok(signed) => signed,
             Err(error) => {

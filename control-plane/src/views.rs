@@ -388,3 +388,51 @@ pub struct Approve {
     /// Ed25519 signature over the task's `signed_body`, base64.
     pub signature: String,
 }
+
+/// Header of `PUT /v1/releases` that carries the signed manifest, base64 as
+/// `wardenctl release sign` writes it. The body is the artifact.
+pub const MANIFEST_HEADER: &str = "x-warden-manifest";
+
+/// A published release.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReleaseView {
+    /// iggy, connectors or warden.
+    pub component: String,
+    /// Release version.
+    pub version: String,
+    /// Target triple.
+    pub target: String,
+    /// SHA-256 of the artifact, hex.
+    pub sha256: String,
+    /// Size of the artifact, in bytes.
+    pub size: u64,
+    /// Monotonic release counter.
+    pub release_counter: u64,
+    /// When the manifest was signed, RFC 3339.
+    pub issued_at: String,
+    /// Id of the release key that signed the manifest.
+    pub signed_by: String,
+    /// The signed manifest, base64, for `wardenctl task issue upgrade-component --manifest`.
+    pub manifest: String,
+}
+
+impl From<crate::service::PublishedRelease> for ReleaseView {
+    fn from(release: crate::service::PublishedRelease) -> Self {
+        let manifest = &release.manifest;
+        Self {
+            component: format!("{:?}", manifest.component).to_lowercase(),
+            version: manifest.version.clone(),
+            target: manifest.target.clone(),
+            sha256: hex::encode(&manifest.sha256),
+            size: manifest.size,
+            release_counter: manifest.release_counter,
+            issued_at: manifest.issued_at.to_string(),
+            signed_by: release.signed.signature.key_id.to_string(),
+            manifest: release
+                .signed
+                .encode()
+                .map(|bytes| base64::engine::general_purpose::STANDARD.encode(bytes))
+                .unwrap_or_default(),
+        }
+    }
+}

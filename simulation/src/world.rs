@@ -515,6 +515,7 @@ impl World {
             duplicate_window: Duration::from_secs(120),
             enrollment_ttl: Duration::from_secs(3600),
             node_jwt_ttl: Duration::from_secs(24 * 3600),
+            release_clock_skew: Duration::from_secs(300),
             failpoint: None,
         };
         let mut replicas = Vec::with_capacity(REPLICAS);

@@ -10,6 +10,7 @@
 //! - [`pipeline`]: runs the core's effects in order; shared with the simulator.
 //! - [`actors`]: the supervised actor tree that does the I/O.
 //! - [`bootstrap`], [`store`], [`executor`]: the bootstrap file, the record store, the effects.
+//! - [`artifacts`]: downloads a verified release's artifact in chunks and stages it, mode 0600.
 //!
 //! Trust: the Warden trusts only its bootstrap file and the keys listed in it. Messages from
 //! the broker are untrusted until verified.
@@ -17,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod actors;
+pub mod artifacts;
 pub mod bootstrap;
 pub mod components;
 pub mod core;

@@ -14,6 +14,7 @@ use warden_bus::transport::nats::{NatsBus, NatsConnectConfig};
 use warden_control_plane::api::{self, ApiState};
 use warden_control_plane::broker::Broker;
 use warden_control_plane::core::health::UNREACHABLE_AFTER_DEFAULT;
+use warden_control_plane::releases::ReleaseStore;
 use warden_control_plane::service::{
     ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT, ENROLLMENT_TTL_DEFAULT, EXPIRY_GRACE_DEFAULT,
     NODE_JWT_TTL_DEFAULT, TASK_ACK_WAIT_DEFAULT,
@@ -72,6 +73,10 @@ struct Args {
     /// replica creates it.
     #[arg(long)]
     admin_key_out: Option<PathBuf>,
+    /// Directory where this replica caches released artifacts to serve chunks to nodes
+    /// [default: warden-artifact-cache in the system's temporary directory].
+    #[arg(long)]
+    artifact_cache_dir: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -128,6 +133,7 @@ fn main() -> anyhow::Result<()> {
         duplicate_window: Duration::from_secs(args.duplicate_window_secs),
         enrollment_ttl: Duration::from_secs(args.enrollment_ttl_secs),
         node_jwt_ttl: Duration::from_secs(args.node_jwt_ttl_secs),
+        release_clock_skew: warden::core::CLOCK_SKEW_DEFAULT,
         failpoint: std::env::var("WARDEN_FAILPOINT").ok(),
     };
 
@@ -142,13 +148,26 @@ fn main() -> anyhow::Result<()> {
                         bus = connect_with_retry(&args.nats_url, secure.as_ref().map(|secure| &secure.control_plane)) => bus,
             () = shutdown_signal() => return Ok(()),
         };
+        let cache_dir = args
+            .artifact_cache_dir
+            .clone()
+            .unwrap_or_else(|| std::env::temp_dir().join("warden-artifact-cache"));
+        let releases = ReleaseStore::open(bus.client().clone(), cache_dir.clone())
+            .await
+            .with_context(|| {
+                format!(
+                    "failed to open the release store with cache directory {}",
+                    cache_dir.display()
+                )
+            })?;
         let control_plane = ControlPlane::new(
             Arc::new(bus),
             signer.clone(),
             clock::system(),
             rng,
             settings,
-        );
+        )
+        .with_releases(releases);
         let control_plane = match secure {
             Some(secure) => {
                 // A separate system-account connection pushes account updates to the broker.

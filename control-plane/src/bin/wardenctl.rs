@@ -14,7 +14,7 @@ use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::ctl::{self, offline, Client, CtlError};
 use warden_control_plane::views::{
     AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
-    NodeView, PublishTrust, Reenroll, TaskView, TrustView,
+    NodeView, PublishTrust, Reenroll, ReleaseView, TaskView, TrustView, MANIFEST_HEADER,
 };
 
 /// Operator command line for the Warden control plane.
@@ -125,6 +125,43 @@ enum ReleaseCommand {
         /// File written by `release sign`.
         file: PathBuf,
     },
+    /// Sign a rollback permit with the root key file (offline): it lets nodes install a release
+    /// counter below their installed one, down to --release-counter-min.
+    Permit {
+        /// Root key file of the trust document.
+        #[arg(long)]
+        root_key: PathBuf,
+        /// Deployment the permit applies to.
+        #[arg(long)]
+        deployment: String,
+        /// The one node it applies to; without it, every node of the deployment.
+        #[arg(long)]
+        node: Option<String>,
+        /// iggy, connectors or warden.
+        #[arg(long, value_enum)]
+        component: ComponentArg,
+        /// Lowest release counter the permit allows.
+        #[arg(long)]
+        release_counter_min: u64,
+        /// Validity, such as 2h; at most 7d.
+        #[arg(long, default_value = "1h")]
+        expires_in: String,
+        /// Output file for the signed permit (base64 text), for `upgrade-component
+        /// --rollback-permit`.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Upload a signed manifest and its artifact to the control plane's release store.
+    Publish {
+        /// Signed manifest file written by `release sign`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// The artifact the manifest was signed for.
+        #[arg(long)]
+        artifact: PathBuf,
+    },
+    /// List the published releases.
+    List,
 }
 
 #[derive(Debug, Subcommand)]
@@ -383,6 +420,12 @@ enum ActionCommand {
         /// Release counter from the manifest.
         #[arg(long)]
         release_counter: u64,
+        /// Signed manifest file written by `release sign`.
+        #[arg(long)]
+        manifest: PathBuf,
+        /// Root-signed rollback permit file (base64), to go below the installed counter.
+        #[arg(long)]
+        rollback_permit: Option<PathBuf>,
     },
     /// Replace the access rules.
     ApplyAccessRules {
@@ -507,7 +550,11 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
     let offline_command = matches!(
         cli.command,
         Command::Key(_)
-            | Command::Release(_)
+            | Command::Release(
+                ReleaseCommand::Sign { .. }
+                    | ReleaseCommand::Show { .. }
+                    | ReleaseCommand::Permit { .. }
+            )
             | Command::Broker(_)
             | Command::Trust(TrustCommand::Sign(_))
             | Command::Trust(TrustCommand::Show { file: Some(_) })
@@ -688,11 +735,22 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                     version,
                     sha256,
                     release_counter,
+                    manifest,
+                    rollback_permit,
                 } => ActionRequest::UpgradeComponent {
                     component: component.into(),
                     version,
                     sha256,
                     release_counter,
+                    manifest: read_capped(&manifest, CONFIG_FILE_BYTES_MAX, "manifest file")?
+                        .trim()
+                        .to_owned(),
+                    rollback_permit: rollback_permit
+                        .map(|path| {
+                            read_capped(&path, CONFIG_FILE_BYTES_MAX, "rollback permit file")
+                                .map(|text| text.trim().to_owned())
+                        })
+                        .transpose()?,
                 },
                 ActionCommand::ApplyAccessRules { version, rules } => {
                     let rules = rules
@@ -880,6 +938,68 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             } else {
                 print!("{}", manifest_text(&manifest));
                 println!("signed by   {}", signed.signature.key_id);
+            }
+        }
+        Command::Release(ReleaseCommand::Permit {
+            root_key,
+            deployment,
+            node,
+            component,
+            release_counter_min,
+            expires_in,
+            out,
+        }) => {
+            let deployment = warden_bus::DeploymentId::new(&deployment)
+                .map_err(|error| CtlError::Local(format!("--deployment: {error}")))?;
+            let node = node
+                .map(|node| warden_bus::NodeId::new(&node))
+                .transpose()
+                .map_err(|error| CtlError::Local(format!("--node: {error}")))?;
+            let request = offline::PermitSignRequest {
+                root_key,
+                deployment,
+                node,
+                component: component.into(),
+                release_counter_min,
+                expires_in,
+                out,
+            };
+            let permit = offline::sign_permit(&request)?;
+            if json {
+                print_json(&serde_json::json!({
+                    "deployment": permit.deployment.to_string(),
+                    "node": permit.node.as_ref().map(ToString::to_string),
+                    "component": format!("{:?}", permit.component).to_lowercase(),
+                    "release_counter_min": permit.release_counter_min,
+                    "expires_at": permit.expires_at.to_string(),
+                }))?;
+            } else {
+                println!(
+                    "rollback permit written to {}; valid until {}",
+                    request.out.display(),
+                    permit.expires_at
+                );
+            }
+        }
+        Command::Release(ReleaseCommand::Publish { manifest, artifact }) => {
+            let text = read_capped(&manifest, CONFIG_FILE_BYTES_MAX, "manifest file")?;
+            let release: ReleaseView =
+                client.put_file("/v1/releases", (MANIFEST_HEADER, text.trim()), &artifact)?;
+            if json {
+                print_json(&release)?;
+            } else {
+                println!(
+                    "published {} {} ({} bytes, sha256 {})",
+                    release.component, release.version, release.size, release.sha256
+                );
+            }
+        }
+        Command::Release(ReleaseCommand::List) => {
+            let releases: Vec<ReleaseView> = client.get("/v1/releases")?;
+            if json {
+                print_json(&releases)?;
+            } else {
+                print!("{}", ctl::releases_table(&releases));
             }
         }
         Command::Trust(TrustCommand::Sign(args)) => {

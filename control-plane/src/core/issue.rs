@@ -9,6 +9,7 @@ use warden_bus::messages::{
     AccessRule, AccessRules, ApplyConfig, Component, ComponentTarget, Reconfigure, UpdateTrust,
     Upgrade, CONFIG_BYTES_MAX,
 };
+use warden_bus::release::{SignedManifest, SignedRollbackPermit};
 use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, KeyId, NodeId, Task, TaskAction, TaskId, UnixMillis};
 
@@ -66,6 +67,11 @@ pub enum ActionRequest {
         sha256: String,
         /// Release counter from the manifest.
         release_counter: u64,
+        /// The signed manifest, base64 as `wardenctl release sign` writes it.
+        manifest: String,
+        /// A root-signed rollback permit, base64, if the task goes below the installed counter.
+        #[serde(default)]
+        rollback_permit: Option<String>,
     },
     /// Replace the access rules.
     ApplyAccessRules {
@@ -134,16 +140,37 @@ impl ActionRequest {
                 version,
                 sha256,
                 release_counter,
+                manifest,
+                rollback_permit,
             } => {
                 let sha256 = hex::decode(sha256.trim()).map_err(|error| FieldError {
                     field: "sha256",
                     reason: format!("not hex: {error}"),
                 })?;
+                let manifest = decode_base64("manifest", &manifest).and_then(|bytes| {
+                    SignedManifest::decode(&bytes).map_err(|error| FieldError {
+                        field: "manifest",
+                        reason: error.to_string(),
+                    })
+                })?;
+                check_manifest_agrees(&manifest, component, &version, &sha256, release_counter)?;
+                let rollback_permit = rollback_permit
+                    .map(|text| {
+                        decode_base64("rollback_permit", &text).and_then(|bytes| {
+                            SignedRollbackPermit::decode(&bytes).map_err(|error| FieldError {
+                                field: "rollback_permit",
+                                reason: error.to_string(),
+                            })
+                        })
+                    })
+                    .transpose()?;
                 TaskAction::UpgradeComponent(Upgrade {
                     component,
                     version,
                     sha256,
                     release_counter,
+                    manifest: Box::new(manifest),
+                    rollback_permit: rollback_permit.map(Box::new),
                 })
             }
             Self::ApplyAccessRules { version, rules } => {
@@ -180,6 +207,60 @@ impl ActionRequest {
         })?;
         Ok(action)
     }
+}
+
+/// Checks that an upgrade request names what its manifest names, so the operator learns of a
+/// mismatch now rather than from the node's `manifest_mismatch` rejection. The node still
+/// verifies the signature and compares again; this check does not replace that.
+fn check_manifest_agrees(
+    manifest: &SignedManifest,
+    component: Component,
+    version: &str,
+    sha256: &[u8],
+    release_counter: u64,
+) -> Result<(), FieldError> {
+    let content = manifest.manifest_unverified().map_err(|error| FieldError {
+        field: "manifest",
+        reason: error.to_string(),
+    })?;
+    let mismatch = |field: &'static str, requested: String, signed: String| {
+        Err(FieldError {
+            field,
+            reason: format!(
+                "{requested} does not match the manifest's {signed}; give the values that `wardenctl release show` prints for the manifest"
+            ),
+        })
+    };
+    if content.component != component {
+        return mismatch(
+            "component",
+            format!("{component:?}"),
+            format!("{:?}", content.component),
+        );
+    }
+    if content.version != version {
+        return mismatch("version", version.to_owned(), content.version);
+    }
+    if content.sha256 != sha256 {
+        return mismatch("sha256", hex::encode(sha256), hex::encode(&content.sha256));
+    }
+    if content.release_counter != release_counter {
+        return mismatch(
+            "release_counter",
+            release_counter.to_string(),
+            content.release_counter.to_string(),
+        );
+    }
+    Ok(())
+}
+
+fn decode_base64(field: &'static str, text: &str) -> Result<Vec<u8>, FieldError> {
+    base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .map_err(|error| FieldError {
+            field,
+            reason: format!("not base64: {error}"),
+        })
 }
 
 /// Validates a requested validity period.
@@ -273,6 +354,61 @@ pub fn summarize(action: &TaskAction) -> BTreeMap<String, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upgrade_must_match_its_manifest() {
+        use warden_bus::release::ReleaseManifest;
+        let trust = SignedDocument {
+            body: Vec::new(),
+            signatures: Vec::new(),
+        };
+        let key = warden_bus::SigningKey::from_seed([3; 32]);
+        let manifest = ReleaseManifest {
+            component: Component::Iggy,
+            version: "0.8.1".into(),
+            target: "x86_64-unknown-linux-gnu".into(),
+            sha256: vec![7; 32],
+            size: 10,
+            release_counter: 4,
+            issued_at: UnixMillis(0),
+        };
+        let encoded = base64::engine::general_purpose::STANDARD.encode(
+            SignedManifest::sign(&manifest, &key)
+                .unwrap()
+                .encode()
+                .unwrap(),
+        );
+        let request = |component, version: &str, sha256: &str, release_counter| {
+            ActionRequest::UpgradeComponent {
+                component,
+                version: version.into(),
+                sha256: sha256.into(),
+                release_counter,
+                manifest: encoded.clone(),
+                rollback_permit: None,
+            }
+        };
+        let sha = hex::encode([7; 32]);
+        let other_sha = hex::encode([8; 32]);
+        assert!(request(Component::Iggy, "0.8.1", &sha, 4)
+            .into_action(&trust)
+            .is_ok());
+        let cases = [
+            (
+                "component",
+                request(Component::Connectors, "0.8.1", &sha, 4),
+            ),
+            ("version", request(Component::Iggy, "0.8.2", &sha, 4)),
+            ("sha256", request(Component::Iggy, "0.8.1", &other_sha, 4)),
+            (
+                "release_counter",
+                request(Component::Iggy, "0.8.1", &sha, 5),
+            ),
+        ];
+        for (field, request) in cases {
+            assert_eq!(request.into_action(&trust).unwrap_err().field, field);
+        }
+    }
 
     #[test]
     fn apply_config_checks_fields() {

@@ -7,7 +7,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use base64::Engine;
-use warden_bus::release::{ReleaseManifest, SignedManifest, ARTIFACT_BYTES_MAX};
+use warden_bus::release::{
+    ReleaseManifest, RollbackPermit, SignedManifest, SignedRollbackPermit, ARTIFACT_BYTES_MAX,
+};
 use warden_bus::signed::KEY_BYTES;
 use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
 use warden_bus::{Clock, PublicKey, SigningKey, SystemClock, UnixMillis};
@@ -292,6 +294,68 @@ pub fn sign_release(request: &ReleaseSignRequest) -> Result<ReleaseManifest, Ctl
         ))
     })?;
     Ok(manifest)
+}
+
+/// Maximum validity of a rollback permit, in milliseconds. A permit covers one planned rollback,
+/// so it should not stay valid for long.
+pub const PERMIT_VALIDITY_MAX_MS: i64 = 7 * 24 * 3600 * 1000;
+
+/// Parameters of `release permit`.
+#[derive(Debug, Clone)]
+pub struct PermitSignRequest {
+    /// Root key file.
+    pub root_key: PathBuf,
+    /// Deployment the permit applies to.
+    pub deployment: warden_bus::DeploymentId,
+    /// The one node it applies to, or every node of the deployment.
+    pub node: Option<warden_bus::NodeId>,
+    /// Component it applies to.
+    pub component: warden_bus::messages::Component,
+    /// Lowest release counter it allows.
+    pub release_counter_min: u64,
+    /// Validity, such as 2h.
+    pub expires_in: String,
+    /// Output file for the signed permit (base64 text).
+    pub out: PathBuf,
+}
+
+/// Signs a rollback permit with the root key file and writes it as base64.
+pub fn sign_permit(request: &PermitSignRequest) -> Result<RollbackPermit, CtlError> {
+    let validity = parse_offset(&request.expires_in)?;
+    if validity <= 0 || validity > PERMIT_VALIDITY_MAX_MS {
+        return Err(local(format!(
+            "--expires-in {} must be above 0 and at most 7d",
+            request.expires_in
+        )));
+    }
+    let key = read_key(&request.root_key)?;
+    let now = SystemClock.now();
+    let permit = RollbackPermit {
+        deployment: request.deployment.clone(),
+        node: request.node.clone(),
+        component: request.component,
+        release_counter_min: request.release_counter_min,
+        issued_at: now,
+        expires_at: offset(now, validity),
+    };
+    let bytes = SignedRollbackPermit::sign(&permit, &key)
+        .map_err(|error| local(error.to_string()))?
+        .encode()
+        .map_err(|error| local(error.to_string()))?;
+    std::fs::write(
+        &request.out,
+        format!(
+            "{}\n",
+            base64::engine::general_purpose::STANDARD.encode(bytes)
+        ),
+    )
+    .map_err(|error| {
+        local(format!(
+            "failed to write {}: {error}",
+            request.out.display()
+        ))
+    })?;
+    Ok(permit)
 }
 
 /// Reads a manifest file written by [`sign_release`].

@@ -108,6 +108,32 @@ mod tests {
     }
 
     #[test]
+    fn node_may_request_its_own_fetches_only() {
+        let (deployment, node) = ids();
+        let SubjectRule::Only(publish) = node_permissions(&deployment, &node).publish else {
+            panic!("node permissions must list their subjects");
+        };
+        // NATS subject matching: `*` is one token, `>` the rest.
+        let matches = |filter: &str, subject: &str| {
+            let mut tokens = subject.split('.');
+            for expected in filter.split('.') {
+                match (expected, tokens.next()) {
+                    (">", Some(_)) => return true,
+                    ("*", Some(_)) => {}
+                    (expected, Some(token)) if expected == token => {}
+                    _ => return false,
+                }
+            }
+            tokens.next().is_none()
+        };
+        let allowed =
+            |subject: &Subject| publish.iter().any(|rule| matches(rule, subject.as_str()));
+        assert!(allowed(&Subject::rpc(&deployment, &node, RpcVerb::Fetch)));
+        let other = NodeId::new("n2").unwrap();
+        assert!(!allowed(&Subject::rpc(&deployment, &other, RpcVerb::Fetch)));
+    }
+
+    #[test]
     fn enrollment_permissions_allow_enroll_only() {
         let prefix = subject::enrollment_inbox_prefix("UABC");
         let permissions = enrollment_permissions(&prefix);

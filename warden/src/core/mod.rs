@@ -14,6 +14,7 @@ pub mod component;
 pub mod credentials;
 pub mod heartbeat;
 pub mod record;
+pub mod release;
 pub mod verify;
 
 use std::collections::BTreeMap;

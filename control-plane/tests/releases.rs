@@ -1,0 +1,613 @@
+//! Signed releases end to end: `wardenctl release sign` and `release publish` into the real
+//! object store, then a node identity checks an upgrade and downloads the artifact through the
+//! control plane with `fetch_verified`. Every attack must leave no staged file behind.
+
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::panic,
+    clippy::indexing_slicing
+)]
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use rand::{RngCore, SeedableRng};
+use support::{Cluster, DEPLOYMENT};
+use warden::artifacts::{self, ArtifactError, Requester, StagedArtifact};
+use warden::core::release::{check_upgrade, ReleaseContext, ReleaseRejection};
+use warden::core::verify::Identity;
+use warden_bus::messages::{Component, RejectCode, Upgrade};
+use warden_bus::release::{RollbackPermit, SignedManifest, SignedRollbackPermit};
+use warden_bus::transport::nats::NatsBus;
+use warden_bus::trust::TrustDocument;
+use warden_bus::{Clock, DeploymentId, NodeId, SigningKey, SystemClock, UnixMillis};
+use warden_control_plane::ctl::offline;
+use warden_control_plane::views::ReleaseView;
+use warden_testkit::wait_until;
+
+const TARGET: &str = "x86_64-unknown-linux-gnu";
+const SKEW: Duration = Duration::from_secs(300);
+const SKEW_MS: u64 = 300_000;
+
+/// A cluster whose trust document lists a release key, with one enrolled node whose
+/// credentials the test uses directly.
+struct ReleaseSetup {
+    cluster: Cluster,
+    cache_dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    bus: NatsBus,
+    node_key: SigningKey,
+    state_dir: PathBuf,
+    trust: TrustDocument,
+}
+
+impl ReleaseSetup {
+    fn start() -> Self {
+        let cache_dir = tempfile::tempdir().unwrap();
+        let cache_arg = cache_dir.path().to_string_lossy().into_owned();
+        let mut cluster = Cluster::start_with(&["--artifact-cache-dir", &cache_arg]);
+
+        // Trust document version 2 adds a release key; the control plane never holds its seed.
+        let release_key = offline::create_key(&cluster.path("release.key")).unwrap();
+        let task_key = cluster.task_key();
+        let trust_file = cluster.path("trust-2.b64");
+        ctl_ok(
+            &cluster,
+            &[
+                "trust",
+                "sign",
+                "--root-key",
+                path_str(&cluster.path("root.key")),
+                "--version",
+                "2",
+                "--expires-in",
+                "30d",
+                "--task-key",
+                &format!("{},from=-1h", task_key.public_key().to_hex()),
+                "--release-key",
+                &format!("{},from=-1h", release_key.public_key().to_hex()),
+                "--out",
+                path_str(&trust_file),
+            ],
+        );
+        ctl_ok(&cluster, &["trust", "publish", path_str(&trust_file)]);
+        let trust = offline::read_trust(&trust_file)
+            .unwrap()
+            .document_unverified()
+            .unwrap();
+
+        // Enroll n1 with a real Warden, then borrow its key and credential.
+        cluster.add_node("n1");
+        cluster.start_warden("n1", &[]);
+        let state_dir = cluster.path("n1");
+        wait_until("n1 to enroll", Duration::from_secs(15), || {
+            warden::credentials::load(&state_dir)
+                .ok()
+                .flatten()
+                .is_some()
+        });
+        cluster.kill_warden("n1");
+        let (node_key, generated) =
+            warden::identity::load_or_create(&state_dir, &mut rand::rngs::OsRng).unwrap();
+        assert!(!generated, "the node key must be the enrolled one");
+        let credential = warden::credentials::load(&state_dir).unwrap().unwrap();
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        let bus = runtime
+            .block_on(warden::credentials::connect_node(
+                &cluster.nats_url(),
+                &state_dir.join(warden::credentials::CA_FILE),
+                &credential,
+                &node_key,
+                &DeploymentId::new(DEPLOYMENT).unwrap(),
+                &NodeId::new("n1").unwrap(),
+            ))
+            .unwrap();
+        Self {
+            cluster,
+            cache_dir,
+            runtime,
+            bus,
+            node_key,
+            state_dir,
+            trust,
+        }
+    }
+
+    /// Writes a random artifact and signs its manifest with `key_file` via wardenctl.
+    fn sign(&self, name: &str, size: usize, target: &str, counter: u64, key_file: &str) -> PathBuf {
+        let artifact = self.cluster.path(name);
+        let mut bytes = vec![0u8; size];
+        rand_chacha::ChaCha20Rng::seed_from_u64(counter ^ size as u64).fill_bytes(&mut bytes);
+        std::fs::write(&artifact, &bytes).unwrap();
+        let manifest = self.cluster.path(&format!("{name}.manifest"));
+        ctl_ok(
+            &self.cluster,
+            &[
+                "release",
+                "sign",
+                "--release-key",
+                path_str(&self.cluster.path(key_file)),
+                "--artifact",
+                path_str(&artifact),
+                "--component",
+                "iggy",
+                "--version",
+                &format!("0.8.{counter}"),
+                "--target",
+                target,
+                "--release-counter",
+                &counter.to_string(),
+                "--out",
+                path_str(&manifest),
+            ],
+        );
+        artifact
+    }
+
+    fn publish(&self, artifact: &Path) -> ReleaseView {
+        let manifest = manifest_path(artifact);
+        let (code, stdout, stderr) = self.cluster.ctl(&[
+            "-o",
+            "json",
+            "release",
+            "publish",
+            "--manifest",
+            path_str(&manifest),
+            "--artifact",
+            path_str(artifact),
+        ]);
+        assert_eq!(code, Some(0), "publish failed: {stderr}");
+        serde_json::from_str(&stdout).unwrap()
+    }
+
+    /// Builds the upgrade task the control plane would issue for a signed artifact.
+    fn upgrade(&self, artifact: &Path) -> Upgrade {
+        let signed = offline::read_manifest(&manifest_path(artifact)).unwrap();
+        let manifest = signed.manifest_unverified().unwrap();
+        Upgrade {
+            component: manifest.component,
+            version: manifest.version,
+            sha256: manifest.sha256,
+            release_counter: manifest.release_counter,
+            manifest: Box::new(signed),
+            rollback_permit: None,
+        }
+    }
+
+    /// Checks the upgrade as the node would, then downloads and stages its artifact.
+    fn attempt(&self, upgrade: &Upgrade, installed: u64) -> Result<StagedArtifact, Failure> {
+        self.attempt_as(upgrade, installed, &self.node_key)
+    }
+
+    fn attempt_as(
+        &self,
+        upgrade: &Upgrade,
+        installed: u64,
+        signer: &SigningKey,
+    ) -> Result<StagedArtifact, Failure> {
+        let identity = identity();
+        let release = check_upgrade(
+            upgrade,
+            &ReleaseContext {
+                trust: &self.trust,
+                identity: &identity,
+                now: SystemClock.now(),
+                skew: SKEW,
+                target: TARGET,
+                installed_counter: installed,
+            },
+        )
+        .map_err(Failure::Rejected)?;
+        let requester = Requester {
+            deployment: &identity.deployment,
+            node: &identity.node,
+            node_key: signer,
+            clock: &SystemClock,
+        };
+        self.runtime
+            .block_on(artifacts::fetch_verified(
+                &self.bus,
+                requester,
+                &release,
+                &self.state_dir,
+            ))
+            .map_err(Failure::Download)
+    }
+
+    /// Asserts that the staging directory contains no file for `sha256`, and nothing executable.
+    fn assert_nothing_staged(&self, sha256: &str, case: &str) {
+        for path in [
+            artifacts::partial_path(&self.state_dir, sha256),
+            artifacts::verified_path(&self.state_dir, sha256),
+        ] {
+            assert!(!path.exists(), "{case}: {} exists", path.display());
+        }
+        assert_no_executable(&self.state_dir.join(artifacts::STAGING_DIR), case);
+    }
+
+    fn cache_file(&self, sha256: &str) -> PathBuf {
+        self.cache_dir.path().join(sha256)
+    }
+}
+
+#[derive(Debug)]
+enum Failure {
+    Rejected(ReleaseRejection),
+    Download(ArtifactError),
+}
+
+impl Failure {
+    fn code(&self) -> Option<RejectCode> {
+        match self {
+            Self::Rejected(rejection) => Some(rejection.code),
+            Self::Download(_) => None,
+        }
+    }
+}
+
+fn identity() -> Identity {
+    Identity {
+        deployment: DeploymentId::new(DEPLOYMENT).unwrap(),
+        node: NodeId::new("n1").unwrap(),
+        approval_key: None,
+    }
+}
+
+fn path_str(path: &Path) -> &str {
+    path.to_str().unwrap()
+}
+
+fn manifest_path(artifact: &Path) -> PathBuf {
+    PathBuf::from(format!("{}.manifest", artifact.display()))
+}
+
+fn ctl_ok(cluster: &Cluster, args: &[&str]) -> String {
+    let (code, stdout, stderr) = cluster.ctl(args);
+    assert_eq!(code, Some(0), "wardenctl {args:?} failed: {stderr}");
+    stdout
+}
+
+fn assert_no_executable(dir: &Path, case: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries {
+        let entry = entry.unwrap();
+        let mode = entry.metadata().unwrap().permissions().mode();
+        assert_eq!(
+            mode & 0o111,
+            0,
+            "{case}: {} has mode {mode:o}",
+            entry.path().display()
+        );
+    }
+}
+
+fn sha256_of(artifact: &Path) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(std::fs::read(artifact).unwrap()))
+}
+
+fn permit(counter_min: u64, expires_at: UnixMillis, key: &SigningKey) -> SignedRollbackPermit {
+    let now = SystemClock.now();
+    SignedRollbackPermit::sign(
+        &RollbackPermit {
+            deployment: DeploymentId::new(DEPLOYMENT).unwrap(),
+            node: Some(NodeId::new("n1").unwrap()),
+            component: Component::Iggy,
+            release_counter_min: counter_min,
+            issued_at: UnixMillis(expires_at.0.min(now.0) - 60_000),
+            expires_at,
+        },
+        key,
+    )
+    .unwrap()
+}
+
+#[test]
+fn published_release_downloads_and_verifies() {
+    let setup = ReleaseSetup::start();
+    let size = 3 * 512 * 1024 + 1234;
+    let artifact = setup.sign("iggy-5", size, TARGET, 5, "release.key");
+    let published = setup.publish(&artifact);
+    let sha256 = sha256_of(&artifact);
+    assert_eq!(published.sha256, sha256);
+    assert_eq!(published.size, size as u64);
+
+    // The listing shows it, as JSON and as a table.
+    let listed: Vec<ReleaseView> =
+        serde_json::from_str(&ctl_ok(&setup.cluster, &["-o", "json", "release", "list"])).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].sha256, sha256);
+    assert!(ctl_ok(&setup.cluster, &["release", "list"]).contains(&sha256));
+
+    // Publishing the same manifest again is accepted.
+    setup.publish(&artifact);
+
+    let staged = setup.attempt(&setup.upgrade(&artifact), 4).unwrap();
+    assert_eq!(
+        staged.path(),
+        artifacts::verified_path(&setup.state_dir, &sha256)
+    );
+    assert_eq!(
+        std::fs::read(staged.path()).unwrap(),
+        std::fs::read(&artifact).unwrap()
+    );
+    let mode = std::fs::metadata(staged.path())
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "staged mode {mode:o}");
+    assert!(!artifacts::partial_path(&setup.state_dir, &sha256).exists());
+    assert!(
+        setup.cache_file(&sha256).exists(),
+        "the control plane caches what it serves"
+    );
+}
+
+#[test]
+fn tampered_cache_never_staged() {
+    let setup = ReleaseSetup::start();
+    let artifact = setup.sign("iggy-5", 2 * 512 * 1024 + 77, TARGET, 5, "release.key");
+    setup.publish(&artifact);
+    let sha256 = sha256_of(&artifact);
+    let upgrade = setup.upgrade(&artifact);
+    let original = std::fs::read(&artifact).unwrap();
+    let cache = setup.cache_file(&sha256);
+    wait_until("the cache file", Duration::from_secs(5), || cache.exists());
+
+    let mut flipped = original.clone();
+    flipped[600_000] ^= 0x01;
+    let mut truncated = original.clone();
+    truncated.truncate(original.len() - 1);
+    let mut appended = original.clone();
+    appended.extend_from_slice(b"tail");
+    let cases = [
+        ("one flipped byte", flipped),
+        ("truncated", truncated),
+        ("appended", appended),
+    ];
+    for (case, bytes) in cases {
+        std::fs::write(&cache, &bytes).unwrap();
+        let failure = setup.attempt(&upgrade, 0).unwrap_err();
+        assert!(
+            matches!(failure, Failure::Download(ArtifactError::Corrupt { .. })),
+            "{case}: {failure:?}"
+        );
+        setup.assert_nothing_staged(&sha256, case);
+    }
+
+    // Restoring the cache shows the attacks failed for the bytes alone.
+    std::fs::write(&cache, &original).unwrap();
+    setup.attempt(&upgrade, 0).unwrap();
+}
+
+#[test]
+fn bad_manifests_and_tasks_rejected_before_download() {
+    let setup = ReleaseSetup::start();
+    let good = setup.sign("iggy-5", 100_000, TARGET, 5, "release.key");
+    setup.publish(&good);
+    let sha256 = sha256_of(&good);
+
+    // A manifest for another target, published and signed correctly.
+    let arm = setup.sign(
+        "iggy-arm",
+        90_000,
+        "aarch64-unknown-linux-gnu",
+        6,
+        "release.key",
+    );
+    setup.publish(&arm);
+    let failure = setup.attempt(&setup.upgrade(&arm), 0).unwrap_err();
+    assert_eq!(failure.code(), Some(RejectCode::WrongTarget), "{failure:?}");
+    setup.assert_nothing_staged(&sha256_of(&arm), "other target");
+
+    // Manifests signed by the task key and by a random key.
+    let stranger = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(77));
+    for (case, key) in [
+        ("task key", setup.cluster.task_key()),
+        ("random key", stranger),
+    ] {
+        let mut upgrade = setup.upgrade(&good);
+        let manifest = upgrade.manifest.manifest_unverified().unwrap();
+        *upgrade.manifest = SignedManifest::sign(&manifest, &key).unwrap();
+        let failure = setup.attempt(&upgrade, 0).unwrap_err();
+        assert_eq!(
+            failure.code(),
+            Some(RejectCode::ManifestInvalid),
+            "{case}: {failure:?}"
+        );
+        setup.assert_nothing_staged(&sha256, case);
+    }
+
+    // The control plane's task names another digest than the release key signed.
+    let mut upgrade = setup.upgrade(&good);
+    upgrade.sha256 = hex::decode(sha256_of(&arm)).unwrap();
+    let failure = setup.attempt(&upgrade, 0).unwrap_err();
+    assert_eq!(
+        failure.code(),
+        Some(RejectCode::ManifestMismatch),
+        "{failure:?}"
+    );
+    setup.assert_nothing_staged(&sha256, "task digest differs");
+    setup.assert_nothing_staged(&sha256_of(&arm), "task digest differs");
+}
+
+#[test]
+fn rollback_needs_valid_root_permit() {
+    let setup = ReleaseSetup::start();
+    let old = setup.sign("iggy-3", 70_000, TARGET, 3, "release.key");
+    setup.publish(&old);
+    let sha256 = sha256_of(&old);
+    let now = SystemClock.now();
+    let in_an_hour = UnixMillis(now.0 + 3_600_000);
+
+    let failure = setup.attempt(&setup.upgrade(&old), 5).unwrap_err();
+    assert_eq!(
+        failure.code(),
+        Some(RejectCode::ReleaseRollback),
+        "{failure:?}"
+    );
+    setup.assert_nothing_staged(&sha256, "no permit");
+
+    let expired = UnixMillis(now.0 - SKEW_MS - 60_000);
+    let cases = [
+        (
+            "signed by the task key",
+            permit(3, in_an_hour, &setup.cluster.task_key()),
+        ),
+        (
+            "signed by the release key",
+            permit(
+                3,
+                in_an_hour,
+                &offline::read_key(&setup.cluster.path("release.key")).unwrap(),
+            ),
+        ),
+        ("expired", permit(3, expired, &setup.cluster.root_key())),
+    ];
+    for (case, permit) in cases {
+        let mut upgrade = setup.upgrade(&old);
+        upgrade.rollback_permit = Some(Box::new(permit));
+        let failure = setup.attempt(&upgrade, 5).unwrap_err();
+        assert_eq!(
+            failure.code(),
+            Some(RejectCode::RollbackPermitInvalid),
+            "{case}: {failure:?}"
+        );
+        setup.assert_nothing_staged(&sha256, case);
+    }
+
+    // A permit signed offline with `wardenctl release permit` and the root key.
+    let permit_file = setup.cluster.path("permit.b64");
+    ctl_ok(
+        &setup.cluster,
+        &[
+            "release",
+            "permit",
+            "--root-key",
+            path_str(&setup.cluster.path("root.key")),
+            "--deployment",
+            DEPLOYMENT,
+            "--node",
+            "n1",
+            "--component",
+            "iggy",
+            "--release-counter-min",
+            "3",
+            "--expires-in",
+            "1h",
+            "--out",
+            path_str(&permit_file),
+        ],
+    );
+    let text = std::fs::read_to_string(&permit_file).unwrap();
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(text.trim())
+        .unwrap();
+    let mut upgrade = setup.upgrade(&old);
+    upgrade.rollback_permit = Some(Box::new(SignedRollbackPermit::decode(&bytes).unwrap()));
+    let staged = setup.attempt(&upgrade, 5).unwrap();
+    assert!(staged.path().exists());
+}
+
+#[test]
+fn fetch_signed_by_another_key_refused() {
+    let mut setup = ReleaseSetup::start();
+    let artifact = setup.sign("iggy-5", 50_000, TARGET, 5, "release.key");
+    setup.publish(&artifact);
+    let sha256 = sha256_of(&artifact);
+
+    // n2 enrolls its own key; its key then signs requests on n1's subject over n1's connection.
+    setup.cluster.add_node("n2");
+    setup.cluster.start_warden("n2", &[]);
+    let n2_dir = setup.cluster.path("n2");
+    wait_until("n2 to enroll", Duration::from_secs(15), || {
+        warden::credentials::load(&n2_dir).ok().flatten().is_some()
+    });
+    setup.cluster.kill_warden("n2");
+    let (n2_key, _) = warden::identity::load_or_create(&n2_dir, &mut rand::rngs::OsRng).unwrap();
+    let stranger = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(78));
+    for (case, key) in [("n2's key", n2_key), ("a random key", stranger)] {
+        let failure = setup
+            .attempt_as(&setup.upgrade(&artifact), 0, &key)
+            .unwrap_err();
+        assert!(
+            matches!(failure, Failure::Download(ArtifactError::Refused { .. })),
+            "{case}: {failure:?}"
+        );
+        setup.assert_nothing_staged(&sha256, case);
+    }
+    assert!(
+        setup
+            .cluster
+            .control_plane_log()
+            .contains("artifact fetch refused"),
+        "the control plane logs each refusal"
+    );
+
+    // n1's own key still works.
+    setup.attempt(&setup.upgrade(&artifact), 0).unwrap();
+}
+
+#[test]
+fn publish_rejects_unsigned_or_mismatched() {
+    let setup = ReleaseSetup::start();
+
+    // Signed by the task key, which is not a release key.
+    std::fs::copy(
+        setup.cluster.path("task.key"),
+        setup.cluster.path("not-release.key"),
+    )
+    .unwrap();
+    let forged = setup.sign("forged", 10_000, TARGET, 9, "not-release.key");
+    let (code, _, stderr) = setup.cluster.ctl(&[
+        "release",
+        "publish",
+        "--manifest",
+        path_str(&manifest_path(&forged)),
+        "--artifact",
+        path_str(&forged),
+    ]);
+    assert_ne!(code, Some(0));
+    assert!(stderr.contains("field: manifest"), "{stderr}");
+    assert!(stderr.contains("not a release key"), "{stderr}");
+
+    // A correctly signed manifest with other bytes: one flipped byte, and one more byte.
+    let good = setup.sign("good", 10_000, TARGET, 9, "release.key");
+    let original = std::fs::read(&good).unwrap();
+    let mut flipped = original.clone();
+    flipped[5] ^= 0x80;
+    let mut longer = original;
+    longer.push(0);
+    for (case, bytes, detail) in [("flipped", flipped, "sha256"), ("longer", longer, "size")] {
+        let upload = setup.cluster.path(&format!("upload-{case}"));
+        std::fs::write(&upload, bytes).unwrap();
+        let (code, _, stderr) = setup.cluster.ctl(&[
+            "release",
+            "publish",
+            "--manifest",
+            path_str(&manifest_path(&good)),
+            "--artifact",
+            path_str(&upload),
+        ]);
+        assert_ne!(code, Some(0), "{case}");
+        assert!(stderr.contains("field: artifact"), "{case}: {stderr}");
+        assert!(
+            stderr.contains(&format!("artifact {detail} mismatch")),
+            "{case}: {stderr}"
+        );
+    }
+    let listed: Vec<ReleaseView> =
+        serde_json::from_str(&ctl_ok(&setup.cluster, &["-o", "json", "release", "list"])).unwrap();
+    assert!(listed.is_empty(), "{listed:?}");
+}
