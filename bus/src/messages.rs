@@ -98,7 +98,7 @@ impl fmt::Debug for ApplyConfig {
 }
 
 /// Components a Warden manages.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Component {
     /// The Iggy server.

@@ -687,6 +687,8 @@ impl World {
             config_version: node.disk.config_version,
             trust: node.disk.trust.clone(),
             clock_high_water: node.disk.clock_high_water,
+            // The simulator issues no upgrades yet.
+            installed: Default::default(),
         };
         WardenCore::new(identity, limits, persisted)
     }

@@ -9,8 +9,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use actix::Addr;
+use warden_actors::clock::SharedClock;
 use warden_bus::messages::{ApplyConfig, Component, ComponentPhase};
-use warden_bus::TaskAction;
+use warden_bus::{Bus, DeploymentId, NodeId, SigningKey, TaskAction};
+
+use crate::artifacts::{fetch_verified, Requester};
+use crate::components::installer::{sha256_file, ActiveReleases, Installer, Release};
+use crate::core::release::VerifiedRelease;
 
 use crate::actors::components::{Command, ComponentActor, GetSnapshot, Request, Snapshot};
 use crate::components::definition::check_kernel_for_iggy;
@@ -30,6 +35,24 @@ const COMPONENT_WAIT_MARGIN: Duration = Duration::from_secs(5);
 /// How often a task polls a component's phase.
 const COMPONENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
+/// What an upgrade needs besides the component actors: the bus to fetch artifacts through, the
+/// node key that signs the fetch requests, and each component's installer.
+#[derive(Clone)]
+pub struct ReleaseIo {
+    /// The node's connection to the broker.
+    pub bus: Arc<dyn Bus>,
+    /// The node's deployment.
+    pub deployment: DeploymentId,
+    /// The node.
+    pub node: NodeId,
+    /// The node key.
+    pub node_key: SigningKey,
+    /// Wall clock.
+    pub clock: SharedClock,
+    /// Installers of the components defined on this node.
+    pub installers: BTreeMap<Component, Installer>,
+}
+
 /// Executes tasks on the local node.
 #[derive(Clone)]
 pub struct Executor {
@@ -38,6 +61,7 @@ pub struct Executor {
     started: std::time::Instant,
     components: ComponentHandles,
     timeouts: BTreeMap<&'static str, (Duration, Duration)>,
+    releases: Option<ReleaseIo>,
 }
 
 impl std::fmt::Debug for Executor {
@@ -67,7 +91,36 @@ impl Executor {
             started: std::time::Instant::now(),
             components: ComponentHandles::default(),
             timeouts: BTreeMap::new(),
+            releases: None,
         }
+    }
+
+    /// Adds what upgrades need.
+    pub fn with_releases(mut self, releases: ReleaseIo) -> Self {
+        self.releases = Some(releases);
+        self
+    }
+
+    /// Release counter of each component's active installed release. A record that cannot be
+    /// read counts as none, and is logged; the release check then refuses nothing it would
+    /// otherwise accept, so the error is also reported on the next upgrade of that component.
+    pub fn installed_counters(&self) -> BTreeMap<Component, u64> {
+        let Some(releases) = &self.releases else {
+            return BTreeMap::new();
+        };
+        releases
+            .installers
+            .iter()
+            .filter_map(|(component, installer)| match installer.releases() {
+                Ok(releases) => releases
+                    .active
+                    .map(|release| (*component, release.release_counter)),
+                Err(error) => {
+                    tracing::error!(component = %component, error = %error, "cannot read the installed release");
+                    None
+                }
+            })
+            .collect()
     }
 
     /// Adds the component actors, with each component's start and stop timeouts.
@@ -104,6 +157,12 @@ impl Executor {
         };
         if let Some((component, request, config_version)) = component_request {
             return self.run_component(component, request, config_version).await;
+        }
+        if let TaskAction::UpgradeComponent(_) = &action {
+            return match task.release() {
+                Some(release) => self.upgrade(release).await,
+                None => Err("the upgrade reached execution without a checked release".into()),
+            };
         }
         let executor = self.clone();
         tokio::task::spawn_blocking(move || match action {
@@ -186,6 +245,147 @@ impl Executor {
                 None => tokio::time::sleep(COMPONENT_POLL_INTERVAL).await,
             }
         }
+    }
+
+    /// Downloads and verifies the release unless it is installed already, installs it beside
+    /// the current one, makes it active and restarts the component with it. If the component
+    /// does not pass its health check within its start timeout, the release that ran before
+    /// becomes active again, the component returns to the phase it had, and the task fails.
+    async fn upgrade(&self, release: &VerifiedRelease) -> ExecutionOutcome {
+        let manifest = release.manifest();
+        let component = manifest.component;
+        let name = component.as_str();
+        let undefined = || {
+            format!(
+                "component {name} is not defined on this node; add [components.{name}] to its bootstrap file"
+            )
+        };
+        let io = self.releases.as_ref().ok_or_else(undefined)?;
+        let installer = io.installers.get(&component).ok_or_else(undefined)?.clone();
+        let target = Release {
+            release_counter: manifest.release_counter,
+            sha256: manifest.sha256.clone(),
+        };
+        let before = installer
+            .releases()
+            .map_err(|error| format!("cannot read the installed releases of {name}: {error}"))?;
+        let was_running = match self.components.get(name) {
+            Some(actor) => actor
+                .send(GetSnapshot)
+                .await
+                .map(|snapshot| {
+                    !matches!(
+                        snapshot.phase,
+                        ComponentPhase::Stopped | ComponentPhase::Failed
+                    )
+                })
+                .map_err(|error| format!("component {name} supervisor is not running: {error}"))?,
+            None => return Err(undefined()),
+        };
+
+        if !self.installed_intact(&installer, &target).await {
+            let requester = Requester {
+                deployment: &io.deployment,
+                node: &io.node,
+                node_key: &io.node_key,
+                clock: io.clock.as_ref(),
+            };
+            let staged = fetch_verified(io.bus.as_ref(), requester, release, &self.state_dir)
+                .await
+                .map_err(|error| format!("release of {name} was not installed: {error}"))?;
+            let staged_path = staged.path().to_path_buf();
+            let installing = installer.clone();
+            let installing_release = target.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = installing.install(&staged_path, &installing_release);
+                // On success the file has moved; on failure nothing verified may stay behind.
+                let _ = std::fs::remove_file(&staged_path);
+                result
+            })
+            .await
+            .map_err(|error| format!("installation thread failed: {error}"))?
+            .map_err(|error| format!("release of {name} was not installed: {error}"))?;
+        }
+        installer
+            .activate(&target)
+            .await
+            .map_err(|error| format!("release of {name} was not activated: {error}"))?;
+
+        let started = self.run_component(component, Request::Restart, None).await;
+        match started {
+            Ok(mut output) => {
+                if let Err(error) = installer.prune() {
+                    tracing::warn!(component = %name, error = %error, "old releases were not deleted");
+                }
+                output.insert("version".to_owned(), manifest.version.clone());
+                output.insert(
+                    "release_counter".to_owned(),
+                    manifest.release_counter.to_string(),
+                );
+                output.insert("sha256".to_owned(), hex::encode(&manifest.sha256));
+                Ok(output)
+            }
+            Err(reason) => Err(self
+                .roll_back(
+                    component,
+                    &installer,
+                    &before,
+                    was_running,
+                    &manifest.version,
+                    &reason,
+                )
+                .await),
+        }
+    }
+
+    /// Returns to the releases recorded before a failed upgrade and to the phase the component
+    /// had; returns the task's failure reason.
+    async fn roll_back(
+        &self,
+        component: Component,
+        installer: &Installer,
+        before: &ActiveReleases,
+        was_running: bool,
+        version: &str,
+        reason: &str,
+    ) -> String {
+        let name = component.as_str();
+        let previous = before
+            .active
+            .as_ref()
+            .map_or("the bootstrap binary".to_owned(), Release::directory_name);
+        tracing::warn!(component = %name, version, reason, previous = %previous, "upgrade failed its health check; rolling back");
+        if let Err(error) = installer.restore(before).await {
+            return format!(
+                "release {version} of {name} did not become healthy ({reason}), and rolling back to {previous} failed: {error}"
+            );
+        }
+        let request = if was_running {
+            Request::Restart
+        } else {
+            Request::Stop
+        };
+        match self.run_component(component, request, None).await {
+            Ok(_) => format!(
+                "release {version} of {name} did not become healthy, so it was rolled back to {previous}: {reason}"
+            ),
+            Err(error) => format!(
+                "release {version} of {name} did not become healthy ({reason}); it was rolled back to {previous}, which did not return to its phase either: {error}"
+            ),
+        }
+    }
+
+    /// Tells whether the release is installed already with the right digest, as after an
+    /// upgrade that was interrupted, or a return to the previous release.
+    async fn installed_intact(&self, installer: &Installer, release: &Release) -> bool {
+        let binary = installer.binary_path(release);
+        let expected = release.sha256.clone();
+        tokio::task::spawn_blocking(move || {
+            binary.is_file()
+                && sha256_file(&binary).is_ok_and(|actual| actual.as_slice() == expected.as_slice())
+        })
+        .await
+        .unwrap_or(false)
     }
 
     fn apply_config(&self, config: &ApplyConfig) -> ExecutionOutcome {

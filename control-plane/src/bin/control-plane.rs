@@ -156,7 +156,7 @@ fn main() -> anyhow::Result<()> {
             .await
             .with_context(|| {
                 format!(
-                    "failed to open the release store with cache directory {}",
+                    "failed to open the release store with cache directory {}{JETSTREAM_HINT}",
                     cache_dir.display()
                 )
             })?;
@@ -182,7 +182,7 @@ fn main() -> anyhow::Result<()> {
         control_plane
             .setup()
             .await
-            .context("failed to create the JetStream streams and buckets")?;
+            .with_context(|| format!("failed to create the JetStream streams and buckets{JETSTREAM_HINT}"))?;
         let trust = control_plane.setup_trust(&trust_document).await?;
         tracing::info!(trust_version = trust.version, task_key_id = %signer.id(), "trust document in place");
         control_plane.push_account().await.context("failed to push the account to the broker")?;
@@ -245,6 +245,13 @@ fn open_key_file(path: &std::path::Path) -> anyhow::Result<KeyFile> {
         file,
     })
 }
+
+/// Appended to errors of the first JetStream requests, which fail with "jetstream unavailable"
+/// when the broker cannot give the account its storage.
+const JETSTREAM_HINT: &str = "; if the cause says \"jetstream unavailable\", nats-server runs \
+    without JetStream or cannot reserve the account's 16 GiB of file storage: unless \
+    max_file_store is set, it offers JetStream 75 % of the free disk space of its store \
+    directory, so free space there or set max_file_store in the jetstream block of nats.conf";
 
 /// The control plane's broker connections in operator mode.
 struct Secure {

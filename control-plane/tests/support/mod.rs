@@ -171,9 +171,15 @@ impl Cluster {
         let log = self.path(&format!("control-plane-{}.log", self.control_plane_runs));
         self.control_plane = Some(Process::spawn("control-plane", command, &log));
         let key_path = self.path("admin-key");
-        wait_until("the admin API key file", Duration::from_secs(20), || {
-            key_path.exists()
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while !key_path.exists() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the control plane wrote no admin API key file within 20 s; its log:\n{}",
+                self.control_plane_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
         self.api_key = std::fs::read_to_string(&key_path)
             .unwrap()
             .trim()

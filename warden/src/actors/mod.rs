@@ -30,7 +30,7 @@ use crate::components::installer::Installer;
 use crate::components::state::ComponentState;
 use crate::core::heartbeat::HeartbeatSchedule;
 use crate::core::verify::{Identity, Limits};
-use crate::executor::Executor;
+use crate::executor::{Executor, ReleaseIo};
 use crate::store::TaskStore;
 
 use self::components::{ComponentActor, ComponentParts, StatusBoard};
@@ -72,6 +72,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
     let board = StatusBoard::default();
     let mut handles = BTreeMap::new();
     let mut timeouts = BTreeMap::new();
+    let mut installers = BTreeMap::new();
     for definition in &bootstrap.components {
         let component = definition.component;
         let opened = Installer::new(component, &bootstrap.state_dir, parts.store.db())
@@ -88,6 +89,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
                 continue;
             }
         };
+        installers.insert(component, installer.clone());
         let actor = ComponentActor::new(ComponentParts {
             definition: definition.clone(),
             state,
@@ -126,7 +128,15 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             bootstrap.iggy_config_path.clone(),
             bootstrap.state_dir.clone(),
         )
-        .with_components(Arc::new(handles), timeouts),
+        .with_components(Arc::new(handles), timeouts)
+        .with_releases(ReleaseIo {
+            bus: parts.bus.clone(),
+            deployment: bootstrap.deployment.clone(),
+            node: bootstrap.node.clone(),
+            node_key: parts.node_key.clone(),
+            clock: parts.clock.clone(),
+            installers,
+        }),
         bus: parts.bus.clone(),
         clock: parts.clock.clone(),
         config_version: config_version.clone(),

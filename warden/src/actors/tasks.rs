@@ -100,6 +100,7 @@ impl TaskRunner {
             config_version,
             trust,
             clock_high_water,
+            installed: parts.executor.installed_counters(),
         };
         let core = WardenCore::new(parts.identity.clone(), parts.limits, persisted);
         Ok(Self {

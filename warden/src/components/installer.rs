@@ -283,6 +283,19 @@ impl Installer {
         Ok(previous)
     }
 
+    /// Puts back a record read earlier with [`Self::releases`], so an upgrade that failed
+    /// returns to exactly what ran before, the bootstrap file's binary included. Flushed before
+    /// it returns.
+    pub async fn restore(&self, releases: &ActiveReleases) -> Result<(), InstallError> {
+        self.store(releases).await?;
+        tracing::warn!(
+            component = %self.component,
+            release = %releases.active.as_ref().map_or("the bootstrap binary".to_owned(), Release::directory_name),
+            "restored the release that ran before"
+        );
+        Ok(())
+    }
+
     /// Deletes every release directory but the active and the previous one; returns the names
     /// deleted.
     pub fn prune(&self) -> Result<Vec<String>, InstallError> {

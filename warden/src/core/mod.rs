@@ -23,7 +23,10 @@ use std::time::Duration;
 use warden_bus::trust::{TrustDocument, TrustError};
 use warden_bus::{RejectCode, ReportStatus, Task, TaskAction, TaskId, TaskReport, UnixMillis};
 
+use warden_bus::messages::Component;
+
 use self::record::{RecordState, TaskRecord};
+use self::release::{check_upgrade, ReleaseContext, VerifiedRelease, BUILD_TARGET};
 use self::verify::{Identity, Limits, Rejection, VerifiedTask};
 
 /// Default tolerance for clock differences between control plane and node.
@@ -75,6 +78,8 @@ pub struct Persisted {
     pub trust: TrustDocument,
     /// The latest wall-clock time the Warden has seen.
     pub clock_high_water: UnixMillis,
+    /// Release counter of each component's active installed release; absent if none.
+    pub installed: BTreeMap<Component, u64>,
 }
 
 /// The Warden's state machine for tasks.
@@ -86,6 +91,7 @@ pub struct WardenCore {
     records: BTreeMap<TaskId, TaskRecord>,
     config_version: u64,
     clock_high_water: UnixMillis,
+    installed: BTreeMap<Component, u64>,
     in_flight: Option<InFlight>,
 }
 
@@ -102,6 +108,7 @@ enum Change {
     None,
     ConfigVersion(u64),
     Trust(Box<TrustDocument>),
+    Release(Component, u64),
 }
 
 impl WardenCore {
@@ -118,6 +125,7 @@ impl WardenCore {
                 .collect(),
             config_version: persisted.config_version,
             clock_high_water: persisted.clock_high_water,
+            installed: persisted.installed,
             in_flight: None,
         }
     }
@@ -233,9 +241,13 @@ impl WardenCore {
                 _ => return self.reject(effects, rejection, now),
             },
         };
-        let change = match self.decide_change(&verified, now, resumed) {
-            Ok(change) => change,
+        let (change, release) = match self.decide_change(&verified, now, resumed) {
+            Ok(decided) => decided,
             Err(rejection) => return self.reject(effects, rejection, now),
+        };
+        let verified = match release {
+            Some(release) => verified.with_release(release),
+            None => verified,
         };
 
         let record = TaskRecord {
@@ -307,6 +319,48 @@ impl WardenCore {
 
     /// Checks what the action would change against the documents in place.
     fn decide_change(
+        &self,
+        verified: &VerifiedTask,
+        now: UnixMillis,
+        resumed: bool,
+    ) -> Result<(Change, Option<VerifiedRelease>), Rejection> {
+        let id = Some(verified.id().clone());
+        if let TaskAction::UpgradeComponent(upgrade) = verified.action() {
+            if upgrade.component == Component::Warden {
+                let detail = format!(
+                    "task {} upgrades the Warden itself, which this Warden {} cannot do yet",
+                    verified.id(),
+                    env!("CARGO_PKG_VERSION")
+                );
+                return Err(Rejection::new(RejectCode::Unsupported, detail, id));
+            }
+            let context = ReleaseContext {
+                trust: &self.trust,
+                identity: &self.identity,
+                now,
+                skew: self.limits.clock_skew,
+                target: BUILD_TARGET,
+                installed_counter: self.installed_counter(upgrade.component),
+            };
+            return match check_upgrade(upgrade, &context) {
+                Ok(release) => Ok((
+                    Change::Release(upgrade.component, upgrade.release_counter),
+                    Some(release),
+                )),
+                Err(rejection) => Err(Rejection::new(rejection.code, rejection.detail, id)),
+            };
+        }
+        self.decide_document_change(verified, now, resumed)
+            .map(|change| (change, None))
+    }
+
+    /// Release counter of the component's active installed release, 0 if none.
+    pub fn installed_counter(&self, component: Component) -> u64 {
+        self.installed.get(&component).copied().unwrap_or(0)
+    }
+
+    /// Checks what an action other than an upgrade would change.
+    fn decide_document_change(
         &self,
         verified: &VerifiedTask,
         now: UnixMillis,
@@ -413,6 +467,10 @@ impl WardenCore {
                     Change::None => {}
                     Change::ConfigVersion(version) => {
                         self.config_version = self.config_version.max(version)
+                    }
+                    Change::Release(component, counter) => {
+                        // A permitted rollback lowers the counter, so this is not a maximum.
+                        self.installed.insert(component, counter);
                     }
                     Change::Trust(document) => {
                         tracing::info!(

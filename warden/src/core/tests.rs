@@ -84,6 +84,7 @@ fn core_with(trust: TrustDocument, config_version: u64) -> WardenCore {
         config_version,
         trust,
         clock_high_water: UnixMillis(0),
+        installed: Default::default(),
     };
     WardenCore::new(identity(None), limits(), persisted)
 }
@@ -411,6 +412,7 @@ fn replay_after_restart_rejected() {
         config_version: 0,
         trust: default_trust(),
         clock_high_water: NOW,
+        installed: Default::default(),
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
     assert_eq!(
@@ -452,6 +454,7 @@ fn interrupted_task_runs_again_once() {
         config_version: 3,
         trust: default_trust(),
         clock_high_water: NOW,
+        installed: Default::default(),
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
     let effects = restarted.on_pulled(pulled(&bytes, 5), NOW);
@@ -750,6 +753,7 @@ fn approval_missing_rejected() {
         config_version: 0,
         trust: default_trust(),
         clock_high_water: UnixMillis(0),
+        installed: Default::default(),
     };
     let mut core = WardenCore::new(identity(Some(approver.public_key())), limits(), persisted);
     assert_eq!(
@@ -773,6 +777,7 @@ fn approval_by_wrong_key_rejected() {
         config_version: 0,
         trust: default_trust(),
         clock_high_water: UnixMillis(0),
+        installed: Default::default(),
     };
     let mut core = WardenCore::new(identity(Some(approver.public_key())), limits(), persisted);
     let effects = core.on_pulled(
@@ -857,6 +862,7 @@ fn settled_after_expiry(config_on_disk: u64) -> Vec<Effect> {
         config_version: config_on_disk,
         trust: default_trust(),
         clock_high_water: NOW,
+        installed: Default::default(),
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
     restarted.on_pulled(pulled(&bytes, 5), late)
@@ -892,4 +898,95 @@ fn huge_config_version_rejected() {
         code_for(&mut core(), &task(1, &huge)),
         Some(RejectCode::InvalidParams)
     );
+}
+
+fn release_key() -> SigningKey {
+    key(7)
+}
+
+fn trust_with_release_key() -> TrustDocument {
+    let mut document = default_trust();
+    document.release_keys = vec![grant(
+        &release_key(),
+        UnixMillis(NOW.0 - DAY_MS),
+        UnixMillis(NOW.0 + 30 * DAY_MS),
+    )];
+    document
+}
+
+fn upgrade(component: Component, counter: u64) -> TaskAction {
+    let manifest = warden_bus::release::ReleaseManifest {
+        component,
+        version: format!("0.8.{counter}"),
+        target: super::release::BUILD_TARGET.to_owned(),
+        sha256: vec![u8::try_from(counter).unwrap(); 32],
+        size: 1024,
+        release_counter: counter,
+        issued_at: NOW,
+    };
+    let signed = warden_bus::release::SignedManifest::sign(&manifest, &release_key()).unwrap();
+    TaskAction::UpgradeComponent(warden_bus::messages::Upgrade {
+        component,
+        version: manifest.version.clone(),
+        sha256: manifest.sha256,
+        release_counter: counter,
+        manifest: Box::new(signed),
+        rollback_permit: None,
+    })
+}
+
+#[test]
+fn upgrade_carries_checked_release_and_raises_installed_counter() {
+    let mut core = core_with(trust_with_release_key(), 0);
+    let bytes = sign(&task(1, &upgrade(Component::Iggy, 3)));
+    let effects = core.on_pulled(pulled(&bytes, 1), NOW);
+    let release = effects
+        .iter()
+        .find_map(|effect| match effect {
+            Effect::Execute(verified) => verified.release().cloned(),
+            _ => None,
+        })
+        .expect("an accepted upgrade executes with its checked release");
+    assert_eq!(release.manifest().release_counter, 3);
+    assert_eq!(core.installed_counter(Component::Iggy), 0);
+
+    // A failed upgrade leaves the counter where it was; a successful one raises it.
+    core.on_executed(Err("did not become healthy".into()), NOW);
+    assert_eq!(core.installed_counter(Component::Iggy), 0);
+    let bytes = sign(&task(2, &upgrade(Component::Iggy, 3)));
+    core.on_pulled(pulled(&bytes, 2), NOW);
+    core.on_executed(Ok(Default::default()), NOW);
+    assert_eq!(core.installed_counter(Component::Iggy), 3);
+    assert_eq!(core.installed_counter(Component::Connectors), 0);
+
+    // Below the installed counter, without a rollback permit: refused before any download.
+    let bytes = sign(&task(3, &upgrade(Component::Iggy, 2)));
+    let effects = core.on_pulled(pulled(&bytes, 3), NOW);
+    assert_eq!(rejection_code(&effects), Some(RejectCode::ReleaseRollback));
+    assert!(!effects
+        .iter()
+        .any(|effect| matches!(effect, Effect::Execute(_))));
+}
+
+#[test]
+fn upgrade_of_the_warden_itself_unsupported() {
+    let mut core = core_with(trust_with_release_key(), 0);
+    let bytes = sign(&task(1, &upgrade(Component::Warden, 1)));
+    let effects = core.on_pulled(pulled(&bytes, 1), NOW);
+    assert_eq!(rejection_code(&effects), Some(RejectCode::Unsupported));
+}
+
+#[test]
+fn upgrade_counter_restored_from_persisted_state() {
+    let persisted = Persisted {
+        records: Vec::new(),
+        config_version: 0,
+        trust: trust_with_release_key(),
+        clock_high_water: UnixMillis(0),
+        installed: [(Component::Iggy, 5)].into(),
+    };
+    let mut core = WardenCore::new(identity(None), limits(), persisted);
+    let bytes = sign(&task(1, &upgrade(Component::Iggy, 4)));
+    let effects = core.on_pulled(pulled(&bytes, 1), NOW);
+    assert_eq!(rejection_code(&effects), Some(RejectCode::ReleaseRollback));
 }

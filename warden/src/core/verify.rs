@@ -21,6 +21,8 @@
 use std::time::Duration;
 
 use warden_bus::messages::ActionError;
+
+use super::release::VerifiedRelease;
 use warden_bus::trust::{KeyGrant, TrustDocument};
 use warden_bus::{
     DeploymentId, NodeId, PublicKey, RejectCode, SignedEnvelope, Task, TaskAction, TaskId,
@@ -35,6 +37,7 @@ pub const TASK_VALIDITY_MAX_DEFAULT: Duration = Duration::from_secs(3600);
 pub struct VerifiedTask {
     task: Task,
     action: TaskAction,
+    release: Option<Box<VerifiedRelease>>,
 }
 
 impl VerifiedTask {
@@ -51,6 +54,17 @@ impl VerifiedTask {
     /// Returns the task id.
     pub fn id(&self) -> &TaskId {
         &self.task.id
+    }
+
+    /// Returns the checked release of an upgrade task.
+    pub fn release(&self) -> Option<&VerifiedRelease> {
+        self.release.as_deref()
+    }
+
+    /// Attaches the release that [`super::release::check_upgrade`] accepted.
+    pub(crate) fn with_release(mut self, release: VerifiedRelease) -> Self {
+        self.release = Some(Box::new(release));
+        self
     }
 }
 
@@ -303,7 +317,11 @@ pub fn check_window_and_action(
             ),
         );
     }
-    Ok(VerifiedTask { task, action })
+    Ok(VerifiedTask {
+        task,
+        action,
+        release: None,
+    })
 }
 
 fn claimed_id(signed: &SignedEnvelope) -> Option<TaskId> {
