@@ -214,6 +214,7 @@ struct Inner {
     clock: SharedClock,
     rng: Mutex<Entropy>,
     settings: Settings,
+    log_limiter: Mutex<crate::core::log_limit::LogLimiter>,
 }
 
 /// One replica's handle on the control plane. Cheap to clone.
@@ -243,6 +244,7 @@ impl ControlPlane {
                 clock,
                 rng: Mutex::new(rng),
                 settings,
+                log_limiter: Mutex::default(),
             }),
         }
     }
@@ -287,6 +289,19 @@ impl ControlPlane {
 
     fn now(&self) -> UnixMillis {
         self.inner.clock.now()
+    }
+
+    /// Returns `Some(suppressed)` if a warning about a message from `origin` may be written,
+    /// with the count of such warnings held back before it; see
+    /// [`crate::core::log_limit`].
+    pub fn may_log(&self, origin: &NodeSubject) -> Option<u64> {
+        let key = format!("{}.{}", origin.deployment, origin.node);
+        let now = self.now();
+        self.inner
+            .log_limiter
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .admit(&key, now)
     }
 
     fn random_bytes(&self) -> [u8; 16] {
@@ -1071,7 +1086,9 @@ impl ControlPlane {
             return Ok(Disposition::Done);
         };
         let drop = |reason: &str, error: &dyn std::fmt::Display| {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "{reason}");
+            if let Some(suppressed) = self.may_log(&origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, suppressed, "{reason}");
+            }
             Ok(Disposition::Done)
         };
         let signed = match SignedEnvelope::decode(payload) {
@@ -1120,13 +1137,16 @@ impl ControlPlane {
             Err(error) => return drop("dropping malformed report", &error),
         };
         if report.deployment != origin.deployment || report.node != origin.node {
-            tracing::warn!(
-                deployment_id = %origin.deployment,
-                node_id = %origin.node,
-                claimed_node = %report.node,
-                task_id = %report.task_id,
-                "dropping report that names another node than its subject"
-            );
+            if let Some(suppressed) = self.may_log(&origin) {
+                tracing::warn!(
+                    deployment_id = %origin.deployment,
+                    node_id = %origin.node,
+                    claimed_node = %report.node,
+                    task_id = %report.task_id,
+                    suppressed,
+                    "dropping report that names another node than its subject"
+                );
+            }
             return Ok(Disposition::Done);
         }
         match self.apply_report(&report).await {
@@ -1193,7 +1213,9 @@ impl ControlPlane {
         signed: &SignedEnvelope,
     ) -> Result<Result<PublicKey, String>, ServiceError> {
         let refuse = |reason: String| {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, "enrollment refused");
+            if let Some(suppressed) = self.may_log(origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, suppressed, "enrollment refused");
+            }
             Ok(Err(reason))
         };
 
@@ -1296,7 +1318,9 @@ impl ControlPlane {
     ) -> Result<Result<PublicKey, String>, ServiceError> {
         let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
         let refuse = |reason: String| {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, "credential renewal refused");
+            if let Some(suppressed) = self.may_log(origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, suppressed, "credential renewal refused");
+            }
             Ok(Err(reason))
         };
         let Some((node, _)) = self.inner.store.get::<NodeRecord>(&record_key).await? else {
@@ -1543,16 +1567,22 @@ impl ControlPlane {
         let batch = match verified {
             Ok(batch) => batch,
             Err(error) => {
-                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "dropping log batch not signed by the node's enrolled key");
+                if let Some(suppressed) = self.may_log(&origin) {
+                    tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, suppressed, "dropping log batch not signed by the node's enrolled key");
+                }
                 return Ok(());
             }
         };
         if batch.deployment != origin.deployment || batch.node != origin.node {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, "dropping log batch that names another node than its subject");
+            if let Some(suppressed) = self.may_log(&origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, suppressed, "dropping log batch that names another node than its subject");
+            }
             return Ok(());
         }
         if batch.lines.len() > warden_bus::messages::LOG_LINES_PER_BATCH_MAX {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, lines = batch.lines.len(), "dropping log batch over the line limit");
+            if let Some(suppressed) = self.may_log(&origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, lines = batch.lines.len(), suppressed, "dropping log batch over the line limit");
+            }
             return Ok(());
         }
         let stream = match batch.stream.as_str() {
@@ -1603,12 +1633,16 @@ impl ControlPlane {
         let heartbeat = match verified {
             Ok(heartbeat) => heartbeat,
             Err(error) => {
-                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, "dropping heartbeat not signed by the node's enrolled key");
+                if let Some(suppressed) = self.may_log(&origin) {
+                    tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, error = %error, suppressed, "dropping heartbeat not signed by the node's enrolled key");
+                }
                 return Ok(());
             }
         };
         if heartbeat.deployment != origin.deployment || heartbeat.node != origin.node {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, "dropping heartbeat that names another node than its subject");
+            if let Some(suppressed) = self.may_log(&origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, suppressed, "dropping heartbeat that names another node than its subject");
+            }
             return Ok(());
         }
         let now = self.now();

@@ -188,11 +188,16 @@ impl Handler<InboundRequest> for RpcResponder {
             // The sender picks the reply subject, and this process may publish anywhere in the
             // account: answer only in the requesting node's own inbox.
             if !warden_bus::subject::reply_allowed(&inbound.subject, reply_subject) {
-                tracing::warn!(
-                    subject = %inbound.subject,
-                    reply = %truncate_for_log(reply_subject),
-                    "dropping a request whose reply subject is not the sender's inbox"
-                );
+                let admitted = warden_bus::NodeSubject::parse(&inbound.subject)
+                    .map_or(Some(0), |origin| control_plane.may_log(&origin));
+                if let Some(suppressed) = admitted {
+                    tracing::warn!(
+                        subject = %inbound.subject,
+                        reply = %truncate_for_log(reply_subject),
+                        suppressed,
+                        "dropping a request whose reply subject is not the sender's inbox"
+                    );
+                }
                 return;
             }
             let reply = match control_plane

@@ -4,3 +4,4 @@ pub mod enrollment;
 pub mod health;
 pub mod issue;
 pub mod lifecycle;
+pub mod log_limit;

@@ -175,7 +175,9 @@ impl ControlPlane {
         signed: &SignedEnvelope,
     ) -> Result<FetchReply, ServiceError> {
         let refuse = |reason: String| {
-            tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, "artifact fetch refused");
+            if let Some(suppressed) = self.may_log(origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, suppressed, "artifact fetch refused");
+            }
             Ok(FetchReply::Refused {
                 reason: warden_bus::messages::truncate(&reason, REASON_BYTES_MAX),
             })
