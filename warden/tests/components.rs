@@ -615,3 +615,77 @@ async fn real_iggy_server_when_available() {
     command(&actor, Request::Stop).await;
     wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(60)).await;
 }
+
+/// Waits until `path` holds a process id and returns it.
+async fn read_pid_file(path: &Path) -> u32 {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(path)
+            .ok()
+            .and_then(|text| text.trim().parse().ok())
+        {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "no pid in {}", path.display());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+async fn wait_gone(pid: u32, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(
+            Instant::now() < deadline,
+            "{what} (pid {pid}) is still running"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[actix_rt::test]
+async fn group_members_end_with_their_leader() {
+    let node = Node::new();
+    let port = free_port();
+    let child_file = node.path("child.pid");
+    let mut args = healthy_args(port);
+    args.extend([
+        "--child-pid-file".to_owned(),
+        child_file.display().to_string(),
+        "--escape-codes".to_owned(),
+    ]);
+    let actor = node.start(node.definition(Component::Iggy, &fake(), args, http_health(port)));
+
+    // Stop: the leader exits on SIGTERM, and its child, which ignores SIGTERM, goes with it.
+    command(&actor, Request::Start).await;
+    let running = wait_phase(&actor, ComponentPhase::Running, Duration::from_secs(10)).await;
+    let child = read_pid_file(&child_file).await;
+    assert!(alive(child));
+    let escaped = running
+        .tail
+        .iter()
+        .find(|line| line.contains("before"))
+        .expect("the line with control characters is captured");
+    assert!(
+        !escaped.chars().any(|c| c.is_control()),
+        "control characters reach the output: {escaped:?}"
+    );
+    assert!(escaped.contains("before\u{fffd}[2J"), "{escaped:?}");
+    command(&actor, Request::Stop).await;
+    wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(15)).await;
+    wait_gone(child, "the child of a stopped component").await;
+
+    // Crash: when the leader dies alone, the rest of its group is killed before the restart.
+    std::fs::remove_file(&child_file).unwrap();
+    command(&actor, Request::Start).await;
+    let running = wait_phase(&actor, ComponentPhase::Running, Duration::from_secs(10)).await;
+    let child = read_pid_file(&child_file).await;
+    let leader = running.pid.unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(leader).unwrap()),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(child, "the child of a crashed component").await;
+    command(&actor, Request::Stop).await;
+    wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(15)).await;
+}

@@ -5,6 +5,9 @@
 //! - `--ignore-sigterm`: block SIGTERM, so only SIGKILL ends it;
 //! - `--spam N`: print N lines to stdout (every tenth one 5000 bytes long) at start;
 //! - `--pid-file PATH`: write its process id to PATH;
+//! - `--child-pid-file PATH`: start a `sleep` child in its process group that ignores SIGTERM,
+//!   and write the child's process id to PATH;
+//! - `--escape-codes`: print a line with terminal escape codes and other control characters;
 //! - `--listen-delay-ms N`: wait N milliseconds before opening the `--http` address.
 //!
 //! It prints the `IGGY_*` variables it was given, then runs until a signal ends it.
@@ -42,6 +45,18 @@ fn main() {
     }
     if let Some(path) = value("--pid-file") {
         std::fs::write(path, std::process::id().to_string()).expect("write the pid file");
+    }
+    if let Some(path) = value("--child-pid-file") {
+        // The child blocks SIGTERM like its parent would not: only SIGKILL to the group ends it.
+        #[allow(clippy::zombie_processes)] // The child outlives this process by design.
+        let child = std::process::Command::new("sh")
+            .args(["-c", "trap '' TERM; exec sleep 600"])
+            .spawn()
+            .expect("start the child");
+        std::fs::write(path, child.id().to_string()).expect("write the child pid file");
+    }
+    if has("--escape-codes") {
+        println!("before\u{1b}[2J\u{1b}]0;title\u{7}\u{0}after\r");
     }
     let mut variables: Vec<(String, String)> = std::env::vars()
         .filter(|(key, _)| key.starts_with("IGGY_") && key != "IGGY_ROOT_PASSWORD")

@@ -254,6 +254,11 @@ impl ComponentActor {
         };
 
         let spec = render_launch(definition, &program, first_start, root.as_ref());
+        create_private_dir(&spec.working_dir)?;
+        self.output
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .start_process();
         tracing::info!(component = %self.component(), program = %program.display(), first_start, "starting component");
         let spawned = process::spawn(&spec, &self.output)
             .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
@@ -279,6 +284,13 @@ impl ComponentActor {
             };
             let _entered = actor.span.clone().entered();
             tracing::info!(component = %actor.component(), pid, status = %status, "component process exited");
+            // The leader is gone; whatever else it started in its group goes with it, or a
+            // restart would run beside it. The group id cannot have been reused while the
+            // group has members.
+            if process::group_has_members(pid) {
+                tracing::warn!(component = %actor.component(), pid, "processes of the exited component's group are still running; killing them");
+                actor.signal(pid, Signal::SIGKILL);
+            }
             if let Err(error) = actor.parts.state.set_process(None) {
                 tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
             }
@@ -347,6 +359,21 @@ impl ComponentActor {
     async fn stop_leftover(record: ProcessRecord, stop_timeout: Duration) {
         let alive = || process::process_start_ticks(record.pid) == Some(record.start_ticks);
         if !alive() {
+            // The leader is gone, but processes it started may still run in its group, which
+            // keeps the group id from being reused.
+            if process::group_has_members(record.pid) {
+                tracing::warn!(
+                    pgid = record.pid,
+                    "processes of a component group from an earlier Warden run are still running; killing them"
+                );
+                let _ = process::signal_group(record.pid, Signal::SIGKILL);
+                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+                while process::group_has_members(record.pid)
+                    && tokio::time::Instant::now() < deadline
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+            }
             return;
         }
         tracing::warn!(
@@ -358,15 +385,30 @@ impl ComponentActor {
         while alive() && tokio::time::Instant::now() < deadline {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
-        if alive() {
+        if alive() || process::group_has_members(record.pid) {
             let _ = process::signal_group(record.pid, Signal::SIGKILL);
             // It is not this Warden's child, so it is reaped by init; wait until it is gone.
             let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while alive() && tokio::time::Instant::now() < deadline {
+            while (alive() || process::group_has_members(record.pid))
+                && tokio::time::Instant::now() < deadline
+            {
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }
         }
     }
+}
+
+/// Creates the component's data directory (mode 0700) if it is missing.
+fn create_private_dir(path: &std::path::Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    if path.is_dir() {
+        return Ok(());
+    }
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|error| format!("cannot create data directory {}: {error}", path.display()))
 }
 
 fn read_root_credentials(path: &std::path::Path) -> Result<RootCredentials, String> {

@@ -202,14 +202,32 @@ impl ComponentFile {
             reason,
         };
         let absolute = |field: &'static str, path: &Path| {
-            if path.is_absolute() {
-                Ok(())
-            } else {
-                Err(error(field, format!("{path:?} must be an absolute path")))
+            if !path.is_absolute() {
+                return Err(error(field, format!("{path:?} must be an absolute path")));
             }
+            if path
+                .components()
+                .any(|part| part == std::path::Component::ParentDir)
+            {
+                return Err(error(
+                    field,
+                    format!("{path:?} must not contain '..'; write the path it leads to"),
+                ));
+            }
+            Ok(())
         };
 
         absolute("binary", &self.binary)?;
+        if let Err(reason) = check_binary_not_writable_by_others(&self.binary) {
+            return Err(error("binary", reason));
+        }
+        if self.data_dir == Path::new("/") {
+            return Err(error(
+                "data_dir",
+                "\"/\" is not a data directory; name one that holds only this component's data"
+                    .into(),
+            ));
+        }
         absolute("data_dir", &self.data_dir)?;
         if let Some(path) = &self.config_path {
             absolute("config_path", path)?;
@@ -462,6 +480,9 @@ pub struct LaunchSpec {
     pub args: Vec<String>,
     /// Its whole environment; nothing else is inherited.
     pub env: BTreeMap<String, String>,
+    /// Directory it starts in: the component's data directory, so relative paths in its
+    /// configuration stay there.
+    pub working_dir: PathBuf,
 }
 
 /// Names of variables whose value is a secret and never logged.
@@ -485,8 +506,39 @@ impl fmt::Debug for LaunchSpec {
             .field("program", &self.program)
             .field("args", &self.args)
             .field("env", &env)
+            .field("working_dir", &self.working_dir)
             .finish()
     }
+}
+
+/// Refuses a binary that someone other than its owner could replace: the file, or the
+/// directory holding it, writable by group or others. A binary that does not exist yet passes;
+/// starting it fails later with the reason.
+fn check_binary_not_writable_by_others(binary: &Path) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(metadata) = std::fs::metadata(binary) else {
+        return Ok(());
+    };
+    if !metadata.is_file() {
+        return Err(format!("{binary:?} is not a regular file"));
+    }
+    if metadata.permissions().mode() & 0o022 != 0 {
+        return Err(format!(
+            "{binary:?} is writable by group or others, who could replace what the Warden runs; chmod go-w it"
+        ));
+    }
+    if let Some(parent) = binary.parent() {
+        if let Ok(directory) = std::fs::metadata(parent) {
+            let mode = directory.permissions().mode();
+            // The sticky bit (as on /tmp) keeps others from replacing a file they do not own.
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(format!(
+                    "the directory {parent:?} of the binary is writable by group or others, who could replace it; chmod go-w it"
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Renders how to start `definition`'s component.
@@ -560,6 +612,7 @@ pub fn render_launch(
         program: program.to_path_buf(),
         args: definition.args.clone(),
         env,
+        working_dir: definition.data_dir.clone(),
     }
 }
 
@@ -645,6 +698,40 @@ mod tests {
     }
 
     #[test]
+    fn binary_others_could_replace_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let binary = dir.path().join("iggy-server");
+        std::fs::write(&binary, b"#!/bin/true\n").unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let file = |binary: &Path| ComponentFile {
+            binary: binary.to_path_buf(),
+            ..iggy_file()
+        };
+
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(validate(&file(&binary), Component::Iggy).is_ok());
+
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = validate(&file(&binary), Component::Iggy)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("writable by group or others"), "{error}");
+
+        std::fs::set_permissions(&binary, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = validate(&file(&binary), Component::Iggy)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("directory"), "{error}");
+
+        let error = validate(&file(dir.path()), Component::Iggy)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("not a regular file"), "{error}");
+    }
+
+    #[test]
     fn connectors_defaults() {
         let definition = validate(&iggy_file(), Component::Connectors).unwrap();
         assert_eq!(definition.addresses.len(), 1);
@@ -666,6 +753,16 @@ mod tests {
             (
                 Component::Iggy,
                 Box::new(|f| f.data_dir = "data".into()),
+                "field data_dir",
+            ),
+            (
+                Component::Iggy,
+                Box::new(|f| f.binary = "/opt/iggy/../../tmp/iggy-server".into()),
+                "must not contain '..'",
+            ),
+            (
+                Component::Iggy,
+                Box::new(|f| f.data_dir = "/".into()),
                 "field data_dir",
             ),
             (

@@ -61,6 +61,13 @@ pub struct CapturedOutput {
 }
 
 impl CapturedOutput {
+    /// Forgets the kept lines of the previous process, so a failure report shows only the
+    /// output of the process that failed. Lines still waiting to be forwarded stay.
+    pub fn start_process(&mut self) {
+        self.stdout.clear();
+        self.stderr.clear();
+    }
+
     /// Adds one line, cut to [`LOG_LINE_BYTES_MAX`] bytes on a character boundary.
     pub fn push(&mut self, stream: OutputStream, line: &str) {
         let line = truncate_line(line);
@@ -159,6 +166,7 @@ pub fn spawn(spec: &LaunchSpec, output: &SharedOutput) -> std::io::Result<Spawne
         .env_clear()
         .envs(&spec.env)
         .process_group(0)
+        .current_dir(&spec.working_dir)
         .stdin(std::process::Stdio::null())
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
@@ -193,7 +201,7 @@ async fn read_lines(
         };
         for byte in buffer.iter().take(read) {
             if *byte == b'\n' {
-                let mut text = String::from_utf8_lossy(&line).into_owned();
+                let mut text = printable(&String::from_utf8_lossy(&line));
                 if overflowed {
                     text.push('…');
                 }
@@ -208,8 +216,23 @@ async fn read_lines(
         }
     }
     if !line.is_empty() {
-        push(&output, stream, &String::from_utf8_lossy(&line));
+        push(&output, stream, &printable(&String::from_utf8_lossy(&line)));
     }
+}
+
+/// Replaces control characters but tab with U+FFFD: the lines end up in task reasons and logs
+/// that operators read on terminals, where escape sequences could rewrite the screen.
+pub fn printable(line: &str) -> String {
+    let line = line.strip_suffix('\r').unwrap_or(line);
+    line.chars()
+        .map(|c| {
+            if c.is_control() && c != '\t' {
+                '\u{fffd}'
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 fn push(output: &SharedOutput, stream: OutputStream, line: &str) {
@@ -240,6 +263,34 @@ pub fn signal_group(pid: u32, signal: Signal) -> Result<(), String> {
             "sending {signal} to process group {pid} failed: {errno}"
         )),
     }
+}
+
+/// Tells whether any live process belongs to process group `pgid`.
+///
+/// Linux does not hand out a process id while a process group of that id has members, so a
+/// group found here is still the one its leader started, even after the leader is gone.
+pub fn group_has_members(pgid: u32) -> bool {
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return false;
+    };
+    entries.filter_map(Result::ok).any(|entry| {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|name| name.parse::<u32>().ok()) else {
+            return false;
+        };
+        process_group(pid) == Some(pgid)
+    })
+}
+
+/// Process group of the live process `pid` (field 5 of `/proc/<pid>/stat`), `None` if there is
+/// no such process or it is a zombie.
+fn process_group(pid: u32) -> Option<u32> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut fields = text.rsplit_once(')')?.1.split_whitespace();
+    if fields.next()? == "Z" {
+        return None;
+    }
+    fields.nth(1)?.parse().ok()
 }
 
 /// Start time of the live process `pid` in clock ticks since boot (field 22 of
