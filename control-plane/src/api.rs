@@ -165,7 +165,7 @@ fn authorize(request: &HttpRequest) -> Result<Admin, ApiError> {
             "Unauthorized",
             detail.into(),
             Some("Authorization"),
-            Some("send `Authorization: Bearer <admin API key>`; the key was printed when the control plane first started"),
+            Some("send `Authorization: Bearer <admin API key>`; the first control plane wrote the key to the file given with --admin-key-out, or printed it once at its first start"),
         )
     };
     let Some(state) = request.app_data::<web::Data<ApiState>>() else {

@@ -67,6 +67,14 @@ pub struct Client {
 impl Client {
     /// Creates a client for the API at `base` (such as `http://127.0.0.1:8080`).
     pub fn new(base: &str, api_key: Option<String>) -> Result<Self, CtlError> {
+        let scheme_ok = base
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && !rest.is_empty());
+        if !scheme_ok {
+            return Err(CtlError::Local(format!(
+                "API address {base:?} is not an http:// or https:// URL; pass one such as http://127.0.0.1:8080 with --api or WARDEN_API"
+            )));
+        }
         let http = reqwest::blocking::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .build()
@@ -420,5 +428,16 @@ mod tests {
         assert!(text.contains("HTTP 400"));
         assert!(text.contains("field: version"));
         assert!(text.contains("fix: use 1 or higher"));
+    }
+
+    #[test]
+    fn api_address_needs_http_scheme() {
+        assert!(Client::new("http://127.0.0.1:8080", None).is_ok());
+        assert!(Client::new("https://warden.example.com/", None).is_ok());
+        for bad in ["ftp://x", "127.0.0.1:8080", "http://", ""] {
+            let error = Client::new(bad, None).err().unwrap().to_string();
+            assert!(error.contains("http:// or https://"), "{bad:?}: {error}");
+            assert!(error.contains("--api"), "{bad:?}: {error}");
+        }
     }
 }

@@ -11,15 +11,20 @@ use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
 use futures::executor::block_on;
 use futures::{FutureExt, StreamExt};
 use rand::{Rng, RngCore, SeedableRng};
+use sha2::{Digest, Sha256};
 use warden::core::heartbeat::HeartbeatSchedule;
 use warden::core::record::{RecordState, TaskRecord as NodeRecord};
+use warden::core::release::BUILD_TARGET;
 use warden::core::verify::{Identity, Limits, VerifiedTask, TASK_VALIDITY_MAX_DEFAULT};
 use warden::core::{ExecutionOutcome, Persisted, Pulled, WardenCore, CLOCK_SKEW_DEFAULT};
 use warden::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
 use warden_actors::entropy::{self, Entropy};
+use warden_bus::messages::{Component, Upgrade};
+use warden_bus::release::{ReleaseManifest, SignedManifest};
 use warden_bus::subject::{
     task_consumer, CONTROL_PLANE_QUEUE, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
 };
@@ -61,6 +66,9 @@ const ISSUE_EVERY: Duration = Duration::from_secs(15);
 /// Deliveries one node poll handles at most.
 const POLL_BATCH_MAX: usize = 16;
 const DEPLOYMENT: &str = "sim";
+
+/// Mixed into the seed for the release key's own random stream.
+const RELEASE_KEY_STREAM: u64 = 0x5245_4c45_4153_4521;
 
 /// A broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -152,6 +160,7 @@ struct Disk {
     config_version: u64,
     trust: TrustDocument,
     clock_high_water: UnixMillis,
+    installed: BTreeMap<Component, u64>,
 }
 
 struct SimNode {
@@ -174,6 +183,8 @@ struct Replica {
 /// Independent checks of what nodes do, from outside the code under test.
 struct Oracle {
     task_key: PublicKey,
+    release_key: PublicKey,
+    installed: Vec<BTreeMap<Component, u64>>,
     skew: Duration,
     interrupted: BTreeSet<TaskId>,
     executions: BTreeMap<String, u64>,
@@ -271,6 +282,59 @@ impl Oracle {
                     ),
                 );
             }
+        }
+    }
+
+    /// Checks an installation against the release key, independently of the node's checks:
+    /// the manifest verifies with the release key, names what the task names and this node's
+    /// target, and its counter is not below what the node installed before.
+    fn check_install(
+        &mut self,
+        node_index: usize,
+        node: &NodeId,
+        upgrade: &Upgrade,
+        true_now: UnixMillis,
+    ) {
+        self.checks += 1;
+        let manifest = upgrade.manifest.manifest_unverified().ok();
+        let signed = self
+            .release_key
+            .verify_signature(&upgrade.manifest.body, &upgrade.manifest.signature);
+        let agrees = manifest.as_ref().is_some_and(|manifest| {
+            manifest.component == upgrade.component
+                && manifest.sha256 == upgrade.sha256
+                && manifest.release_counter == upgrade.release_counter
+                && manifest.version == upgrade.version
+                && manifest.target == BUILD_TARGET
+        });
+        if !signed || !agrees {
+            self.fail(
+                true_now,
+                "no component installed without a valid manifest",
+                format!(
+                    "node {node} installed {} release {} (signed by the release key: {signed}, manifest agrees with the task: {agrees})",
+                    upgrade.component, upgrade.release_counter
+                ),
+            );
+        }
+        let before = self
+            .installed
+            .get(node_index)
+            .and_then(|installed| installed.get(&upgrade.component))
+            .copied()
+            .unwrap_or(0);
+        if upgrade.release_counter < before {
+            self.fail(
+                true_now,
+                "no release installed below the installed counter",
+                format!(
+                    "node {node} installed {} release {} after release {before}",
+                    upgrade.component, upgrade.release_counter
+                ),
+            );
+        }
+        if let Some(installed) = self.installed.get_mut(node_index) {
+            installed.insert(upgrade.component, upgrade.release_counter);
         }
     }
 
@@ -382,6 +446,24 @@ impl NodeIo for SimIo<'_> {
                 "hostname".to_owned(),
                 self.node.id.to_string(),
             )])),
+            TaskAction::UpgradeComponent(upgrade) if task.release().is_some() => {
+                // Download, install and health check all succeed here; the real ones are
+                // tested against real processes. What matters is which releases get in.
+                self.oracle.check_install(
+                    self.node_index,
+                    &self.node.id,
+                    upgrade,
+                    self.true_clock.now(),
+                );
+                self.node
+                    .disk
+                    .installed
+                    .insert(upgrade.component, upgrade.release_counter);
+                Ok(BTreeMap::from([(
+                    "release_counter".to_owned(),
+                    upgrade.release_counter.to_string(),
+                )]))
+            }
             other => Err(format!("{} is not simulated", other.kind())),
         };
         // A crash right after the effect: the outcome is never recorded.
@@ -460,6 +542,13 @@ pub struct World {
     final_version: Option<u64>,
     converged: bool,
     signed_tasks: Vec<(usize, Vec<u8>)>,
+    /// Held by the hostile actor too: it plays a thief of the task key, whose upgrades must
+    /// still fail without the release key.
+    task_key: SigningKey,
+    release_key: SigningKey,
+    next_release_counter: u64,
+    /// Manifests the release key signed, for the hostile actor to pair with other digests.
+    manifests: Vec<SignedManifest>,
 }
 
 fn expect<T, E: std::fmt::Display>(result: Result<T, E>, step: &str) -> T {
@@ -489,6 +578,10 @@ impl World {
         // The operator's offline steps: a root key signs a trust document listing the task key.
         let root = SigningKey::generate(&mut rng);
         let task_key = SigningKey::generate(&mut rng);
+        // The release key comes from its own stream, so the draws that follow stay the same.
+        let release_key = SigningKey::generate(&mut Entropy::seed_from_u64(
+            config.seed ^ RELEASE_KEY_STREAM,
+        ));
         let year = Duration::from_secs(365 * 86_400);
         let trust = TrustDocument {
             version: 1,
@@ -500,7 +593,11 @@ impl World {
                 not_before: START.saturating_sub(Duration::from_secs(3600)),
                 not_after: START.saturating_add(year),
             }],
-            release_keys: Vec::new(),
+            release_keys: vec![KeyGrant {
+                public_key: release_key.public_key().as_bytes().to_vec(),
+                not_before: START.saturating_sub(Duration::from_secs(3600)),
+                not_after: START.saturating_add(year),
+            }],
         };
         let signed_trust = expect(
             SignedDocument::sign(&trust, &[&root]),
@@ -610,6 +707,7 @@ impl World {
                 config_version: 0,
                 trust: trust.clone(),
                 clock_high_water: UnixMillis(0),
+                installed: BTreeMap::new(),
             };
             let clock = OffsetClock {
                 base: clock.clone(),
@@ -638,6 +736,8 @@ impl World {
 
         let oracle = Oracle {
             task_key: task_key.public_key(),
+            release_key: release_key.public_key(),
+            installed: vec![BTreeMap::new(); config.nodes],
             skew: CLOCK_SKEW_DEFAULT,
             interrupted: BTreeSet::new(),
             executions: BTreeMap::new(),
@@ -667,6 +767,10 @@ impl World {
             final_version: None,
             converged: false,
             signed_tasks: Vec::new(),
+            task_key,
+            release_key,
+            next_release_counter: 1,
+            manifests: Vec::new(),
         };
         world.schedule_start();
         world
@@ -687,8 +791,7 @@ impl World {
             config_version: node.disk.config_version,
             trust: node.disk.trust.clone(),
             clock_high_water: node.disk.clock_high_water,
-            // The simulator issues no upgrades yet.
-            installed: Default::default(),
+            installed: node.disk.installed.clone(),
         };
         WardenCore::new(identity, limits, persisted)
     }
@@ -1092,17 +1195,105 @@ impl World {
                     .unwrap_or_else(|| unreachable!("index is in range")),
             )
         };
-        let request = if self.rng.gen_bool(0.7) {
+        let pick = self.rng.gen_range(0..20);
+        let request = if pick < 14 {
             let version = self.next_config_version;
             self.next_config_version += 1;
             ActionRequest::ApplyConfig {
                 version,
                 content: format!("[system]\nversion = {version}\n"),
             }
+        } else if pick < 17 {
+            match self.release_request() {
+                Some(request) => request,
+                None => return,
+            }
         } else {
             ActionRequest::CollectDiagnostics {}
         };
         self.issue_request(target, request);
+    }
+
+    /// Signs the next release of iggy with the release key, as the release pipeline would, and
+    /// builds the control plane's upgrade request for it.
+    fn release_request(&mut self) -> Option<ActionRequest> {
+        let counter = self.next_release_counter;
+        self.next_release_counter += 1;
+        let manifest = ReleaseManifest {
+            component: Component::Iggy,
+            version: format!("0.8.{counter}"),
+            target: BUILD_TARGET.to_owned(),
+            sha256: Sha256::digest(counter.to_be_bytes()).to_vec(),
+            size: 1024,
+            release_counter: counter,
+            issued_at: self.clock.now(),
+        };
+        let signed = SignedManifest::sign(&manifest, &self.release_key).ok()?;
+        let encoded = base64::engine::general_purpose::STANDARD.encode(signed.encode().ok()?);
+        self.manifests.push(signed);
+        Some(ActionRequest::UpgradeComponent {
+            component: Component::Iggy,
+            version: manifest.version,
+            sha256: hex::encode(&manifest.sha256),
+            release_counter: counter,
+            manifest: encoded,
+            rollback_permit: None,
+        })
+    }
+
+    /// An upgrade task signed with the real task key, as a thief of that key would make, but
+    /// without the release key: either its manifest is signed by the thief, or it pairs a real
+    /// manifest with another digest.
+    fn forged_upgrade(&mut self, id: [u8; 16], node: &NodeId) -> Vec<u8> {
+        let counter = self.next_release_counter + (1 << 20);
+        let evil = Sha256::digest(b"not a release").to_vec();
+        let reuse = !self.manifests.is_empty() && self.rng.gen_bool(0.5);
+        let manifest = if reuse {
+            let pick = self.rng.gen_range(0..self.manifests.len());
+            self.manifests.get(pick).cloned()
+        } else {
+            let thief = SigningKey::generate(&mut self.rng);
+            let manifest = ReleaseManifest {
+                component: Component::Iggy,
+                version: "6.6.6".into(),
+                target: BUILD_TARGET.to_owned(),
+                sha256: evil.clone(),
+                size: 1024,
+                release_counter: counter,
+                issued_at: self.clock.now(),
+            };
+            SignedManifest::sign(&manifest, &thief).ok()
+        };
+        let Some(manifest) = manifest else {
+            return Vec::new();
+        };
+        let stated = manifest.manifest_unverified().ok();
+        let action = TaskAction::UpgradeComponent(Upgrade {
+            component: Component::Iggy,
+            version: stated
+                .as_ref()
+                .map_or_else(|| "6.6.6".to_owned(), |m| m.version.clone()),
+            sha256: evil,
+            release_counter: stated.as_ref().map_or(counter, |m| m.release_counter),
+            manifest: Box::new(manifest),
+            rollback_permit: None,
+        });
+        let now = self.clock.now();
+        let task = Task {
+            id: TaskId::from_random(id),
+            deployment: self.deployment.clone(),
+            node: node.clone(),
+            issued_at: now,
+            not_before: now,
+            expires_at: now.saturating_add(Duration::from_secs(600)),
+            key_id: self.task_key.id().clone(),
+            kind: action.kind().to_owned(),
+            params: action.encode_params().unwrap_or_default(),
+        };
+        Envelope::seal(MessageId::from_random(id), &task)
+            .and_then(|envelope| self.task_key.sign(&envelope))
+            .and_then(|signed| signed.encode())
+            .unwrap_or_default()
     }
 
     /// Issues through a live replica; returns whether the replica reported success.
@@ -1159,8 +1350,13 @@ impl World {
             return;
         };
         let subject = Subject::tasks(&self.deployment, &target_id);
-        let kind = self.rng.gen_range(0..4);
+        let kind = self.rng.gen_range(0..5);
         let bytes = match kind {
+            4 => {
+                let mut id = [0u8; 16];
+                self.rng.fill_bytes(&mut id);
+                self.forged_upgrade(id, &target_id)
+            }
             // Replay or misaddress a task the control plane really signed.
             0..=2 if !self.signed_tasks.is_empty() => {
                 let pick = self.rng.gen_range(0..self.signed_tasks.len());
@@ -1198,6 +1394,7 @@ impl World {
         };
         let _ = block_on(self.broker.persist(&subject, bytes.into(), None));
         self.faults.add(match kind {
+            4 => "hostile upgrade without the release key",
             0..=2 if !self.signed_tasks.is_empty() => "hostile replayed or misaddressed task",
             _ => "hostile forged task",
         });

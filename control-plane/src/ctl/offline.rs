@@ -364,7 +364,12 @@ pub fn read_manifest(path: &Path) -> Result<SignedManifest, CtlError> {
         .map_err(|error| local(format!("failed to read {}: {error}", path.display())))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|error| local(format!("{} is not base64: {error}", path.display())))?;
+        .map_err(|error| {
+            local(format!(
+                "{} is not base64 ({error}); expected a manifest file written by `wardenctl release sign`",
+                path.display()
+            ))
+        })?;
     SignedManifest::decode(&bytes).map_err(|error| local(format!("{}: {error}", path.display())))
 }
 
@@ -374,7 +379,12 @@ pub fn read_trust(path: &Path) -> Result<SignedDocument, CtlError> {
         .map_err(|error| local(format!("failed to read {}: {error}", path.display())))?;
     let bytes = base64::engine::general_purpose::STANDARD
         .decode(text.trim())
-        .map_err(|error| local(format!("{} is not base64: {error}", path.display())))?;
+        .map_err(|error| {
+            local(format!(
+                "{} is not base64 ({error}); expected a trust document file written by `wardenctl trust sign`",
+                path.display()
+            ))
+        })?;
     SignedDocument::decode(&bytes).map_err(|error| local(format!("{}: {error}", path.display())))
 }
 
@@ -456,5 +466,14 @@ mod tests {
             grant.not_before < now
                 && grant.not_after > now.saturating_add(Duration::from_secs(86_400))
         );
+    }
+
+    #[test]
+    fn trust_file_not_base64_names_what_was_expected() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("iggy.toml");
+        std::fs::write(&path, "[system]\npath = \"local_data\"\n").unwrap();
+        let error = read_trust(&path).unwrap_err().to_string();
+        assert!(error.contains("wardenctl trust sign"), "{error}");
     }
 }
