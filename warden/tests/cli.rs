@@ -51,6 +51,7 @@ fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
         heartbeat_interval_secs: None,
         clock_skew_secs: None,
         task_validity_max_secs: None,
+        self_upgrade_health_timeout_secs: None,
         components: Default::default(),
     }
 }
