@@ -75,6 +75,15 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(status);
     }
     init_tracing(&args.log_format);
+    // The launcher blocks SIGTERM and SIGINT to read them from a descriptor, and a child
+    // inherits the mask; the agent must receive them, so it unblocks them before any thread
+    // starts.
+    let mut stop_signals = nix::sys::signal::SigSet::empty();
+    stop_signals.add(nix::sys::signal::Signal::SIGTERM);
+    stop_signals.add(nix::sys::signal::Signal::SIGINT);
+    stop_signals
+        .thread_unblock()
+        .context("failed to unblock SIGTERM and SIGINT")?;
     // A build for the self-upgrade tests that must fail its trial; normal builds lack it.
     if let Some(reason) = option_env!("WARDEN_BUILD_BROKEN") {
         anyhow::bail!("this Warden build was made to fail at start: {reason}");

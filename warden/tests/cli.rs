@@ -156,3 +156,96 @@ fn bootstrap_trust_from_another_root_refused() {
         "{stderr}"
     );
 }
+
+/// The children of `parent`, from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After the command name in brackets come the state and the parent pid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        signal,
+    )
+    .unwrap();
+}
+
+fn start_launcher(dir: &std::path::Path, log: &str) -> (Process, u32) {
+    let file = bootstrap(dir, &format!("nats://127.0.0.1:{}", free_port()));
+    let path = dir.join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+    command.arg("launch").arg("--bootstrap").arg(&path);
+    let launcher = Process::spawn("launcher", command, &dir.join(log));
+    let pid = launcher.id().unwrap();
+    wait_until(
+        "the launcher to start its agent",
+        Duration::from_secs(10),
+        || children_of(pid).len() == 1,
+    );
+    (launcher, pid)
+}
+
+#[test]
+fn launcher_restarts_crashed_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut launcher, pid) = start_launcher(dir.path(), "launcher.log");
+    let first = children_of(pid)[0];
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{first}/exe")).unwrap(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+    );
+
+    signal(first, nix::sys::signal::Signal::SIGKILL);
+    wait_until(
+        "a new agent after the crash",
+        Duration::from_secs(10),
+        || {
+            children_of(pid)
+                .iter()
+                .any(|child| *child != first && is_alive(*child))
+        },
+    );
+    assert!(launcher.log().contains("the agent ended; restarting it"));
+
+    // SIGTERM reaches the agent through the launcher; both stop.
+    let second = children_of(pid)[0];
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let code = launcher.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{}", launcher.log());
+    assert!(!is_alive(second), "the agent outlived the launcher");
+}
+
+#[test]
+fn agent_stops_when_launcher_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut launcher, pid) = start_launcher(dir.path(), "launcher.log");
+    let agent = children_of(pid)[0];
+    launcher.kill();
+    wait_until(
+        "the agent to stop without its launcher",
+        Duration::from_secs(10),
+        || !is_alive(agent),
+    );
+}
