@@ -1,6 +1,6 @@
-//! The Warden upgrades itself end to end, with two more real builds of the `warden` binary:
-//! build B (another version tag) is published as a release and replaces the running Warden
-//! under the same launcher process; build C, which exits at start, is rolled back to B.
+//! The Warden upgrades itself end to end, with two more real builds of the `warden` binary.
+//! Build B (another version tag) is published as a release and replaces the running Warden
+//! under the same launcher process. Build C exits at start, so it is rolled back to B.
 //!
 //! The builds go to `target/self-upgrade-builds`, one extra target directory that is kept
 //! between runs; its first build compiles every dependency once.
@@ -157,7 +157,7 @@ fn exe_of(pid: u32) -> PathBuf {
     std::fs::read_link(format!("/proc/{pid}/exe")).unwrap()
 }
 
-/// The children of `parent`, from /proc.
+/// Lists the children of `parent` from /proc.
 fn children_of(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
@@ -165,7 +165,7 @@ fn children_of(parent: u32) -> Vec<u32> {
         .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
             std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
-                // The fields after the command name, which is in brackets, start with state, ppid.
+                // After the command name in brackets come the state and the parent pid.
                 stat.rsplit_once(')')
                     .and_then(|(_, rest)| rest.split_whitespace().nth(1))
                     .and_then(|ppid| ppid.parse::<u32>().ok())

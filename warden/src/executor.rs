@@ -35,6 +35,9 @@ pub type ComponentHandles = Arc<BTreeMap<&'static str, Addr<ComponentActor>>>;
 /// Margin on top of a component's start and stop timeouts before a task gives up waiting.
 const COMPONENT_WAIT_MARGIN: Duration = Duration::from_secs(5);
 
+/// Time before a self-upgrade trial's deadline after which the new binary no longer confirms.
+const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
+
 /// How often a task polls a component's phase.
 const COMPONENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
 
@@ -68,7 +71,7 @@ pub struct Executor {
     self_upgrade: Option<SelfUpgradeIo>,
 }
 
-/// What the Warden's upgrade of itself needs.
+/// Inputs of the Warden's upgrade of itself.
 #[derive(Debug, Clone)]
 pub struct SelfUpgradeIo {
     /// The release record shared with the launcher.
@@ -81,7 +84,7 @@ pub struct SelfUpgradeIo {
     pub heartbeats_sent: Arc<AtomicU64>,
 }
 
-/// How a self-upgrade task ends in this process.
+/// Result of a self-upgrade task in this process.
 #[derive(Debug)]
 pub enum SelfUpgradeOutcome {
     /// The task is finished with this outcome.
@@ -352,10 +355,10 @@ impl Executor {
         }
     }
 
-    /// Carries out an upgrade of the Warden itself, one step per process: the running binary
-    /// installs the release and hands over to the launcher; the new binary confirms once it
-    /// has sent a heartbeat; the previous binary, started again after a failed trial, fails
-    /// the task with the reason.
+    /// Carries out an upgrade of the Warden itself, one step per process. The running binary
+    /// installs the release and hands over to the launcher. The new binary confirms once it
+    /// has sent a heartbeat. After a failed trial, the previous binary fails the task with
+    /// the reason.
     pub async fn self_upgrade(&self, task: &VerifiedTask) -> SelfUpgradeOutcome {
         match self.self_upgrade_step(task).await {
             Ok(outcome) => outcome,
@@ -422,6 +425,19 @@ impl Executor {
                 while upgrade.heartbeats_sent.load(Ordering::SeqCst) == 0 {
                     tokio::time::sleep(COMPONENT_POLL_INTERVAL).await;
                 }
+                if let Some(TrialState::Running { deadline }) =
+                    record.trial.as_ref().map(|trial| &trial.state)
+                {
+                    if io.clock.now().saturating_add(CONFIRM_MARGIN) >= *deadline {
+                        // Too late to confirm safely: the launcher rolls back and stops this
+                        // process, and the previous binary reports the task.
+                        tracing::warn!(task_id = %task_id, "the new Warden binary became healthy too close to its deadline; waiting for the rollback");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                // NOTE: the launcher reads the deadline on its own clock; if it passes between
+                // this check and the confirmation below, the task can still be reported
+                // succeeded for a binary the launcher then rolls back.
                 installer.activate(&target).await.map_err(|error| {
                     format!("the new Warden binary runs, but its release was not recorded: {error}")
                 })?;
@@ -613,7 +629,7 @@ impl Executor {
     }
 }
 
-/// The output of a successful self-upgrade.
+/// Builds the output of a successful self-upgrade.
 fn self_upgrade_output(release: &VerifiedRelease, binary: &Path) -> BTreeMap<String, String> {
     let manifest = release.manifest();
     BTreeMap::from([
@@ -628,7 +644,7 @@ fn self_upgrade_output(release: &VerifiedRelease, binary: &Path) -> BTreeMap<Str
     ])
 }
 
-/// The path with symbolic links resolved, or as given when that fails.
+/// Resolves symbolic links in `path`, returning it unchanged when that fails.
 fn canonical(path: &Path) -> PathBuf {
     std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }

@@ -52,14 +52,14 @@ pub enum LaunchError {
     /// A system call failed.
     #[error("failed to {operation}: {source}")]
     System {
-        /// What was being done.
+        /// The operation that failed.
         operation: String,
         /// The error.
         source: std::io::Error,
     },
 }
 
-/// What the launcher is started with.
+/// Options of the launcher.
 #[derive(Debug, Clone)]
 pub struct LaunchOptions {
     /// The bootstrap file, passed on to the agent.
@@ -82,7 +82,7 @@ fn now() -> UnixMillis {
     warden_actors::clock::SystemClock.now()
 }
 
-/// Runs the launcher until it is told to stop; returns the exit status of the process.
+/// Runs the launcher until SIGTERM or SIGINT stops it, and returns the process's exit status.
 pub fn run(options: &LaunchOptions) -> Result<i32, LaunchError> {
     let bootstrap = Bootstrap::load(&options.bootstrap)?;
     std::fs::DirBuilder::new()

@@ -75,9 +75,8 @@ fn main() -> anyhow::Result<()> {
         std::process::exit(status);
     }
     init_tracing(&args.log_format);
-    // The launcher blocks SIGTERM and SIGINT to read them from a descriptor, and a child
-    // inherits the mask; the agent must receive them, so it unblocks them before any thread
-    // starts.
+    // The launcher blocks SIGTERM and SIGINT to read them from a signalfd, and a child
+    // inherits that mask. The agent unblocks them before any thread starts.
     let mut stop_signals = nix::sys::signal::SigSet::empty();
     stop_signals.add(nix::sys::signal::Signal::SIGTERM);
     stop_signals.add(nix::sys::signal::Signal::SIGINT);

@@ -157,7 +157,7 @@ fn bootstrap_trust_from_another_root_refused() {
     );
 }
 
-/// The children of `parent`, from /proc.
+/// Lists the children of `parent` from /proc.
 fn children_of(parent: u32) -> Vec<u32> {
     std::fs::read_dir("/proc")
         .unwrap()
