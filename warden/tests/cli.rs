@@ -249,3 +249,93 @@ fn agent_stops_when_launcher_killed() {
         || !is_alive(agent),
     );
 }
+
+/// Writes an executable shell script.
+fn script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs the launcher with shell scripts as agents: the active one asks for the switch to a
+/// trial binary once, and the trial binary runs `trial_body`. Waits until the active script
+/// runs again, then returns the failed trial's reason.
+fn run_failing_trial(trial_body: &str) -> String {
+    use warden::core::self_upgrade::{ReleaseRecord, Trial, TrialState, SWITCH_EXIT_STATUS};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = bootstrap(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
+    file.self_upgrade_health_timeout_secs = Some(5);
+    let path = dir.path().join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let state = file.state_dir;
+    std::fs::create_dir_all(&state).unwrap();
+
+    let active = dir.path().join("active.sh");
+    let trial = dir.path().join("trial.sh");
+    let record_path = warden::self_upgrade::record_path(&state);
+    let mut pending = ReleaseRecord::new(active.clone());
+    pending.trial = Some(Trial {
+        task_id: "t1".into(),
+        binary: trial.clone(),
+        version: "2".into(),
+        state: TrialState::Pending,
+    });
+    std::fs::write(
+        dir.path().join("pending.json"),
+        serde_json::to_vec(&pending).unwrap(),
+    )
+    .unwrap();
+    // First run: record the pending trial and ask for the switch. Later runs: keep running.
+    script(
+        &active,
+        &format!(
+            "d={dir}\nif [ -e $d/active-ran ]; then touch $d/active-again; exec sleep 60; fi\ntouch $d/active-ran\ncp $d/pending.json {record}\nexit {SWITCH_EXIT_STATUS}",
+            dir = dir.path().display(),
+            record = record_path.display(),
+        ),
+    );
+    script(&trial, trial_body);
+    warden::self_upgrade::store(&record_path, &ReleaseRecord::new(active.clone())).unwrap();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+    command.arg("launch").arg("--bootstrap").arg(&path);
+    let mut launcher = Process::spawn("launcher", command, &dir.path().join("launcher.log"));
+    let pid = launcher.id().unwrap();
+    wait_until(
+        "the active binary to run again after the trial",
+        Duration::from_secs(20),
+        || dir.path().join("active-again").exists(),
+    );
+    let record = warden::self_upgrade::load(&record_path).unwrap().unwrap();
+    assert_eq!(record.active, active, "{}", launcher.log());
+    let children = children_of(pid);
+    assert_eq!(children.len(), 1, "one agent: {children:?}");
+
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(launcher.wait_exit(Duration::from_secs(10)), Some(0));
+    match record.trial.map(|trial| trial.state) {
+        Some(TrialState::Failed { reason }) => reason,
+        other => panic!(
+            "the trial should have failed, not {other:?}: {}",
+            launcher.log()
+        ),
+    }
+}
+
+#[test]
+fn trial_exit_rolls_back() {
+    let reason = run_failing_trial("exit 3");
+    assert!(reason.contains("exited with status 3"), "{reason}");
+}
+
+#[test]
+fn trial_past_deadline_rolls_back() {
+    let started = std::time::Instant::now();
+    let reason = run_failing_trial("exec sleep 60");
+    assert!(reason.contains("deadline"), "{reason}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "rolled back before the deadline"
+    );
+}
