@@ -350,13 +350,13 @@ fn watch_launcher() -> bool {
     else {
         return false;
     };
+    // Only the launcher sets the variable, so another parent means it died during the start.
     if nix::unistd::getppid().as_raw() != launcher {
-        tracing::warn!(
+        tracing::error!(
             launcher_pid = launcher,
-            "{} names a process that is not this agent's parent; running without a launcher",
-            warden::self_upgrade::LAUNCHER_PID_ENV
+            "the launcher is gone; the agent stops"
         );
-        return false;
+        std::process::exit(1);
     }
     std::thread::spawn(move || loop {
         std::thread::sleep(Duration::from_millis(500));
