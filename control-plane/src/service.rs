@@ -610,6 +610,7 @@ impl ControlPlane {
             heartbeat_interval_secs: options.heartbeat_interval_secs,
             clock_skew_secs: None,
             task_validity_max_secs: None,
+            self_upgrade_health_timeout_secs: None,
             components: Default::default(),
         })
     }

@@ -14,7 +14,8 @@
 //! Optional: `approval_key` (hex public key of the customer approval key, which makes access
 //! rules and encryption keys need a second signature), `iggy_config_path` (default
 //! `<state_dir>/iggy/server.toml`), `heartbeat_interval_secs` (default 10),
-//! `clock_skew_secs` (default 300) and `task_validity_max_secs` (default 3600).
+//! `clock_skew_secs` (default 300), `task_validity_max_secs` (default 3600) and
+//! `self_upgrade_health_timeout_secs` (default 60).
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,6 +39,12 @@ pub const HEARTBEAT_INTERVAL_SECS_RANGE: std::ops::RangeInclusive<u64> = 1..=360
 
 /// Maximum clock skew tolerance, in seconds.
 pub const CLOCK_SKEW_SECS_MAX: u64 = 3600;
+
+/// Default time a new Warden binary has to become healthy after a self-upgrade.
+pub const SELF_UPGRADE_HEALTH_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
+
+/// Accepted values of `self_upgrade_health_timeout_secs`.
+pub const SELF_UPGRADE_HEALTH_TIMEOUT_SECS_RANGE: std::ops::RangeInclusive<u64> = 5..=3600;
 
 /// The bootstrap file as written on disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -83,6 +90,10 @@ pub struct BootstrapFile {
     /// Maximum validity of a task, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub task_validity_max_secs: Option<u64>,
+    /// Seconds a new Warden binary has to connect and send a heartbeat after a self-upgrade
+    /// before the launcher rolls back to the previous binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub self_upgrade_health_timeout_secs: Option<u64>,
     /// The components this node supervises, written by the operator who installs the node.
     #[serde(default, skip_serializing_if = "ComponentsFile::is_empty")]
     pub components: ComponentsFile,
@@ -134,6 +145,8 @@ pub struct Bootstrap {
     pub clock_skew: Duration,
     /// Maximum validity of a task.
     pub task_validity_max: Duration,
+    /// Time a new Warden binary has to prove itself healthy after a self-upgrade.
+    pub self_upgrade_health_timeout: Duration,
     /// The components this node supervises.
     pub components: Vec<ComponentDefinition>,
 }
@@ -327,6 +340,18 @@ impl Bootstrap {
                 ))
             }
         };
+        let self_upgrade_health_timeout = match file.self_upgrade_health_timeout_secs {
+            None => SELF_UPGRADE_HEALTH_TIMEOUT_DEFAULT,
+            Some(secs) if SELF_UPGRADE_HEALTH_TIMEOUT_SECS_RANGE.contains(&secs) => {
+                Duration::from_secs(secs)
+            }
+            Some(secs) => {
+                return Err(field(
+                    "self_upgrade_health_timeout_secs",
+                    format!("{secs} is outside {SELF_UPGRADE_HEALTH_TIMEOUT_SECS_RANGE:?}"),
+                ))
+            }
+        };
         let task_validity_max = match file.task_validity_max_secs {
             None => TASK_VALIDITY_MAX_DEFAULT,
             Some(secs) if (1..=TASK_VALIDITY_MAX_DEFAULT.as_secs()).contains(&secs) => {
@@ -385,6 +410,7 @@ impl Bootstrap {
             secure,
             iggy_config_path,
             heartbeat_interval,
+            self_upgrade_health_timeout,
             clock_skew,
             task_validity_max,
             components,
@@ -433,6 +459,7 @@ mod tests {
             heartbeat_interval_secs: None,
             clock_skew_secs: None,
             task_validity_max_secs: None,
+            self_upgrade_health_timeout_secs: None,
             components: ComponentsFile::default(),
         }
     }

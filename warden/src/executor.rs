@@ -5,6 +5,7 @@ use std::io::Write;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -16,6 +17,8 @@ use warden_bus::{Bus, DeploymentId, NodeId, SigningKey, TaskAction};
 use crate::artifacts::{fetch_verified, Requester};
 use crate::components::installer::{sha256_file, ActiveReleases, Installer, Release};
 use crate::core::release::VerifiedRelease;
+use crate::core::self_upgrade::{agent_step, AgentStep, ReleaseRecord, Trial, TrialState};
+use crate::self_upgrade as record_file;
 
 use crate::actors::components::{Command, ComponentActor, GetSnapshot, Request, Snapshot};
 use crate::components::definition::check_kernel_for_iggy;
@@ -31,6 +34,9 @@ pub type ComponentHandles = Arc<BTreeMap<&'static str, Addr<ComponentActor>>>;
 
 /// Margin on top of a component's start and stop timeouts before a task gives up waiting.
 const COMPONENT_WAIT_MARGIN: Duration = Duration::from_secs(5);
+
+/// Time before a self-upgrade trial's deadline after which the new binary no longer confirms.
+const CONFIRM_MARGIN: Duration = Duration::from_secs(2);
 
 /// How often a task polls a component's phase.
 const COMPONENT_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -62,6 +68,31 @@ pub struct Executor {
     components: ComponentHandles,
     timeouts: BTreeMap<&'static str, (Duration, Duration)>,
     releases: Option<ReleaseIo>,
+    self_upgrade: Option<SelfUpgradeIo>,
+}
+
+/// Inputs of the Warden's upgrade of itself.
+#[derive(Debug, Clone)]
+pub struct SelfUpgradeIo {
+    /// The release record shared with the launcher.
+    pub record_path: PathBuf,
+    /// The binary this process runs.
+    pub own_binary: PathBuf,
+    /// Whether a launcher started this process; without one a switch would end the Warden.
+    pub under_launcher: bool,
+    /// Heartbeats published since the start, counted by the heartbeat actor.
+    pub heartbeats_sent: Arc<AtomicU64>,
+}
+
+/// Result of a self-upgrade task in this process.
+#[derive(Debug)]
+pub enum SelfUpgradeOutcome {
+    /// The task is finished with this outcome.
+    Finished(ExecutionOutcome),
+    /// The new binary is installed and its trial recorded: the process must exit with
+    /// [`SWITCH_EXIT_STATUS`](crate::core::self_upgrade::SWITCH_EXIT_STATUS) without
+    /// finishing the task, which the new binary finishes.
+    Switch,
 }
 
 impl std::fmt::Debug for Executor {
@@ -92,7 +123,14 @@ impl Executor {
             components: ComponentHandles::default(),
             timeouts: BTreeMap::new(),
             releases: None,
+            self_upgrade: None,
         }
+    }
+
+    /// Adds what the Warden's upgrade of itself needs.
+    pub fn with_self_upgrade(mut self, self_upgrade: SelfUpgradeIo) -> Self {
+        self.self_upgrade = Some(self_upgrade);
+        self
     }
 
     /// Adds what upgrades need.
@@ -283,29 +321,8 @@ impl Executor {
             None => return Err(undefined()),
         };
 
-        if !self.installed_intact(&installer, &target).await {
-            let requester = Requester {
-                deployment: &io.deployment,
-                node: &io.node,
-                node_key: &io.node_key,
-                clock: io.clock.as_ref(),
-            };
-            let staged = fetch_verified(io.bus.as_ref(), requester, release, &self.state_dir)
-                .await
-                .map_err(|error| format!("release of {name} was not installed: {error}"))?;
-            let staged_path = staged.path().to_path_buf();
-            let installing = installer.clone();
-            let installing_release = target.clone();
-            tokio::task::spawn_blocking(move || {
-                let result = installing.install(&staged_path, &installing_release);
-                // On success the file has moved; on failure nothing verified may stay behind.
-                let _ = std::fs::remove_file(&staged_path);
-                result
-            })
-            .await
-            .map_err(|error| format!("installation thread failed: {error}"))?
-            .map_err(|error| format!("release of {name} was not installed: {error}"))?;
-        }
+        self.fetch_and_install(io, &installer, release, &target)
+            .await?;
         installer
             .activate(&target)
             .await
@@ -336,6 +353,164 @@ impl Executor {
                 )
                 .await),
         }
+    }
+
+    /// Carries out an upgrade of the Warden itself, one step per process. The running binary
+    /// installs the release and hands over to the launcher. The new binary confirms once it
+    /// has sent a heartbeat. After a failed trial, the previous binary fails the task with
+    /// the reason.
+    pub async fn self_upgrade(&self, task: &VerifiedTask) -> SelfUpgradeOutcome {
+        match self.self_upgrade_step(task).await {
+            Ok(outcome) => outcome,
+            Err(reason) => SelfUpgradeOutcome::Finished(Err(reason)),
+        }
+    }
+
+    async fn self_upgrade_step(&self, task: &VerifiedTask) -> Result<SelfUpgradeOutcome, String> {
+        let release = task
+            .release()
+            .ok_or("the upgrade reached execution without a checked release")?;
+        let manifest = release.manifest();
+        let io = self
+            .releases
+            .as_ref()
+            .ok_or("this Warden was started without release support")?;
+        let installer = io
+            .installers
+            .get(&Component::Warden)
+            .ok_or("this Warden has no installer for its own releases")?
+            .clone();
+        let upgrade = self
+            .self_upgrade
+            .as_ref()
+            .ok_or("this Warden was started without self-upgrade support")?;
+        let target = Release {
+            release_counter: manifest.release_counter,
+            sha256: manifest.sha256.clone(),
+        };
+        let target_binary = canonical(&installer.binary_path(&target));
+        let own_binary = canonical(&upgrade.own_binary);
+        let record = record_file::load(&upgrade.record_path)
+            .map_err(|error| error.to_string())?
+            .unwrap_or_else(|| ReleaseRecord::new(own_binary.clone()));
+        let task_id = task.id().as_str();
+
+        match agent_step(&record, task_id, &own_binary, &target_binary) {
+            AgentStep::Install => {
+                if !upgrade.under_launcher {
+                    return Err(format!(
+                        "this Warden runs without its launcher, so it cannot switch to release {} of itself; run it as `warden launch --bootstrap FILE`",
+                        manifest.version
+                    ));
+                }
+                self.fetch_and_install(io, &installer, release, &target)
+                    .await?;
+                // Resolved now that the file exists, to compare with the new agent's own path.
+                let target_binary = canonical(&installer.binary_path(&target));
+                let mut record = record;
+                record.trial = Some(Trial {
+                    task_id: task_id.to_owned(),
+                    binary: target_binary.clone(),
+                    version: manifest.version.clone(),
+                    state: TrialState::Pending,
+                });
+                record_file::store(&upgrade.record_path, &record)
+                    .map_err(|error| format!("the new release of the Warden was installed, but its trial was not recorded: {error}"))?;
+                tracing::info!(task_id = %task_id, version = %manifest.version, binary = %target_binary.display(), "installed the new Warden binary; exiting so the launcher starts it");
+                Ok(SelfUpgradeOutcome::Switch)
+            }
+            AgentStep::Confirm => {
+                // Connected with its credentials already (the task came through the broker);
+                // one published heartbeat shows the rest of the agent works too.
+                while upgrade.heartbeats_sent.load(Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(COMPONENT_POLL_INTERVAL).await;
+                }
+                if let Some(TrialState::Running { deadline }) =
+                    record.trial.as_ref().map(|trial| &trial.state)
+                {
+                    if io.clock.now().saturating_add(CONFIRM_MARGIN) >= *deadline {
+                        // Too late to confirm safely: the launcher rolls back and stops this
+                        // process, and the previous binary reports the task.
+                        tracing::warn!(task_id = %task_id, "the new Warden binary became healthy too close to its deadline; waiting for the rollback");
+                        std::future::pending::<()>().await;
+                    }
+                }
+                // NOTE: the launcher reads the deadline on its own clock; if it passes between
+                // this check and the confirmation below, the task can still be reported
+                // succeeded for a binary the launcher then rolls back.
+                installer.activate(&target).await.map_err(|error| {
+                    format!("the new Warden binary runs, but its release was not recorded: {error}")
+                })?;
+                let mut record = record;
+                if let Some(trial) = record.trial.as_mut() {
+                    trial.state = TrialState::Confirmed;
+                }
+                record_file::store(&upgrade.record_path, &record)
+                    .map_err(|error| format!("the new Warden binary runs, but its confirmation was not recorded: {error}"))?;
+                if let Err(error) = installer.prune() {
+                    tracing::warn!(component = "warden", error = %error, "old releases were not deleted");
+                }
+                tracing::info!(task_id = %task_id, version = %crate::version(), "the new Warden binary confirmed it is healthy");
+                Ok(SelfUpgradeOutcome::Finished(Ok(self_upgrade_output(
+                    release,
+                    &target_binary,
+                ))))
+            }
+            AgentStep::AlreadyActive => Ok(SelfUpgradeOutcome::Finished(Ok(self_upgrade_output(
+                release,
+                &target_binary,
+            )))),
+            AgentStep::RolledBack { reason } => {
+                let mut record = record;
+                record.trial = None;
+                record_file::store(&upgrade.record_path, &record).map_err(|error| {
+                    format!("rolled back: {reason}; clearing the trial failed: {error}")
+                })?;
+                Ok(SelfUpgradeOutcome::Finished(Err(format!(
+                    "rolled back: {reason}; release {} of the Warden was not kept, and {} (version {}) runs again",
+                    manifest.version,
+                    own_binary.display(),
+                    crate::version()
+                ))))
+            }
+        }
+    }
+
+    /// Downloads, verifies and installs the release unless it is installed already with the
+    /// right digest.
+    async fn fetch_and_install(
+        &self,
+        io: &ReleaseIo,
+        installer: &Installer,
+        release: &VerifiedRelease,
+        target: &Release,
+    ) -> Result<(), String> {
+        let name = release.manifest().component.as_str();
+        if self.installed_intact(installer, target).await {
+            return Ok(());
+        }
+        let requester = Requester {
+            deployment: &io.deployment,
+            node: &io.node,
+            node_key: &io.node_key,
+            clock: io.clock.as_ref(),
+        };
+        let staged = fetch_verified(io.bus.as_ref(), requester, release, &self.state_dir)
+            .await
+            .map_err(|error| format!("release of {name} was not installed: {error}"))?;
+        let staged_path = staged.path().to_path_buf();
+        let installing = installer.clone();
+        let installing_release = target.clone();
+        tokio::task::spawn_blocking(move || {
+            let result = installing.install(&staged_path, &installing_release);
+            // On success the file has moved; on failure nothing verified may stay behind.
+            let _ = std::fs::remove_file(&staged_path);
+            result
+        })
+        .await
+        .map_err(|error| format!("installation thread failed: {error}"))?
+        .map_err(|error| format!("release of {name} was not installed: {error}"))?;
+        Ok(())
     }
 
     /// Returns to the releases recorded before a failed upgrade and to the phase the component
@@ -425,7 +600,7 @@ impl Executor {
         };
         facts.insert("kernel".into(), kernel);
         facts.insert("iggy_io_uring".into(), io_uring);
-        facts.insert("warden_version".into(), env!("CARGO_PKG_VERSION").into());
+        facts.insert("warden_version".into(), crate::version());
         facts.insert(
             "warden_uptime_secs".into(),
             self.started.elapsed().as_secs().to_string(),
@@ -452,6 +627,26 @@ impl Executor {
         facts.insert("state_dir".into(), self.state_dir.display().to_string());
         facts
     }
+}
+
+/// Builds the output of a successful self-upgrade.
+fn self_upgrade_output(release: &VerifiedRelease, binary: &Path) -> BTreeMap<String, String> {
+    let manifest = release.manifest();
+    BTreeMap::from([
+        ("version".to_owned(), manifest.version.clone()),
+        (
+            "release_counter".to_owned(),
+            manifest.release_counter.to_string(),
+        ),
+        ("sha256".to_owned(), hex::encode(&manifest.sha256)),
+        ("binary".to_owned(), binary.display().to_string()),
+        ("warden_version".to_owned(), crate::version()),
+    ])
+}
+
+/// Resolves symbolic links in `path`, returning it unchanged when that fails.
+fn canonical(path: &Path) -> PathBuf {
+    std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf())
 }
 
 fn component_failure(name: &str, snapshot: &Snapshot, waited: Option<Duration>) -> String {

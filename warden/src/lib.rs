@@ -11,6 +11,8 @@
 //! - [`actors`]: the supervised actor tree that does the I/O.
 //! - [`bootstrap`], [`store`], [`executor`]: the bootstrap file, the record store, the effects.
 //! - [`artifacts`]: downloads a verified release's artifact in chunks and stages it, mode 0600.
+//! - [`launcher`], [`self_upgrade`]: the launcher process and the record it shares with the
+//!   agent to switch the Warden's own binary and roll it back.
 //!
 //! Trust: the Warden trusts only its bootstrap file and the keys listed in it. Messages from
 //! the broker are untrusted until verified.
@@ -26,5 +28,16 @@ pub mod credentials;
 pub mod enroll;
 pub mod executor;
 pub mod identity;
+pub mod launcher;
 pub mod pipeline;
+pub mod self_upgrade;
 pub mod store;
+
+/// Version of this build as reported in heartbeats and task outputs: the crate version, with
+/// `+<tag>` appended when `WARDEN_BUILD_TAG` was set at compile time.
+pub fn version() -> String {
+    match option_env!("WARDEN_BUILD_TAG") {
+        Some(tag) if !tag.is_empty() => format!("{}+{tag}", env!("CARGO_PKG_VERSION")),
+        _ => env!("CARGO_PKG_VERSION").to_owned(),
+    }
+}

@@ -1,5 +1,7 @@
-//! The `warden` binary: loads the bootstrap file, opens the state directory, connects to NATS
-//! and runs the actor tree until SIGINT or SIGTERM.
+//! The `warden` binary. `warden --bootstrap FILE` runs the agent: it loads the bootstrap file,
+//! opens the state directory, connects to NATS and runs the actor tree until SIGINT or SIGTERM.
+//! `warden launch --bootstrap FILE` runs the launcher, which runs the agent as its child and
+//! switches it to a new binary on a self-upgrade.
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
@@ -21,21 +23,76 @@ use warden_bus::{Bus, SigningKey};
 
 /// The Warden node agent.
 #[derive(Debug, Parser)]
-#[command(version, about)]
+#[command(version = warden_version(), about, subcommand_negates_reqs = true)]
 struct Args {
     /// Bootstrap file written by `wardenctl node add`.
-    #[arg(long, env = "WARDEN_BOOTSTRAP")]
-    bootstrap: PathBuf,
+    #[arg(long, env = "WARDEN_BOOTSTRAP", required = true)]
+    bootstrap: Option<PathBuf>,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Run the launcher: the process to give a service manager. It runs the agent as its child,
+    /// restarts it after a crash and carries out self-upgrades with rollback.
+    Launch {
+        /// Bootstrap file written by `wardenctl node add`.
+        #[arg(long, env = "WARDEN_BOOTSTRAP")]
+        bootstrap: PathBuf,
+        /// Log format of the launcher and the agent: text or json.
+        #[arg(long, default_value = "text", value_parser = ["text", "json"])]
+        log_format: String,
+        /// Process id of a running agent to adopt; set by the launcher when it re-executes
+        /// itself from a new binary.
+        #[arg(long, hide = true)]
+        adopt_pid: Option<i32>,
+    },
+}
+
+fn warden_version() -> &'static str {
+    Box::leak(warden::version().into_boxed_str())
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if let Some(Command::Launch {
+        bootstrap,
+        log_format,
+        adopt_pid,
+    }) = args.command
+    {
+        init_tracing(&log_format);
+        let options = warden::launcher::LaunchOptions {
+            bootstrap,
+            log_format,
+            adopt_pid,
+        };
+        let status = warden::launcher::run(&options)?;
+        std::process::exit(status);
+    }
     init_tracing(&args.log_format);
+    // The launcher blocks SIGTERM and SIGINT to read them from a signalfd, and a child
+    // inherits that mask. The agent unblocks them before any thread starts.
+    let mut stop_signals = nix::sys::signal::SigSet::empty();
+    stop_signals.add(nix::sys::signal::Signal::SIGTERM);
+    stop_signals.add(nix::sys::signal::Signal::SIGINT);
+    stop_signals
+        .thread_unblock()
+        .context("failed to unblock SIGTERM and SIGINT")?;
+    // A build for the self-upgrade tests that must fail its trial; normal builds lack it.
+    if let Some(reason) = option_env!("WARDEN_BUILD_BROKEN") {
+        anyhow::bail!("this Warden build was made to fail at start: {reason}");
+    }
+    let bootstrap_path = args
+        .bootstrap
+        .context("--bootstrap is required; pass the file written by `wardenctl node add`")?;
+    let under_launcher = watch_launcher();
 
-    let bootstrap = Bootstrap::load(&args.bootstrap)?;
+    let bootstrap = Bootstrap::load(&bootstrap_path)?;
     std::fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
@@ -79,7 +136,7 @@ fn main() -> anyhow::Result<()> {
         node_id = %bootstrap.node,
         nats_url = %bootstrap.nats_url,
         state_dir = %bootstrap.state_dir.display(),
-        version = env!("CARGO_PKG_VERSION"),
+        version = %warden::version(),
         "warden starting"
     );
     let system = actix::System::new();
@@ -109,7 +166,7 @@ fn main() -> anyhow::Result<()> {
             Connected::Plain(bus) => (Arc::new(bus), None),
             Connected::Secure(bus, parts) => (bus, Some(parts)),
         };
-        let _supervisor = actors::start(WardenParts { bootstrap, bus, store, clock, failpoint, node_key, renewal });
+        let _supervisor = actors::start(WardenParts { bootstrap, bus, store, clock, failpoint, node_key, renewal, under_launcher });
         shutdown_signal().await;
         tracing::info!("warden stopping");
         Ok::<(), anyhow::Error>(())
@@ -282,6 +339,36 @@ async fn connect_with_retry(url: &str, node: &str) -> NatsBus {
             }
         }
     }
+}
+
+/// Tells whether a launcher started this process. If so, a thread ends the agent once the
+/// launcher is gone, so a killed launcher leaves no agent behind for its successor to double.
+fn watch_launcher() -> bool {
+    let Some(launcher) = std::env::var(warden::self_upgrade::LAUNCHER_PID_ENV)
+        .ok()
+        .and_then(|pid| pid.parse::<i32>().ok())
+    else {
+        return false;
+    };
+    // Only the launcher sets the variable, so another parent means it died during the start.
+    if nix::unistd::getppid().as_raw() != launcher {
+        tracing::error!(
+            launcher_pid = launcher,
+            "the launcher is gone; the agent stops"
+        );
+        std::process::exit(1);
+    }
+    std::thread::spawn(move || loop {
+        std::thread::sleep(Duration::from_millis(500));
+        if nix::unistd::getppid().as_raw() != launcher {
+            tracing::error!(
+                launcher_pid = launcher,
+                "the launcher is gone; the agent stops"
+            );
+            std::process::exit(1);
+        }
+    });
+    true
 }
 
 async fn shutdown_signal() {

@@ -51,6 +51,7 @@ fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
         heartbeat_interval_secs: None,
         clock_skew_secs: None,
         task_validity_max_secs: None,
+        self_upgrade_health_timeout_secs: None,
         components: Default::default(),
     }
 }
@@ -153,5 +154,188 @@ fn bootstrap_trust_from_another_root_refused() {
     assert!(
         stderr.contains("not signed by the current root key"),
         "{stderr}"
+    );
+}
+
+/// Lists the children of `parent` from /proc.
+fn children_of(parent: u32) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+                // After the command name in brackets come the state and the parent pid.
+                stat.rsplit_once(')')
+                    .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+                    .and_then(|ppid| ppid.parse::<u32>().ok())
+                    == Some(parent)
+            })
+        })
+        .collect()
+}
+
+fn is_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        !stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'))
+    })
+}
+
+fn signal(pid: u32, signal: nix::sys::signal::Signal) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(i32::try_from(pid).unwrap()),
+        signal,
+    )
+    .unwrap();
+}
+
+fn start_launcher(dir: &std::path::Path, log: &str) -> (Process, u32) {
+    let file = bootstrap(dir, &format!("nats://127.0.0.1:{}", free_port()));
+    let path = dir.join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+    command.arg("launch").arg("--bootstrap").arg(&path);
+    let launcher = Process::spawn("launcher", command, &dir.join(log));
+    let pid = launcher.id().unwrap();
+    wait_until(
+        "the launcher to start its agent",
+        Duration::from_secs(10),
+        || children_of(pid).len() == 1,
+    );
+    (launcher, pid)
+}
+
+#[test]
+fn launcher_restarts_crashed_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut launcher, pid) = start_launcher(dir.path(), "launcher.log");
+    let first = children_of(pid)[0];
+    assert_eq!(
+        std::fs::read_link(format!("/proc/{first}/exe")).unwrap(),
+        std::path::PathBuf::from(env!("CARGO_BIN_EXE_warden"))
+    );
+
+    signal(first, nix::sys::signal::Signal::SIGKILL);
+    wait_until(
+        "a new agent after the crash",
+        Duration::from_secs(10),
+        || {
+            children_of(pid)
+                .iter()
+                .any(|child| *child != first && is_alive(*child))
+        },
+    );
+    assert!(launcher.log().contains("the agent ended; restarting it"));
+
+    // SIGTERM reaches the agent through the launcher; both stop.
+    let second = children_of(pid)[0];
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    let code = launcher.wait_exit(Duration::from_secs(15));
+    assert_eq!(code, Some(0), "{}", launcher.log());
+    assert!(!is_alive(second), "the agent outlived the launcher");
+}
+
+#[test]
+fn agent_stops_when_launcher_killed() {
+    let dir = tempfile::tempdir().unwrap();
+    let (mut launcher, pid) = start_launcher(dir.path(), "launcher.log");
+    let agent = children_of(pid)[0];
+    launcher.kill();
+    wait_until(
+        "the agent to stop without its launcher",
+        Duration::from_secs(10),
+        || !is_alive(agent),
+    );
+}
+
+/// Writes an executable shell script.
+fn script(path: &std::path::Path, body: &str) {
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::write(path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o755)).unwrap();
+}
+
+/// Runs the launcher with shell scripts as agents: the active one asks for the switch to a
+/// trial binary once, and the trial binary runs `trial_body`. Waits until the active script
+/// runs again, then returns the failed trial's reason.
+fn run_failing_trial(trial_body: &str) -> String {
+    use warden::core::self_upgrade::{ReleaseRecord, Trial, TrialState, SWITCH_EXIT_STATUS};
+
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = bootstrap(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
+    file.self_upgrade_health_timeout_secs = Some(5);
+    let path = dir.path().join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let state = file.state_dir;
+    std::fs::create_dir_all(&state).unwrap();
+
+    let active = dir.path().join("active.sh");
+    let trial = dir.path().join("trial.sh");
+    let record_path = warden::self_upgrade::record_path(&state);
+    let mut pending = ReleaseRecord::new(active.clone());
+    pending.trial = Some(Trial {
+        task_id: "t1".into(),
+        binary: trial.clone(),
+        version: "2".into(),
+        state: TrialState::Pending,
+    });
+    std::fs::write(
+        dir.path().join("pending.json"),
+        serde_json::to_vec(&pending).unwrap(),
+    )
+    .unwrap();
+    // First run: record the pending trial and ask for the switch. Later runs: keep running.
+    script(
+        &active,
+        &format!(
+            "d={dir}\nif [ -e $d/active-ran ]; then touch $d/active-again; exec sleep 60; fi\ntouch $d/active-ran\ncp $d/pending.json {record}\nexit {SWITCH_EXIT_STATUS}",
+            dir = dir.path().display(),
+            record = record_path.display(),
+        ),
+    );
+    script(&trial, trial_body);
+    warden::self_upgrade::store(&record_path, &ReleaseRecord::new(active.clone())).unwrap();
+
+    let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+    command.arg("launch").arg("--bootstrap").arg(&path);
+    let mut launcher = Process::spawn("launcher", command, &dir.path().join("launcher.log"));
+    let pid = launcher.id().unwrap();
+    wait_until(
+        "the active binary to run again after the trial",
+        Duration::from_secs(20),
+        || dir.path().join("active-again").exists(),
+    );
+    let record = warden::self_upgrade::load(&record_path).unwrap().unwrap();
+    assert_eq!(record.active, active, "{}", launcher.log());
+    let children = children_of(pid);
+    assert_eq!(children.len(), 1, "one agent: {children:?}");
+
+    signal(pid, nix::sys::signal::Signal::SIGTERM);
+    assert_eq!(launcher.wait_exit(Duration::from_secs(10)), Some(0));
+    match record.trial.map(|trial| trial.state) {
+        Some(TrialState::Failed { reason }) => reason,
+        other => panic!(
+            "the trial should have failed, not {other:?}: {}",
+            launcher.log()
+        ),
+    }
+}
+
+#[test]
+fn trial_exit_rolls_back() {
+    let reason = run_failing_trial("exit 3");
+    assert!(reason.contains("exited with status 3"), "{reason}");
+}
+
+#[test]
+fn trial_past_deadline_rolls_back() {
+    let started = std::time::Instant::now();
+    let reason = run_failing_trial("exec sleep 60");
+    assert!(reason.contains("deadline"), "{reason}");
+    assert!(
+        started.elapsed() >= Duration::from_secs(5),
+        "rolled back before the deadline"
     );
 }

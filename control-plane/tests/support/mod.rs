@@ -238,11 +238,21 @@ impl Cluster {
 
     /// Starts (or restarts) a node's Warden with optional environment variables.
     pub fn start_warden(&mut self, node: &str, env: &[(&str, &str)]) {
+        self.spawn_warden(node, &[], env);
+    }
+
+    /// Starts a node's Warden under its launcher (`warden launch`), as a service manager would.
+    pub fn start_warden_launcher(&mut self, node: &str) {
+        self.spawn_warden(node, &["launch"], &[]);
+    }
+
+    fn spawn_warden(&mut self, node: &str, args: &[&str], env: &[(&str, &str)]) {
         let run = self.warden_runs.entry(node.to_owned()).or_insert(0);
         *run += 1;
         let log = self.dir.path().join(format!("{node}-{run}.log"));
         let mut command = Command::new(workspace_binary("warden"));
         command
+            .args(args)
             .arg("--bootstrap")
             .arg(self.path(&format!("{node}.toml")))
             .env("RUST_LOG", "info");

@@ -30,6 +30,8 @@ pub struct HeartbeatParts {
     pub rng: Entropy,
     /// Applied configuration version, kept current by the task runner.
     pub config_version: Arc<AtomicU64>,
+    /// Heartbeats the broker accepted since the start; a self-upgrade waits for the first.
+    pub sent: Arc<AtomicU64>,
     /// The node's key, which signs each heartbeat.
     pub node_key: SigningKey,
     /// Phases of the supervised components.
@@ -88,6 +90,7 @@ impl Heartbeater {
                     tracing::info!(failed = actor.failures_in_a_row, "heartbeats are going out again");
                 }
                 actor.failures_in_a_row = 0;
+                actor.parts.sent.fetch_add(1, Ordering::SeqCst);
                 tracing::debug!(sequence, "heartbeat sent");
             }
             Err(error) => {

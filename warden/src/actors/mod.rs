@@ -22,6 +22,7 @@ use actix::prelude::*;
 use warden_actors::bridge::{PullBridge, PullSettings};
 use warden_actors::clock::SharedClock;
 use warden_actors::{entropy, BackoffConfig, Supervisor};
+use warden_bus::messages::Component;
 use warden_bus::subject::{task_consumer, TASK_STREAM};
 use warden_bus::{Bus, SigningKey, Subject, TelemetryKind};
 
@@ -30,7 +31,7 @@ use crate::components::installer::Installer;
 use crate::components::state::ComponentState;
 use crate::core::heartbeat::HeartbeatSchedule;
 use crate::core::verify::{Identity, Limits};
-use crate::executor::{Executor, ReleaseIo};
+use crate::executor::{Executor, ReleaseIo, SelfUpgradeIo};
 use crate::store::TaskStore;
 
 use self::components::{ComponentActor, ComponentParts, StatusBoard};
@@ -60,6 +61,8 @@ pub struct WardenParts {
     pub node_key: SigningKey,
     /// Renewal of the broker credentials, when the node runs against a secured broker.
     pub renewal: Option<self::renewal::RenewalParts>,
+    /// Whether a launcher (`warden launch`) started this process, which self-upgrade needs.
+    pub under_launcher: bool,
 }
 
 /// Starts the supervised actor tree. Must be called inside an actix system.
@@ -113,6 +116,28 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
         );
     }
 
+    // The Warden's own releases: no component actor, but an installer, so the release check
+    // sees its installed counter and an upgrade can install beside the running binary.
+    match Installer::new(Component::Warden, &bootstrap.state_dir, parts.store.db()) {
+        Ok(installer) => {
+            installers.insert(Component::Warden, installer);
+        }
+        Err(error) => {
+            tracing::error!(component = "warden", error = %error, "cannot open the Warden's release record; it cannot upgrade itself");
+        }
+    }
+    let heartbeats_sent = Arc::new(AtomicU64::new(0));
+    let own_binary = std::env::current_exe().unwrap_or_else(|error| {
+        tracing::warn!(error = %error, "cannot find this process's binary; self-upgrade compares against an empty path");
+        std::path::PathBuf::new()
+    });
+    let self_upgrade = SelfUpgradeIo {
+        record_path: crate::self_upgrade::record_path(&bootstrap.state_dir),
+        own_binary,
+        under_launcher: parts.under_launcher,
+        heartbeats_sent: heartbeats_sent.clone(),
+    };
+
     let runner_parts = RunnerParts {
         identity: Identity {
             deployment: bootstrap.deployment.clone(),
@@ -136,7 +161,8 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             node_key: parts.node_key.clone(),
             clock: parts.clock.clone(),
             installers,
-        }),
+        })
+        .with_self_upgrade(self_upgrade),
         bus: parts.bus.clone(),
         clock: parts.clock.clone(),
         config_version: config_version.clone(),
@@ -158,7 +184,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
         bootstrap.deployment.clone(),
         bootstrap.node.clone(),
         bootstrap.heartbeat_interval,
-        env!("CARGO_PKG_VERSION").to_owned(),
+        crate::version(),
     );
     let backoff = BackoffConfig::new(RESTART_BACKOFF_BASE, RESTART_BACKOFF_MAX)
         .unwrap_or_else(|_| unreachable!("the constants satisfy base > 0 and max >= base"));
@@ -195,6 +221,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
                 config_version: config_version.clone(),
                 node_key: node_key.clone(),
                 components: board.clone(),
+                sent: heartbeats_sent.clone(),
             };
             Heartbeater::new(parts, guard).start();
         })

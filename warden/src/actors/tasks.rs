@@ -7,15 +7,17 @@ use std::time::Duration;
 use actix::prelude::*;
 use sha2::{Digest, Sha256};
 use warden_actors::clock::SharedClock;
+use warden_bus::messages::Component;
 use warden_bus::{
     Bus, Delivery, Envelope, MessageId, ReportStatus, SigningKey, Subject, TaskAction, TaskId,
     TaskReport, TelemetryKind, UnixMillis,
 };
 
 use crate::core::record::TaskRecord;
+use crate::core::self_upgrade::SWITCH_EXIT_STATUS;
 use crate::core::verify::{Identity, Limits, VerifiedTask};
 use crate::core::{ExecutionOutcome, Persisted, Pulled, WardenCore};
-use crate::executor::Executor;
+use crate::executor::{Executor, SelfUpgradeOutcome};
 use crate::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
 use crate::store::TaskStore;
 
@@ -223,6 +225,21 @@ fn store_failure(operation: &'static str) -> impl Fn(crate::store::StoreError) -
     }
 }
 
+impl ProductionIo<'_> {
+    /// Ends the process so the launcher starts the new binary. The task stays recorded as
+    /// started and unacknowledged; asking for its redelivery now spares the new agent the
+    /// broker's ack wait.
+    async fn switch_binary(&self, task: &VerifiedTask) -> ! {
+        if let Some(delivery) = self.delivery {
+            if let Err(error) = delivery.nak(None).await {
+                tracing::warn!(task_id = %task.id(), error = %error, "failed to ask for redelivery; the new binary gets the task after the ack wait");
+            }
+        }
+        tracing::info!(node_id = %self.parts.identity.node, task_id = %task.id(), "exiting for the switch to the new Warden binary");
+        std::process::exit(SWITCH_EXIT_STATUS)
+    }
+}
+
 impl NodeIo for ProductionIo<'_> {
     async fn persist(&mut self, record: &TaskRecord) -> Result<(), IoFailure> {
         self.parts
@@ -273,25 +290,16 @@ impl NodeIo for ProductionIo<'_> {
                     Err(error) => Err(format!("failed to store the trust document: {error}")),
                 }
             }
-            _ => {
-                // A component task can outlast the broker's ack wait; tell the broker it is
-                // still running so the task is not redelivered meanwhile.
-                let work = self.parts.executor.execute(task);
-                tokio::pin!(work);
-                let mut ticker = tokio::time::interval(IN_PROGRESS_INTERVAL);
-                ticker.tick().await;
-                loop {
-                    tokio::select! {
-                        outcome = &mut work => break outcome,
-                        _ = ticker.tick() => {
-                            if let Some(delivery) = self.delivery {
-                                if let Err(error) = delivery.in_progress().await {
-                                    tracing::warn!(task_id = %task.id(), error = %error, "failed to mark the task in progress");
-                                }
-                            }
-                        }
-                    }
+            TaskAction::UpgradeComponent(upgrade) if upgrade.component == Component::Warden => {
+                let work = self.parts.executor.self_upgrade(task);
+                match while_in_progress(self.delivery, task, work).await {
+                    SelfUpgradeOutcome::Finished(outcome) => outcome,
+                    SelfUpgradeOutcome::Switch => self.switch_binary(task).await,
                 }
+            }
+            _ => {
+                let work = self.parts.executor.execute(task);
+                while_in_progress(self.delivery, task, work).await
             }
         };
         match &outcome {
@@ -344,6 +352,31 @@ impl NodeIo for ProductionIo<'_> {
 
     fn now(&self) -> UnixMillis {
         self.parts.clock.now()
+    }
+}
+
+/// Runs `work`, telling the broker every [`IN_PROGRESS_INTERVAL`] that the task is still
+/// running, because a component task can outlast the broker's ack wait and would otherwise be
+/// redelivered meanwhile.
+async fn while_in_progress<T>(
+    delivery: Option<&Delivery>,
+    task: &VerifiedTask,
+    work: impl std::future::Future<Output = T>,
+) -> T {
+    tokio::pin!(work);
+    let mut ticker = tokio::time::interval(IN_PROGRESS_INTERVAL);
+    ticker.tick().await;
+    loop {
+        tokio::select! {
+            outcome = &mut work => return outcome,
+            _ = ticker.tick() => {
+                if let Some(delivery) = delivery {
+                    if let Err(error) = delivery.in_progress().await {
+                        tracing::warn!(task_id = %task.id(), error = %error, "failed to mark the task in progress");
+                    }
+                }
+            }
+        }
     }
 }
 

@@ -15,6 +15,7 @@ pub mod credentials;
 pub mod heartbeat;
 pub mod record;
 pub mod release;
+pub mod self_upgrade;
 pub mod verify;
 
 use std::collections::BTreeMap;
@@ -326,14 +327,6 @@ impl WardenCore {
     ) -> Result<(Change, Option<VerifiedRelease>), Rejection> {
         let id = Some(verified.id().clone());
         if let TaskAction::UpgradeComponent(upgrade) = verified.action() {
-            if upgrade.component == Component::Warden {
-                let detail = format!(
-                    "task {} upgrades the Warden itself, which this Warden {} cannot do yet",
-                    verified.id(),
-                    env!("CARGO_PKG_VERSION")
-                );
-                return Err(Rejection::new(RejectCode::Unsupported, detail, id));
-            }
             let context = ReleaseContext {
                 trust: &self.trust,
                 identity: &self.identity,

@@ -969,11 +969,29 @@ fn upgrade_carries_checked_release_and_raises_installed_counter() {
 }
 
 #[test]
-fn upgrade_of_the_warden_itself_unsupported() {
-    let mut core = core_with(trust_with_release_key(), 0);
-    let bytes = sign(&task(1, &upgrade(Component::Warden, 1)));
+fn upgrade_of_the_warden_itself_checked_like_others() {
+    let persisted = Persisted {
+        records: Vec::new(),
+        config_version: 0,
+        trust: trust_with_release_key(),
+        clock_high_water: UnixMillis(0),
+        installed: [(Component::Warden, 5)].into(),
+    };
+    let mut core = WardenCore::new(identity(None), limits(), persisted);
+    let bytes = sign(&task(1, &upgrade(Component::Warden, 4)));
     let effects = core.on_pulled(pulled(&bytes, 1), NOW);
-    assert_eq!(rejection_code(&effects), Some(RejectCode::Unsupported));
+    assert_eq!(rejection_code(&effects), Some(RejectCode::ReleaseRollback));
+
+    let bytes = sign(&task(2, &upgrade(Component::Warden, 6)));
+    let effects = core.on_pulled(pulled(&bytes, 2), NOW);
+    let release = effects.iter().find_map(|effect| match effect {
+        Effect::Execute(verified) => verified.release().cloned(),
+        _ => None,
+    });
+    assert_eq!(
+        release.map(|release| release.manifest().release_counter),
+        Some(6)
+    );
 }
 
 #[test]
