@@ -556,7 +556,16 @@ impl Executor {
         let binary = installer.binary_path(release);
         let expected = release.sha256.clone();
         tokio::task::spawn_blocking(move || {
-            binary.is_file()
+            // Neither the file nor its release directory may be a symbolic link: what runs must
+            // live inside the releases directory.
+            let real_file = std::fs::symlink_metadata(&binary)
+                .is_ok_and(|metadata| metadata.file_type().is_file());
+            let real_directory = binary.parent().is_some_and(|directory| {
+                std::fs::symlink_metadata(directory)
+                    .is_ok_and(|metadata| metadata.file_type().is_dir())
+            });
+            real_file
+                && real_directory
                 && sha256_file(&binary).is_ok_and(|actual| actual.as_slice() == expected.as_slice())
         })
         .await

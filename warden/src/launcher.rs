@@ -49,6 +49,14 @@ pub enum LaunchError {
     /// The release record is unusable.
     #[error(transparent)]
     Record(#[from] RecordFileError),
+    /// The release record names a binary the launcher does not run.
+    #[error("the release record names {binary}, which the launcher does not run: {reason}; restore the record from the installed releases or delete it to run the launcher's own binary")]
+    Refused {
+        /// The binary named.
+        binary: PathBuf,
+        /// Why it is refused.
+        reason: String,
+    },
     /// A system call failed.
     #[error("failed to {operation}: {source}")]
     System {
@@ -57,6 +65,38 @@ pub enum LaunchError {
         /// The error.
         source: std::io::Error,
     },
+}
+
+/// Refuses to run a binary other than the launcher's own or a regular file (not a symbolic
+/// link) inside the Warden's releases directory, which only the installer writes after it has
+/// checked the release. Whoever can write the release record must not gain more than that.
+pub fn check_runnable(binary: &Path, own: &Path, state_dir: &Path) -> Result<(), LaunchError> {
+    if binary == own {
+        return Ok(());
+    }
+    let refuse = |reason: String| {
+        Err(LaunchError::Refused {
+            binary: binary.to_path_buf(),
+            reason,
+        })
+    };
+    match std::fs::symlink_metadata(binary) {
+        Ok(metadata) if metadata.file_type().is_file() => {}
+        Ok(_) => return refuse("it is not a regular file".into()),
+        Err(error) => return refuse(format!("it cannot be read: {error}")),
+    }
+    let releases = state_dir.join("components").join("warden").join("releases");
+    let inside = match (binary.canonicalize(), releases.canonicalize()) {
+        (Ok(binary), Ok(releases)) => binary.starts_with(&releases),
+        _ => false,
+    };
+    if !inside {
+        return refuse(format!(
+            "it is neither the launcher's own binary nor an installed release under {}",
+            releases.display()
+        ));
+    }
+    Ok(())
 }
 
 /// Options of the launcher.
@@ -103,7 +143,7 @@ pub fn run(options: &LaunchOptions) -> Result<i32, LaunchError> {
     let path = record_file::record_path(&bootstrap.state_dir);
     let mut record = match record_file::load(&path)? {
         Some(record) => record,
-        None => ReleaseRecord::new(own_binary),
+        None => ReleaseRecord::new(own_binary.clone()),
     };
     if options.adopt_pid.is_none() {
         let (settled, changed) = on_launcher_start(record);
@@ -127,6 +167,7 @@ pub fn run(options: &LaunchOptions) -> Result<i32, LaunchError> {
         .map_err(system("open a signal descriptor"))?;
 
     let mut launcher = Launcher {
+        own_binary,
         options: options.clone(),
         bootstrap,
         path,
@@ -138,6 +179,7 @@ pub fn run(options: &LaunchOptions) -> Result<i32, LaunchError> {
 }
 
 struct Launcher {
+    own_binary: PathBuf,
     options: LaunchOptions,
     bootstrap: Bootstrap,
     path: PathBuf,
@@ -292,6 +334,7 @@ impl Launcher {
     }
 
     fn spawn(&self, binary: &Path) -> Result<Pid, LaunchError> {
+        check_runnable(binary, &self.own_binary, &self.bootstrap.state_dir)?;
         let child = std::process::Command::new(binary)
             .arg("--bootstrap")
             .arg(&self.options.bootstrap)
@@ -314,6 +357,9 @@ impl Launcher {
     /// Returns only on failure.
     fn reexecute(&self, agent: Pid) -> LaunchError {
         let binary = &self.record.active;
+        if let Err(error) = check_runnable(binary, &self.own_binary, &self.bootstrap.state_dir) {
+            return error;
+        }
         let to_c = |bytes: &[u8]| CString::new(bytes).unwrap_or_default();
         let argv = [
             to_c(binary.as_os_str().as_bytes()),

@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::core::self_upgrade::ReleaseRecord;
-use crate::executor::write_atomically;
+use crate::executor::write_private;
 
 /// File name of the record inside the state directory.
 pub const RECORD_FILE: &str = "warden-release.json";
@@ -55,6 +55,21 @@ pub fn load(path: &Path) -> Result<Option<ReleaseRecord>, RecordFileError> {
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(error) => return Err(io("read", error)),
     };
+    {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let mode = metadata.permissions().mode();
+        let owner = metadata.uid();
+        let me = nix::unistd::geteuid().as_raw();
+        if mode & 0o022 != 0 || owner != me {
+            return Err(RecordFileError::Invalid {
+                path: path.to_path_buf(),
+                reason: format!(
+                    "owned by uid {owner} with mode {:o}; it must belong to the Warden's user (uid {me}) and be writable by it alone: chown it and chmod 600 it",
+                    mode & 0o777
+                ),
+            });
+        }
+    }
     if metadata.len() > RECORD_BYTES_MAX {
         return Err(RecordFileError::Invalid {
             path: path.to_path_buf(),
@@ -76,7 +91,7 @@ pub fn store(path: &Path, record: &ReleaseRecord) -> Result<(), RecordFileError>
         path: path.to_path_buf(),
         reason: error.to_string(),
     })?;
-    write_atomically(path, &bytes).map_err(|source| RecordFileError::Io {
+    write_private(path, &bytes).map_err(|source| RecordFileError::Io {
         operation: "write",
         path: path.to_path_buf(),
         source,

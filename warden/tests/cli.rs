@@ -271,8 +271,12 @@ fn run_failing_trial(trial_body: &str) -> String {
     let state = file.state_dir;
     std::fs::create_dir_all(&state).unwrap();
 
-    let active = dir.path().join("active.sh");
-    let trial = dir.path().join("trial.sh");
+    // The launcher runs only what lies in the Warden's releases directory.
+    let releases = state.join("components/warden/releases");
+    std::fs::create_dir_all(releases.join("1-active")).unwrap();
+    std::fs::create_dir_all(releases.join("2-trial")).unwrap();
+    let active = releases.join("1-active/active.sh");
+    let trial = releases.join("2-trial/trial.sh");
     let record_path = warden::self_upgrade::record_path(&state);
     let mut pending = ReleaseRecord::new(active.clone());
     pending.trial = Some(Trial {
@@ -321,6 +325,52 @@ fn run_failing_trial(trial_body: &str) -> String {
             launcher.log()
         ),
     }
+}
+
+#[test]
+fn launcher_refuses_binary_outside_releases() {
+    use std::os::unix::fs::PermissionsExt;
+    use warden::core::self_upgrade::ReleaseRecord;
+
+    let dir = tempfile::tempdir().unwrap();
+    let file = bootstrap(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
+    let path = dir.path().join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let state = file.state_dir;
+    std::fs::create_dir_all(&state).unwrap();
+    let evil = dir.path().join("evil.sh");
+    script(&evil, &format!("touch {}/evil-ran", dir.path().display()));
+    let record_path = warden::self_upgrade::record_path(&state);
+
+    // A binary outside the releases directory, and a symbolic link inside it to one outside.
+    let link_dir = state.join("components/warden/releases/1-link");
+    std::fs::create_dir_all(&link_dir).unwrap();
+    std::os::unix::fs::symlink(&evil, link_dir.join("warden")).unwrap();
+    let launch = |log: &str| {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
+        command.arg("launch").arg("--bootstrap").arg(&path);
+        let mut launcher = Process::spawn("launcher", command, &dir.path().join(log));
+        let code = launcher.wait_exit(Duration::from_secs(10));
+        (code, launcher.log())
+    };
+    for (index, named) in [evil.clone(), link_dir.join("warden")].iter().enumerate() {
+        warden::self_upgrade::store(&record_path, &ReleaseRecord::new(named.clone())).unwrap();
+        let (code, log) = launch(&format!("refused-{index}.log"));
+        assert_eq!(code, Some(1), "{named:?}: {log}");
+        assert!(log.contains("which the launcher does not run"), "{log}");
+        assert!(!dir.path().join("evil-ran").exists(), "{named:?} ran");
+    }
+
+    // A record that others may write is refused before anything runs.
+    warden::self_upgrade::store(&record_path, &ReleaseRecord::new(evil)).unwrap();
+    std::fs::set_permissions(&record_path, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let (code, log) = launch("writable.log");
+    assert_eq!(code, Some(1), "{log}");
+    assert!(log.contains("chmod 600"), "{log}");
+    assert!(
+        !dir.path().join("evil-ran").exists(),
+        "the record's binary ran"
+    );
 }
 
 #[test]

@@ -37,6 +37,14 @@ pub enum InstallError {
         /// The I/O error.
         source: std::io::Error,
     },
+    /// A path that must be a real file or directory is something else, such as a symbolic link.
+    #[error("{what} {path} is not a regular file or directory (a symbolic link?); remove it, the installer creates it")]
+    NotRegular {
+        /// The path.
+        path: PathBuf,
+        /// What the path should hold.
+        what: &'static str,
+    },
     /// The staged file is on another file system, so it cannot be renamed into place.
     #[error("staged file {path} is on another file system than {state_dir}; stage it inside the state directory")]
     CrossDevice {
@@ -184,6 +192,24 @@ impl Installer {
                 release: release.directory_name(),
             });
         }
+        // A symbolic link in place of the release directory or the staged file would make the
+        // installed binary live outside the releases directory, where the checks below do not
+        // reach; refuse both.
+        if std::fs::symlink_metadata(&directory).is_ok_and(|metadata| !metadata.is_dir()) {
+            return Err(InstallError::NotRegular {
+                path: directory,
+                what: "release directory",
+            });
+        }
+        match std::fs::symlink_metadata(staged) {
+            Ok(metadata) if metadata.file_type().is_file() => {}
+            _ => {
+                return Err(InstallError::NotRegular {
+                    path: staged.to_path_buf(),
+                    what: "staged artifact",
+                })
+            }
+        }
         std::fs::create_dir_all(&directory).map_err(io("creating", &directory))?;
 
         // Rename first: the file is under its final name before anything can run it, and it
@@ -196,6 +222,15 @@ impl Installer {
                 });
             }
             return Err(io("moving the staged file to", &target)(source));
+        }
+        // The staged path may have been swapped between the check above and the rename.
+        if !std::fs::symlink_metadata(&target).is_ok_and(|metadata| metadata.file_type().is_file())
+        {
+            let _ = std::fs::remove_file(&target);
+            return Err(InstallError::NotRegular {
+                path: target,
+                what: "installed artifact",
+            });
         }
         std::fs::set_permissions(&target, std::fs::Permissions::from_mode(0o600))
             .map_err(io("restricting", &target))?;
@@ -412,6 +447,35 @@ mod tests {
 
     fn mode(path: &Path) -> u32 {
         std::fs::metadata(path).unwrap().permissions().mode() & 0o777
+    }
+
+    #[test]
+    fn symbolic_links_refused() {
+        let fixture = fixture();
+        let installer = Installer::new(Component::Iggy, &fixture.state_dir, &fixture.db).unwrap();
+        let outside = tempfile::tempdir().unwrap();
+
+        // A staged "file" that is a link to a file outside, even with the right content.
+        let (staged, release) = stage(&fixture, b"release bytes");
+        let target = outside.path().join("pointee");
+        std::fs::rename(&staged, &target).unwrap();
+        std::os::unix::fs::symlink(&target, &staged).unwrap();
+        let error = installer.install(&staged, &release).unwrap_err();
+        assert!(matches!(error, InstallError::NotRegular { .. }), "{error}");
+        assert_eq!(
+            mode(&target) & 0o111,
+            0,
+            "the file behind the link became executable"
+        );
+
+        // A release directory that is a link to a directory outside.
+        let (staged, release) = stage(&fixture, b"other release");
+        let directory = installer.releases_dir().join(release.directory_name());
+        std::fs::create_dir_all(installer.releases_dir()).unwrap();
+        std::os::unix::fs::symlink(outside.path(), &directory).unwrap();
+        let error = installer.install(&staged, &release).unwrap_err();
+        assert!(matches!(error, InstallError::NotRegular { .. }), "{error}");
+        assert!(!outside.path().join(installer.binary_name()).exists());
     }
 
     #[tokio::test]
