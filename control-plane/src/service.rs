@@ -1317,42 +1317,61 @@ impl ControlPlane {
         origin: &NodeSubject,
         signed: &SignedEnvelope,
     ) -> Result<Result<PublicKey, String>, ServiceError> {
-        let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
-        let refuse = |reason: String| {
-            if let Some(suppressed) = self.may_log(origin) {
-                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, suppressed, "credential renewal refused");
+        let opened = self
+            .open_from_node::<RenewRequest>(origin, signed, |request| {
+                (&request.deployment, &request.node)
+            })
+            .await?;
+        match opened {
+            Ok((key, _)) => Ok(Ok(key)),
+            Err(reason) => {
+                if let Some(suppressed) = self.may_log(origin) {
+                    tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, reason = %reason, suppressed, "credential renewal refused");
+                }
+                Ok(Err(reason))
             }
-            Ok(Err(reason))
-        };
+        }
+    }
+
+    /// Opens a request that `origin` signed with its enrolled key and that names `origin`
+    /// itself. Returns the key and the request, or the reason for rejecting it; only broker
+    /// failures are errors.
+    pub(crate) async fn open_from_node<T: warden_bus::envelope::Message>(
+        &self,
+        origin: &NodeSubject,
+        signed: &SignedEnvelope,
+        names: impl Fn(&T) -> (&DeploymentId, &NodeId),
+    ) -> Result<Result<(PublicKey, T), String>, ServiceError> {
+        let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
         let Some((node, _)) = self.inner.store.get::<NodeRecord>(&record_key).await? else {
-            return refuse("no such node is registered".into());
+            return Ok(Err("no such node is registered".into()));
         };
         let Some(enrolled) = node.enrollment.node_key.as_deref() else {
-            return refuse("the node has no enrolled key; it was revoked or never enrolled".into());
+            return Ok(Err(
+                "the node has no enrolled key; it was revoked or never enrolled".into(),
+            ));
         };
         let key = match PublicKey::from_hex(enrolled) {
             Ok(key) => key,
-            Err(error) => return refuse(format!("the stored node key is damaged: {error}")),
+            Err(error) => return Ok(Err(format!("the stored node key is damaged: {error}"))),
         };
-        let request = match signed
+        let opened = signed
             .verify_with(&key)
             .map_err(|error| error.to_string())
-            .and_then(|envelope| {
-                envelope
-                    .open::<RenewRequest>()
-                    .map_err(|error| error.to_string())
-            }) {
+            .and_then(|envelope| envelope.open::<T>().map_err(|error| error.to_string()));
+        let request = match opened {
             Ok(request) => request,
             Err(error) => {
-                return refuse(format!(
+                return Ok(Err(format!(
                     "the request is not signed by the enrolled key: {error}"
-                ))
+                )))
             }
         };
-        if request.deployment != origin.deployment || request.node != origin.node {
-            return refuse("the request names another node than its subject".into());
+        let (deployment, node) = names(&request);
+        if deployment != &origin.deployment || node != &origin.node {
+            return Ok(Err("the request names another node than its subject".into()));
         }
-        Ok(Ok(key))
+        Ok(Ok((key, request)))
     }
 
     /// Mints the node's user JWT, if this replica runs with a broker set-up.

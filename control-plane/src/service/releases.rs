@@ -4,10 +4,9 @@ use bytes::Bytes;
 use futures::Stream;
 use warden_bus::messages::{FetchReply, FetchRequest, REASON_BYTES_MAX};
 use warden_bus::release::{ReleaseManifest, SignedManifest};
-use warden_bus::{BusError, NodeSubject, PublicKey, SignedEnvelope};
+use warden_bus::{BusError, NodeSubject, SignedEnvelope};
 
 use super::{ControlPlane, ServiceError};
-use crate::core::health::NodeRecord;
 use crate::core::issue::FieldError;
 use crate::releases::{ReleaseError, ReleaseStore, RELEASE_MANIFESTS_BUCKET};
 
@@ -182,35 +181,15 @@ impl ControlPlane {
                 reason: warden_bus::messages::truncate(&reason, REASON_BYTES_MAX),
             })
         };
-        let record_key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
-        let Some((node, _)) = self.inner.store.get::<NodeRecord>(&record_key).await? else {
-            return refuse("no such node is registered".into());
+        let opened = self
+            .open_from_node::<FetchRequest>(origin, signed, |request| {
+                (&request.deployment, &request.node)
+            })
+            .await?;
+        let request = match opened {
+            Ok((_, request)) => request,
+            Err(reason) => return refuse(reason),
         };
-        let Some(enrolled) = node.enrollment.node_key.as_deref() else {
-            return refuse("the node has no enrolled key; it was revoked or never enrolled".into());
-        };
-        let key = match PublicKey::from_hex(enrolled) {
-            Ok(key) => key,
-            Err(error) => return refuse(format!("the stored node key is damaged: {error}")),
-        };
-        let request = match signed
-            .verify_with(&key)
-            .map_err(|error| error.to_string())
-            .and_then(|envelope| {
-                envelope
-                    .open::<FetchRequest>()
-                    .map_err(|error| error.to_string())
-            }) {
-            Ok(request) => request,
-            Err(error) => {
-                return refuse(format!(
-                    "the request is not signed by the enrolled key: {error}"
-                ))
-            }
-        };
-        if request.deployment != origin.deployment || request.node != origin.node {
-            return refuse("the request names another node than its subject".into());
-        }
         if let Err(reason) = request.validate() {
             return refuse(reason);
         }
