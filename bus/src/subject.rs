@@ -218,7 +218,7 @@ pub fn enrollment_inbox_prefix(user_public_key: &str) -> String {
     format!("{ENROLLMENT_INBOX_ROOT}.{user_public_key}")
 }
 
-/// Longest reply subject the control plane answers to.
+/// Maximum length of a reply subject the control plane publishes replies to.
 pub const REPLY_SUBJECT_BYTES_MAX: usize = 256;
 
 /// Tells whether the control plane may answer a request received on `request_subject` by

@@ -154,8 +154,8 @@ impl From<StoreError> for ServiceError {
     }
 }
 
-/// Reads the revocation list from its stored bytes; a list that does not decode is an error,
-/// never an empty list, which would let every revoked node back in.
+/// Decodes the stored revocation list. A list that does not decode is an error, not an empty
+/// list, because an empty list would let every revoked node back in.
 fn decode_revocations(bytes: Option<&[u8]>) -> Result<BTreeMap<String, i64>, ServiceError> {
     match bytes {
         None => Ok(BTreeMap::new()),

@@ -64,9 +64,9 @@ fn is_refusal(text: &str) -> bool {
         || text.contains("user authentication revoked")
 }
 
-/// Logs a connection event; a refusal of the credentials gets an error line that says why and
-/// what to do, since the client keeps retrying on its own and would otherwise only log the
-/// server's terse message.
+/// Logs a connection event. A rejection of the credentials is logged as an error with its
+/// cause and the fix, because the client keeps retrying and otherwise logs only the server's
+/// short message.
 fn log_event(event: &async_nats::Event) {
     let text = event.to_string();
     if is_refusal(&text) {
