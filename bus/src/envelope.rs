@@ -37,6 +37,10 @@ pub enum MessageType {
     ComponentLogs,
     /// A [`crate::messages::FetchRequest`].
     FetchRequest,
+    /// A [`crate::messages::CertificateRequest`].
+    CertificateRequest,
+    /// A [`crate::messages::CertificateReply`].
+    CertificateReply,
 }
 
 /// A message body type and the envelope type that carries it.

@@ -770,6 +770,21 @@ pub struct Heartbeat {
     /// from older Wardens.
     #[serde(default)]
     pub components: Vec<ComponentStatus>,
+    /// The node's TLS certificate; absent before the first one is issued and from older
+    /// Wardens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// What a heartbeat says about the node's TLS certificate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateStatus {
+    /// When the certificate in use expires.
+    pub not_after: UnixMillis,
+    /// Version of the trust bundle the node holds.
+    pub bundle_version: u64,
+    /// Renewal attempts that failed in a row since the last success.
+    pub refresh_failures: u32,
 }
 
 impl Message for Heartbeat {
@@ -854,6 +869,76 @@ impl fmt::Debug for CredentialReply {
 
 impl Message for CredentialReply {
     const TYPE: MessageType = MessageType::CredentialReply;
+}
+
+/// Maximum size of a PEM certificate signing request, in bytes.
+pub const CSR_PEM_BYTES_MAX: usize = 8 * 1024;
+
+/// A node's certificate signing request for the TLS key it generated, signed with its
+/// enrolled key. The signature binds the request to the node's identity; the TLS private key
+/// never leaves the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CertificateRequest {
+    /// Deployment of the node.
+    pub deployment: DeploymentId,
+    /// The node.
+    pub node: NodeId,
+    /// PKCS#10 request in PEM, at most [`CSR_PEM_BYTES_MAX`] bytes. Its common name is the node
+    /// id and its subject alternative names are names and addresses registered for the node.
+    pub csr_pem: String,
+    /// When the node sent the request, by its clock.
+    pub sent_at: UnixMillis,
+}
+
+impl Message for CertificateRequest {
+    const TYPE: MessageType = MessageType::CertificateRequest;
+}
+
+impl CertificateRequest {
+    /// Checks the size and framing of the PEM text.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.csr_pem.len() > CSR_PEM_BYTES_MAX {
+            return Err(format!(
+                "csr_pem has {} bytes; the maximum is {CSR_PEM_BYTES_MAX}",
+                self.csr_pem.len()
+            ));
+        }
+        if !self.csr_pem.contains("-----BEGIN CERTIFICATE REQUEST-----") {
+            return Err("csr_pem is not a PEM certificate request".to_owned());
+        }
+        Ok(())
+    }
+}
+
+/// The control plane's answer to a [`CertificateRequest`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CertificateReply {
+    /// The certificate for the requested key.
+    Issued {
+        /// The node certificate followed by the CA certificate that signed it, in PEM.
+        chain_pem: String,
+        /// Every CA certificate the deployment trusts now, in PEM.
+        bundle_pem: String,
+        /// Version of that trust bundle; it grows with every change of the bundle or of the
+        /// signing CA.
+        bundle_version: u64,
+        /// Start of the certificate's validity.
+        not_before: UnixMillis,
+        /// End of the certificate's validity.
+        not_after: UnixMillis,
+    },
+    /// The request was refused.
+    Refused {
+        /// Stable code for the refusal, such as `name_not_registered`.
+        code: String,
+        /// Why, for the node's log.
+        reason: String,
+    },
+}
+
+impl Message for CertificateReply {
+    const TYPE: MessageType = MessageType::CertificateReply;
 }
 
 /// Maximum length of one artifact chunk a node may ask for, in bytes.

@@ -188,6 +188,8 @@ pub enum RpcVerb {
     Renew,
     /// Asks for one chunk of a released artifact.
     Fetch,
+    /// Sends a certificate signing request for the node's TLS key.
+    Certificate,
 }
 
 impl RpcVerb {
@@ -196,6 +198,7 @@ impl RpcVerb {
             Self::Enroll => "enroll",
             Self::Renew => "renew",
             Self::Fetch => "fetch",
+            Self::Certificate => "certificate",
         }
     }
 }

@@ -262,6 +262,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                 warden_version: version,
                 config_version,
                 components: Vec::new(),
+                certificate: None,
             },
         )
 }
@@ -503,6 +504,7 @@ fn unknown_key_and_wrong_type_are_distinct_errors() {
         warden_version: "0.1.0".into(),
         config_version: 0,
         components: Vec::new(),
+        certificate: None,
     };
     let envelope = Envelope::seal(MessageId::from_random([3; 16]), &heartbeat).unwrap();
     let signed = key.sign(&envelope).unwrap();

@@ -612,6 +612,7 @@ impl ControlPlane {
             task_validity_max_secs: None,
             self_upgrade_health_timeout_secs: None,
             components: Default::default(),
+            tls_names: Vec::new(),
         })
     }
 

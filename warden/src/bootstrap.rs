@@ -97,6 +97,10 @@ pub struct BootstrapFile {
     /// The components this node supervises, written by the operator who installs the node.
     #[serde(default, skip_serializing_if = "ComponentsFile::is_empty")]
     pub components: ComponentsFile,
+    /// DNS names and IP addresses registered for the node; its TLS certificate names these and
+    /// no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_names: Vec<String>,
 }
 
 /// What a node needs to reach a broker in operator mode with TLS.
@@ -461,6 +465,7 @@ mod tests {
             task_validity_max_secs: None,
             self_upgrade_health_timeout_secs: None,
             components: ComponentsFile::default(),
+            tls_names: Vec::new(),
         }
     }
 

@@ -53,6 +53,7 @@ fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
         task_validity_max_secs: None,
         self_upgrade_health_timeout_secs: None,
         components: Default::default(),
+        tls_names: Vec::new(),
     }
 }
 

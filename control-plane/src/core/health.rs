@@ -202,6 +202,7 @@ mod tests {
             warden_version: "0.1.0".into(),
             config_version: 2,
             components: Vec::new(),
+            certificate: None,
         }
     }
 

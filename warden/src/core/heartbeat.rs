@@ -56,6 +56,7 @@ impl HeartbeatSchedule {
             warden_version: self.warden_version.clone(),
             config_version,
             components: Vec::new(),
+            certificate: None,
         }
     }
 }
