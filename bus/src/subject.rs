@@ -33,6 +33,8 @@ pub const DEPLOYMENTS_BUCKET: &str = "warden_deployments";
 pub const NODES_BUCKET: &str = "warden_nodes";
 /// KV bucket of task records.
 pub const TASKS_BUCKET: &str = "warden_tasks";
+/// KV bucket of deployment CAs, with their keys sealed.
+pub const CAS_BUCKET: &str = "warden_cas";
 /// KV bucket of control-plane settings shared by replicas, such as the admin API key hash.
 pub const CONTROL_BUCKET: &str = "warden_control";
 

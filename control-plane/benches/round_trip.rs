@@ -161,6 +161,7 @@ fn main() {
                     .to_string_lossy()
                     .into_owned(),
                 heartbeat_interval_secs: None,
+                tls_names: Vec::new(),
             };
             let added: AddedNode = client
                 .post(&format!("/v1/deployments/{deployment}/nodes"), &body)

@@ -15,7 +15,7 @@ use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, IdError, NodeId, TaskId};
 
 use crate::core::lifecycle::TaskStatus;
-use crate::service::{ControlPlane, NodeOptions, ServiceError, Target, TaskFilter};
+use crate::service::{CaStep, ControlPlane, NodeOptions, ServiceError, Target, TaskFilter};
 use crate::views::{
     AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
     NodeView, Problem, PublishTrust, Reenroll, ReleaseView, TaskView, TrustView, MANIFEST_HEADER,
@@ -249,6 +249,15 @@ pub fn configure(config: &mut web::ServiceConfig) {
             "/v1/deployments/{deployment}/nodes/{node}/revoke",
             vec![("POST", web::post().to(revoke))],
         ),
+        (
+            "/v1/deployments/{deployment}/ca",
+            vec![("GET", web::get().to(ca_status))],
+        ),
+        (
+            "/v1/deployments/{deployment}/ca/{step}",
+            vec![("POST", web::post().to(ca_step))],
+        ),
+        ("/v1/alerts", vec![("GET", web::get().to(list_alerts))]),
         (
             "/v1/deployments/{deployment}/tasks",
             vec![("POST", web::post().to(issue_tasks))],
@@ -486,6 +495,7 @@ async fn add_node(
     let options = NodeOptions {
         state_dir: body.state_dir.into(),
         heartbeat_interval_secs: body.heartbeat_interval_secs,
+        tls_names: body.tls_names,
     };
     let (record, bootstrap) = state
         .control_plane
@@ -510,6 +520,7 @@ async fn reenroll(
     let options = NodeOptions {
         state_dir: body.state_dir.into(),
         heartbeat_interval_secs: body.heartbeat_interval_secs,
+        tls_names: Vec::new(),
     };
     let (record, bootstrap) = state
         .control_plane
@@ -578,6 +589,60 @@ async fn issue_tasks(
     Ok(HttpResponse::Created().json(IssuedTasks {
         tasks: tasks.into_iter().map(TaskView::from).collect(),
     }))
+}
+
+async fn ca_status(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, ApiError> {
+    let deployment = deployment_id(&path)?;
+    Ok(HttpResponse::Ok().json(state.control_plane.ca_status(&deployment).await?))
+}
+
+async fn ca_step(
+    _: Admin,
+    state: web::Data<ApiState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, ApiError> {
+    let (deployment, step) = path.into_inner();
+    let deployment = deployment_id(&deployment)?;
+    let step = match step.as_str() {
+        "begin" => CaStep::Begin,
+        "advance" => CaStep::Advance,
+        "rollback" => CaStep::Rollback,
+        other => {
+            return Err(invalid_field(
+                "step",
+                format!("{other:?} is not a CA rotation step"),
+                "use begin, advance or rollback",
+            ))
+        }
+    };
+    Ok(HttpResponse::Ok().json(state.control_plane.ca_step(&deployment, step).await?))
+}
+
+/// Query of `GET /v1/alerts`.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AlertQuery {
+    deployment: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+async fn list_alerts(
+    _: Admin,
+    state: web::Data<ApiState>,
+    query: web::Query<AlertQuery>,
+) -> Result<HttpResponse, ApiError> {
+    let query = query.into_inner();
+    let deployment = query.deployment.as_deref().map(deployment_id).transpose()?;
+    let alerts = state
+        .control_plane
+        .list_alerts(deployment.as_ref(), query.all)
+        .await?;
+    Ok(HttpResponse::Ok().json(alerts))
 }
 
 /// Query of `GET /v1/tasks`.

@@ -230,6 +230,66 @@ pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     table(&["DEPLOYMENT", "CREATED", "DESCRIPTION"], &rows)
 }
 
+/// The CA state of a deployment, as lines and a table of its CAs.
+pub fn ca_table(view: &crate::service::CaView) -> String {
+    let mut out = format!(
+        "deployment {}: phase {}, signer CA {}, bundle version {}, changed {}\n",
+        view.deployment, view.phase, view.signer, view.bundle_version, view.changed_at
+    );
+    let rows: Vec<Vec<String>> = view
+        .authorities
+        .iter()
+        .map(|a| {
+            vec![
+                a.generation.to_string(),
+                a.fingerprint.clone(),
+                a.created_at.clone(),
+                a.not_after.clone(),
+            ]
+        })
+        .collect();
+    out.push_str(&table(&["CA", "SHA256", "CREATED", "EXPIRES"], &rows));
+    if view.waiting.is_empty() {
+        out.push_str("every live node holds the current bundle\n");
+    } else {
+        for node in &view.waiting {
+            out.push_str(&format!(
+                "waiting for node {} (bundle version {})\n",
+                node.node, node.bundle_version
+            ));
+        }
+    }
+    out
+}
+
+/// Table of alerts.
+pub fn alerts_table(alerts: &[crate::service::AlertView]) -> String {
+    let rows: Vec<Vec<String>> = alerts
+        .iter()
+        .map(|a| {
+            vec![
+                a.deployment.clone(),
+                a.node.clone(),
+                a.kind.clone(),
+                a.raised_at.clone(),
+                a.resolved_at.clone().unwrap_or_else(|| "-".into()),
+                a.detail.clone(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "DEPLOYMENT",
+            "NODE",
+            "ALERT",
+            "RAISED",
+            "RESOLVED",
+            "DETAIL",
+        ],
+        &rows,
+    )
+}
+
 /// Table of published releases.
 pub fn releases_table(releases: &[crate::views::ReleaseView]) -> String {
     let rows: Vec<Vec<String>> = releases

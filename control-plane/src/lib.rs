@@ -23,6 +23,7 @@
 pub mod actors;
 pub mod api;
 pub mod broker;
+pub mod ca;
 pub mod core;
 pub mod ctl;
 pub mod keys;

@@ -36,8 +36,10 @@ use crate::keys;
 use crate::releases::{ReleaseStore, RELEASE_MANIFESTS_BUCKET};
 use crate::store::{DeploymentRecord, Record, Store, StoreError};
 
+mod certificates;
 mod releases;
 
+pub use certificates::{AlertView, AuthorityView, CaStep, CaView, WaitingNode, NUDGE_INTERVAL};
 pub use releases::PublishedRelease;
 
 /// How long tasks stay in the task stream.
@@ -112,6 +114,36 @@ pub struct Settings {
     pub release_clock_skew: Duration,
     /// Test-only crash point, honoured in debug builds.
     pub failpoint: Option<String>,
+    /// Node certificate lifetime, rate limit and alert thresholds.
+    pub certificates: CertificateSettings,
+}
+
+/// How the control plane issues node certificates and when it raises certificate alerts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CertificateSettings {
+    /// Lifetime of a node certificate.
+    pub lifetime: Duration,
+    /// Certificates one node may receive per window.
+    pub rate: crate::core::certificates::RateLimit,
+    /// Alert thresholds.
+    pub alerts: crate::core::certificates::AlertPolicy,
+}
+
+impl Default for CertificateSettings {
+    fn default() -> Self {
+        use crate::core::certificates as certs;
+        Self {
+            lifetime: certs::LIFETIME_DEFAULT,
+            rate: certs::RateLimit {
+                max: certs::RATE_MAX_DEFAULT,
+                window: certs::RATE_WINDOW_DEFAULT,
+            },
+            alerts: certs::AlertPolicy {
+                expiring_within: certs::EXPIRING_WITHIN_DEFAULT,
+                refresh_failures: certs::REFRESH_FAILURES_DEFAULT,
+            },
+        }
+    }
 }
 
 /// Error of a control-plane operation, in terms the API maps to HTTP statuses.
@@ -202,6 +234,9 @@ pub struct NodeOptions {
     pub state_dir: PathBuf,
     /// Heartbeat interval, if not the default.
     pub heartbeat_interval_secs: Option<u64>,
+    /// DNS names and IP addresses the node's certificates may name; kept as registered when
+    /// re-enrolling.
+    pub tls_names: Vec<String>,
 }
 
 struct Inner {
@@ -215,6 +250,7 @@ struct Inner {
     rng: Mutex<Entropy>,
     settings: Settings,
     log_limiter: Mutex<crate::core::log_limit::LogLimiter>,
+    secrets: Option<crate::ca::SecretsKey>,
 }
 
 /// One replica's handle on the control plane. Cheap to clone.
@@ -245,6 +281,7 @@ impl ControlPlane {
                 rng: Mutex::new(rng),
                 settings,
                 log_limiter: Mutex::default(),
+                secrets: None,
             }),
         }
     }
@@ -268,6 +305,15 @@ impl ControlPlane {
     pub fn with_releases(mut self, releases: ReleaseStore) -> Self {
         if let Some(inner) = Arc::get_mut(&mut self.inner) {
             inner.releases = Some(releases);
+        }
+        self
+    }
+
+    /// Adds the key that seals deployment CA keys, which lets this replica issue node
+    /// certificates. Call it right after [`ControlPlane::new`].
+    pub fn with_secrets(mut self, secrets: Option<crate::ca::SecretsKey>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.secrets = secrets;
         }
         self
     }
@@ -475,9 +521,11 @@ impl ControlPlane {
         options: NodeOptions,
     ) -> Result<(NodeRecord, BootstrapFile), ServiceError> {
         let deployment_record = self.require_deployment(&deployment).await?;
-        validate_node_options(&options)?;
+        let mut options = options;
+        validate_node_options(&mut options)?;
         let token = self.new_enrollment_token();
         let mut record = NodeRecord::new(deployment.clone(), node.clone(), self.now());
+        record.tls_names = options.tls_names.clone();
         record.enrollment = Enrollment::issue(
             &token,
             self.now()
@@ -520,7 +568,8 @@ impl ControlPlane {
         options: NodeOptions,
     ) -> Result<(NodeRecord, BootstrapFile), ServiceError> {
         let deployment_record = self.require_deployment(&deployment).await?;
-        validate_node_options(&options)?;
+        let mut options = options;
+        validate_node_options(&mut options)?;
         let token = self.new_enrollment_token();
         let expires_at = self
             .now()
@@ -531,6 +580,7 @@ impl ControlPlane {
             })
             .await?;
         tracing::warn!(deployment_id = %deployment, node_id = %node, revoked_key = revoked.as_deref().unwrap_or("none"), "node identity revoked; new enrollment token issued");
+        options.tls_names = record.tls_names.clone();
         let bootstrap = self
             .bootstrap_for(&deployment_record, &node, options, token)
             .await?;
@@ -612,7 +662,7 @@ impl ControlPlane {
             task_validity_max_secs: None,
             self_upgrade_health_timeout_secs: None,
             components: Default::default(),
-            tls_names: Vec::new(),
+            tls_names: options.tls_names,
         })
     }
 
@@ -1280,6 +1330,9 @@ impl ControlPlane {
         let Some(verb) = subject.rsplit('.').next() else {
             return Ok(None);
         };
+        if verb == "certificate" {
+            return self.certificate_rpc(&origin, payload).await.map(Some);
+        }
         if verb == "fetch" {
             let reply = match SignedEnvelope::decode(payload) {
                 Ok(signed) => self.fetch(&origin, &signed).await?,
@@ -1667,16 +1720,26 @@ impl ControlPlane {
             return Ok(());
         }
         let now = self.now();
+        let policy = self.inner.settings.certificates.alerts;
         let mut transition: Option<HealthTransition> = None;
-        self.inner
+        let mut alert_changes = Vec::new();
+        let updated = self
+            .inner
             .store
             .update::<NodeRecord>(&key, |record| {
                 transition = record.on_heartbeat(&heartbeat, now);
+                alert_changes = certificates::evaluate_alerts(record, now, policy);
                 true
             })
             .await?;
         if let Some(transition) = transition {
             log_transition(&heartbeat.deployment, &heartbeat.node, &transition);
+        }
+        certificates::log_alert_changes(&heartbeat.deployment, &heartbeat.node, &alert_changes);
+        if let Some(record) = updated {
+            if let Err(error) = self.nudge_if_behind(&record).await {
+                tracing::warn!(deployment_id = %record.deployment, node_id = %record.node, error = %error, "failed to ask a node to renew its certificate");
+            }
         }
         Ok(())
     }
@@ -1686,17 +1749,22 @@ impl ControlPlane {
     pub async fn sweep(&self) -> Result<(), ServiceError> {
         let now = self.now();
         let threshold = self.inner.settings.unreachable_after;
+        let policy = self.inner.settings.certificates.alerts;
         for node in self.inner.store.list::<NodeRecord>().await? {
-            if node.health != NodeHealth::Healthy {
+            let mut probe = node.clone();
+            let alerts_change = !certificates::evaluate_alerts(&mut probe, now, policy).is_empty();
+            if node.health != NodeHealth::Healthy && !alerts_change {
                 continue;
             }
             let mut transition = None;
+            let mut alert_changes = Vec::new();
             let result = self
                 .inner
                 .store
                 .update::<NodeRecord>(&node.key(), |record| {
                     transition = record.on_tick(now, threshold);
-                    transition.is_some()
+                    alert_changes = certificates::evaluate_alerts(record, now, policy);
+                    transition.is_some() || !alert_changes.is_empty()
                 })
                 .await;
             // One record that cannot be updated must not stop the sweep for every other one.
@@ -1704,6 +1772,7 @@ impl ControlPlane {
                 tracing::error!(deployment_id = %node.deployment, node_id = %node.node, error = %error, "failed to update node health; skipping it");
                 continue;
             }
+            certificates::log_alert_changes(&node.deployment, &node.node, &alert_changes);
             if let Some(transition) = transition {
                 log_transition(&node.deployment, &node.node, &transition);
             }
@@ -1753,7 +1822,12 @@ fn decode_stored_trust(bytes: &[u8]) -> Result<TrustDocument, ServiceError> {
         .map_err(|error| damaged(error.to_string()))
 }
 
-fn validate_node_options(options: &NodeOptions) -> Result<(), ServiceError> {
+fn validate_node_options(options: &mut NodeOptions) -> Result<(), ServiceError> {
+    options.tls_names = crate::core::certificates::normalize_tls_names(&options.tls_names)
+        .map_err(|reason| FieldError {
+            field: "tls_names",
+            reason,
+        })?;
     if !options.state_dir.is_absolute() {
         return Err(FieldError {
             field: "state_dir",

@@ -135,6 +135,7 @@ impl Store {
             DeploymentRecord::BUCKET,
             NodeRecord::BUCKET,
             TaskRecord::BUCKET,
+            crate::ca::CaRecord::BUCKET,
         ] {
             self.bus.ensure_bucket(bucket).await?;
         }

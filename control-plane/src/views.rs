@@ -84,6 +84,9 @@ pub struct AddNode {
     /// Heartbeat interval in seconds, if not the default.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub heartbeat_interval_secs: Option<u64>,
+    /// DNS names and IP addresses the node's TLS certificates may name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_names: Vec<String>,
 }
 
 /// Body of `POST /v1/deployments/{deployment}/nodes/{node}/reenroll`.
@@ -158,6 +161,26 @@ pub struct NodeView {
     pub node_key_id: Option<String>,
     /// Why the last enrollment request was refused.
     pub enrollment_error: Option<String>,
+    /// Names its TLS certificates may carry.
+    #[serde(default)]
+    pub tls_names: Vec<String>,
+    /// Its certificate, from the last heartbeat that described one.
+    #[serde(default)]
+    pub certificate: Option<CertificateView>,
+    /// Active alerts.
+    #[serde(default)]
+    pub alerts: Vec<String>,
+}
+
+/// A node's TLS certificate, as its heartbeat describes it.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct CertificateView {
+    /// When it expires, RFC 3339.
+    pub not_after: String,
+    /// Version of the trust bundle the node holds.
+    pub bundle_version: u64,
+    /// Failed renewals in a row.
+    pub refresh_failures: u32,
 }
 
 impl From<NodeRecord> for NodeView {
@@ -187,6 +210,18 @@ impl From<NodeRecord> for NodeView {
                 .and_then(|key| warden_bus::PublicKey::from_hex(key).ok())
                 .map(|key| key.id().to_string()),
             enrollment_error: record.enrollment.last_rejection.clone(),
+            tls_names: record.tls_names.clone(),
+            certificate: record.certificate.map(|status| CertificateView {
+                not_after: status.not_after.to_string(),
+                bundle_version: status.bundle_version,
+                refresh_failures: status.refresh_failures,
+            }),
+            alerts: record
+                .alerts
+                .iter()
+                .filter(|alert| alert.resolved_at.is_none())
+                .map(|alert| alert.kind.as_str().to_owned())
+                .collect(),
             transitions: record
                 .transitions
                 .into_iter()

@@ -614,6 +614,7 @@ impl World {
             node_jwt_ttl: Duration::from_secs(24 * 3600),
             release_clock_skew: Duration::from_secs(300),
             failpoint: None,
+            certificates: Default::default(),
         };
         let mut replicas = Vec::with_capacity(REPLICAS);
         for index in 0..REPLICAS {
@@ -677,6 +678,7 @@ impl World {
             let options = NodeOptions {
                 state_dir: "/sim".into(),
                 heartbeat_interval_secs: None,
+                tls_names: Vec::new(),
             };
             let (_, bootstrap) = expect(
                 block_on(first.add_node(deployment.clone(), id.clone(), options)),

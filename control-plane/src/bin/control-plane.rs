@@ -13,11 +13,13 @@ use warden_actors::{clock, entropy, Backoff, BackoffConfig};
 use warden_bus::transport::nats::{NatsBus, NatsConnectConfig};
 use warden_control_plane::api::{self, ApiState};
 use warden_control_plane::broker::Broker;
+use warden_control_plane::ca::SecretsKey;
+use warden_control_plane::core::certificates as certs;
 use warden_control_plane::core::health::UNREACHABLE_AFTER_DEFAULT;
 use warden_control_plane::releases::ReleaseStore;
 use warden_control_plane::service::{
-    ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT, ENROLLMENT_TTL_DEFAULT, EXPIRY_GRACE_DEFAULT,
-    NODE_JWT_TTL_DEFAULT, TASK_ACK_WAIT_DEFAULT,
+    CertificateSettings, ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT, ENROLLMENT_TTL_DEFAULT,
+    EXPIRY_GRACE_DEFAULT, NODE_JWT_TTL_DEFAULT, TASK_ACK_WAIT_DEFAULT,
 };
 use warden_control_plane::{actors, keys};
 
@@ -77,6 +79,26 @@ struct Args {
     /// [default: warden-artifact-cache in the system's temporary directory].
     #[arg(long)]
     artifact_cache_dir: Option<PathBuf>,
+    /// Key file (64 hex characters, mode 0600, from `wardenctl key create`) that seals the
+    /// deployment CA keys at rest. Replicas share it. Without it nodes get no TLS certificates.
+    #[arg(long)]
+    secrets_key: Option<PathBuf>,
+    /// Seconds a node TLS certificate stays valid.
+    #[arg(long, default_value_t = certs::LIFETIME_DEFAULT.as_secs())]
+    certificate_lifetime_secs: u64,
+    /// Certificates one node may receive per rate window.
+    #[arg(long, default_value_t = certs::RATE_MAX_DEFAULT)]
+    certificate_rate_max: u32,
+    /// Length of the certificate rate window in seconds.
+    #[arg(long, default_value_t = certs::RATE_WINDOW_DEFAULT.as_secs())]
+    certificate_rate_window_secs: u64,
+    /// Remaining validity in seconds under which `certificate_expiring` is raised; keep it
+    /// below 30 % of the lifetime, since nodes renew at 50 to 70 %.
+    #[arg(long, default_value_t = certs::EXPIRING_WITHIN_DEFAULT.as_secs())]
+    certificate_expiring_secs: u64,
+    /// Failed renewals in a row that raise `cert_refresh_failed`.
+    #[arg(long, default_value_t = certs::REFRESH_FAILURES_DEFAULT)]
+    certificate_refresh_failures: u32,
     /// Log format: text or json.
     #[arg(long, default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -135,7 +157,16 @@ fn main() -> anyhow::Result<()> {
         node_jwt_ttl: Duration::from_secs(args.node_jwt_ttl_secs),
         release_clock_skew: warden::core::CLOCK_SKEW_DEFAULT,
         failpoint: std::env::var("WARDEN_FAILPOINT").ok(),
+        certificates: certificate_settings(&args)?,
     };
+    let secrets = args
+        .secrets_key
+        .as_deref()
+        .map(SecretsKey::load)
+        .transpose()?;
+    if secrets.is_none() {
+        tracing::warn!("running without --secrets-key: nodes cannot get TLS certificates");
+    }
 
     let secure = args
         .broker_dir
@@ -167,7 +198,8 @@ fn main() -> anyhow::Result<()> {
             rng,
             settings,
         )
-        .with_releases(releases);
+        .with_releases(releases)
+        .with_secrets(secrets);
         let control_plane = match secure {
             Some(secure) => {
                 // A separate system-account connection pushes account updates to the broker.
@@ -322,6 +354,39 @@ async fn connect_with_retry(url: &str, config: Option<&NatsConnectConfig>) -> Na
             }
         }
     }
+}
+
+fn certificate_settings(args: &Args) -> anyhow::Result<CertificateSettings> {
+    if !(10..=366 * 86_400).contains(&args.certificate_lifetime_secs) {
+        anyhow::bail!(
+            "--certificate-lifetime-secs {} is outside 10 to 31622400",
+            args.certificate_lifetime_secs
+        );
+    }
+    if args.certificate_rate_max == 0 || args.certificate_rate_window_secs == 0 {
+        anyhow::bail!("--certificate-rate-max and --certificate-rate-window-secs must be above 0");
+    }
+    if args.certificate_expiring_secs >= args.certificate_lifetime_secs {
+        anyhow::bail!(
+            "--certificate-expiring-secs {} must be below --certificate-lifetime-secs {}",
+            args.certificate_expiring_secs,
+            args.certificate_lifetime_secs
+        );
+    }
+    if args.certificate_refresh_failures == 0 {
+        anyhow::bail!("--certificate-refresh-failures must be above 0");
+    }
+    Ok(CertificateSettings {
+        lifetime: Duration::from_secs(args.certificate_lifetime_secs),
+        rate: certs::RateLimit {
+            max: args.certificate_rate_max,
+            window: Duration::from_secs(args.certificate_rate_window_secs),
+        },
+        alerts: certs::AlertPolicy {
+            expiring_within: Duration::from_secs(args.certificate_expiring_secs),
+            refresh_failures: args.certificate_refresh_failures,
+        },
+    })
 }
 
 async fn shutdown_signal() {

@@ -12,6 +12,7 @@ use serde::Serialize;
 use warden_bus::messages::{AccessRule, Component, Protocol};
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::ctl::{self, offline, Client, CtlError};
+use warden_control_plane::service::{AlertView, CaView};
 use warden_control_plane::views::{
     AddNode, AddedNode, Approve, CreateDeployment, DeploymentView, IssueTasks, IssuedTasks,
     NodeView, PublishTrust, Reenroll, ReleaseView, TaskView, TrustView, MANIFEST_HEADER,
@@ -59,6 +60,12 @@ enum Command {
     /// Issue, list, show, approve and wait for tasks.
     #[command(subcommand)]
     Task(TaskCommand),
+    /// Show a deployment's CA and rotate it.
+    #[command(subcommand)]
+    Ca(CaCommand),
+    /// List certificate alerts.
+    #[command(subcommand)]
+    Alert(AlertCommand),
     /// Create Ed25519 key files (offline).
     #[command(subcommand)]
     Key(KeyCommand),
@@ -254,6 +261,9 @@ enum NodeCommand {
         /// Heartbeat interval in seconds (1 to 3600); the Warden's default if absent.
         #[arg(long)]
         heartbeat_interval_secs: Option<u64>,
+        /// DNS name or IP address the node's TLS certificates may carry; repeat for more.
+        #[arg(long = "tls-name")]
+        tls_names: Vec<String>,
         /// Overwrite an existing bootstrap file.
         #[arg(long)]
         force: bool,
@@ -293,6 +303,50 @@ enum NodeCommand {
         /// Deployment.
         #[arg(long)]
         deployment: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum CaCommand {
+    /// Show the CA phase, bundle version and the nodes the next step waits for.
+    Show {
+        /// Deployment.
+        #[arg(long)]
+        deployment: String,
+        /// Write the trust bundle (PEM) to this file as well.
+        #[arg(long)]
+        bundle_out: Option<PathBuf>,
+    },
+    /// Start a rotation: a new CA joins every trust bundle; the old CA still signs.
+    Begin {
+        /// Deployment.
+        #[arg(long)]
+        deployment: String,
+    },
+    /// Move to the next phase once every live node holds the current bundle.
+    Advance {
+        /// Deployment.
+        #[arg(long)]
+        deployment: String,
+    },
+    /// Move back one phase, before the old CA has left the bundles.
+    Rollback {
+        /// Deployment.
+        #[arg(long)]
+        deployment: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum AlertCommand {
+    /// List active alerts.
+    List {
+        /// Only this deployment.
+        #[arg(long)]
+        deployment: Option<String>,
+        /// Include resolved alerts.
+        #[arg(long)]
+        all: bool,
     },
 }
 
@@ -598,6 +652,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             bootstrap_out,
             state_dir,
             heartbeat_interval_secs,
+            tls_names,
             force,
             expect_root_key,
         }) => {
@@ -607,6 +662,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 id: node,
                 state_dir,
                 heartbeat_interval_secs,
+                tls_names,
             };
             let path = format!(
                 "/v1/deployments/{}/nodes",
@@ -674,6 +730,57 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                     added.node.node,
                     bootstrap_out.display()
                 );
+            }
+        }
+        Command::Ca(command) => {
+            let (deployment, step, bundle_out) = match command {
+                CaCommand::Show {
+                    deployment,
+                    bundle_out,
+                } => (deployment, None, bundle_out),
+                CaCommand::Begin { deployment } => (deployment, Some("begin"), None),
+                CaCommand::Advance { deployment } => (deployment, Some("advance"), None),
+                CaCommand::Rollback { deployment } => (deployment, Some("rollback"), None),
+            };
+            let base = format!(
+                "/v1/deployments/{}/ca",
+                checked_id("deployment", &deployment)?
+            );
+            let view: CaView = match step {
+                Some(step) => client.post(&format!("{base}/{step}"), &serde_json::json!({}))?,
+                None => client.get(&base)?,
+            };
+            if let Some(path) = bundle_out {
+                std::fs::write(&path, &view.bundle_pem).map_err(|error| {
+                    CtlError::Local(format!("failed to write {}: {error}", path.display()))
+                })?;
+            }
+            if json {
+                print_json(&view)?;
+            } else {
+                print!("{}", ctl::ca_table(&view));
+            }
+        }
+        Command::Alert(AlertCommand::List { deployment, all }) => {
+            let mut path = "/v1/alerts".to_owned();
+            let mut query = Vec::new();
+            if let Some(deployment) = deployment {
+                query.push(format!(
+                    "deployment={}",
+                    checked_id("deployment", &deployment)?
+                ));
+            }
+            if all {
+                query.push("all=true".to_owned());
+            }
+            if !query.is_empty() {
+                path = format!("{path}?{}", query.join("&"));
+            }
+            let alerts: Vec<AlertView> = client.get(&path)?;
+            if json {
+                print_json(&alerts)?;
+            } else {
+                print!("{}", ctl::alerts_table(&alerts));
             }
         }
         Command::Node(NodeCommand::Revoke { node, deployment }) => {

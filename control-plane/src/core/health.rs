@@ -12,9 +12,12 @@
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use warden_bus::messages::{truncate, ComponentStatus, COMPONENT_DETAIL_BYTES_MAX};
+use warden_bus::messages::{
+    truncate, CertificateStatus, ComponentStatus, COMPONENT_DETAIL_BYTES_MAX,
+};
 use warden_bus::{DeploymentId, Heartbeat, NodeId, UnixMillis};
 
+use crate::core::certificates::Alert;
 use crate::core::enrollment::Enrollment;
 
 /// Default time without heartbeats after which a node is unreachable.
@@ -97,6 +100,22 @@ pub struct NodeRecord {
     /// The node's enrolled key and its enrollment token.
     #[serde(default)]
     pub enrollment: Enrollment,
+    /// DNS names and IP addresses registered for the node, normalized; its certificates name
+    /// these and no others.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tls_names: Vec<String>,
+    /// The node's certificate as its last heartbeat described it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+    /// When the node received its recent certificates, for the rate limit.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub certificates_issued: Vec<UnixMillis>,
+    /// When the control plane last asked the node to fetch the current trust bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bundle_nudged_at: Option<UnixMillis>,
+    /// Active alerts and recently resolved ones.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<Alert>,
 }
 
 impl NodeRecord {
@@ -114,6 +133,11 @@ impl NodeRecord {
             components: Vec::new(),
             transitions: Vec::new(),
             enrollment: Enrollment::default(),
+            tls_names: Vec::new(),
+            certificate: None,
+            certificates_issued: Vec::new(),
+            bundle_nudged_at: None,
+            alerts: Vec::new(),
         }
     }
 
@@ -139,6 +163,9 @@ impl NodeRecord {
                 ..status.clone()
             })
             .collect();
+        if heartbeat.certificate.is_some() {
+            self.certificate = heartbeat.certificate;
+        }
         match self.health {
             NodeHealth::Healthy => None,
             NodeHealth::Pending => {

@@ -1,5 +1,6 @@
 //! The control plane's decisions, free of I/O: task life, node health, task issuing.
 
+pub mod certificates;
 pub mod enrollment;
 pub mod health;
 pub mod issue;

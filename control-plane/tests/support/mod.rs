@@ -153,6 +153,8 @@ impl Cluster {
             .arg(self.path("task.key"))
             .arg("--trust-document")
             .arg(self.path("trust.b64"))
+            .arg("--secrets-key")
+            .arg(self.path("secrets.key"))
             .arg("--admin-key-out")
             .arg(self.path("admin-key"))
             .args([
@@ -224,6 +226,7 @@ impl Cluster {
             id: node.into(),
             state_dir: self.path(node).to_string_lossy().into_owned(),
             heartbeat_interval_secs: Some(1),
+            tls_names: vec!["localhost".into(), "127.0.0.1".into()],
         };
         let added: AddedNode = self
             .client()
@@ -315,6 +318,51 @@ impl Cluster {
         self.client()
             .get(&format!("/v1/deployments/{DEPLOYMENT}/nodes"))
             .unwrap()
+    }
+
+    /// Sends a request with the control plane's broker permissions, receiving the reply under
+    /// `inbox_prefix`: a stand-in for a node whose broker access survived, to test the control
+    /// plane's own checks.
+    pub fn request_with_inbox(
+        &self,
+        inbox_prefix: &str,
+        subject: &Subject,
+        payload: Vec<u8>,
+    ) -> Vec<u8> {
+        let broker = Broker::load(&self.path("broker")).unwrap();
+        let user = broker
+            .mint_control_plane(now_secs(), &mut rand::rngs::OsRng)
+            .unwrap();
+        let config = NatsConnectConfig::new(vec![self.nats.tls_url()], "e2e-test-inbox")
+            .with_credentials(user.credentials().unwrap())
+            .with_ca_file(broker.ca_file())
+            .with_inbox_prefix(inbox_prefix.to_owned());
+        self.runtime.block_on(async {
+            let bus = NatsBus::connect_with(&config).await.unwrap();
+            bus.request(subject, payload.into(), Duration::from_secs(10))
+                .await
+                .unwrap()
+                .to_vec()
+        })
+    }
+
+    /// Number of tasks of `kind` the control plane recorded.
+    pub fn tasks_of_kind(&self, kind: &str) -> usize {
+        self.client()
+            .get::<Vec<TaskView>>("/v1/tasks")
+            .unwrap()
+            .iter()
+            .filter(|task| task.kind == kind)
+            .count()
+    }
+
+    /// Reads a key-value entry directly from the broker, as someone with the control plane's
+    /// broker permissions could.
+    pub fn kv_get(&self, bucket: &str, key: &str) -> Option<Vec<u8>> {
+        self.runtime
+            .block_on(self.bus.kv_get(bucket, key))
+            .unwrap()
+            .map(|entry| entry.value.to_vec())
     }
 
     /// Waits until the task has `status`, then returns it.
@@ -486,10 +534,12 @@ impl Cluster {
     }
 }
 
-/// Does the operator's offline steps in `dir`: root.key and task.key, and trust.b64 signed by
-/// the root and listing the task key.
+/// Does the operator's offline steps in `dir`: root.key, task.key and secrets.key, and trust.b64
+/// signed by the root and listing the task key.
 pub fn offline_setup(dir: &std::path::Path) {
     offline::create_key(&dir.join("root.key")).unwrap();
+    // The same file format seals the deployment CA keys.
+    offline::create_key(&dir.join("secrets.key")).unwrap();
     let task_key = offline::create_key(&dir.join("task.key")).unwrap();
     offline::sign_trust(&offline::TrustSignRequest {
         root_key: dir.join("root.key"),
