@@ -77,16 +77,17 @@ echo "==> starting nats-server with TLS on port $nats_port (WebSocket-TLS on $we
 pids+=($!)
 wait_for "nats-server" 50 bash -c "exec 3<>/dev/tcp/127.0.0.1/${nats_port}"
 
-echo "==> creating the root and task keys and signing trust document version 1 (offline steps)"
+echo "==> creating the root, task and secrets keys and signing trust document version 1 (offline steps)"
 "$bin/wardenctl" key create --out "$run/root.key" >/dev/null
 "$bin/wardenctl" key create --out "$run/task.key" >/dev/null
+"$bin/wardenctl" key create --out "$run/secrets.key" >/dev/null
 "$bin/wardenctl" trust sign --root-key "$run/root.key" --version 1 --expires-in 30d \
   --task-key "$(cat "$run/task.key.pub")" --out "$run/trust.b64"
 
 echo "==> starting the control plane on port $api_port"
 "$bin/control-plane" --nats-url "$nats_url" --broker-dir "$run/broker" --listen "127.0.0.1:${api_port}" \
   --task-key "$run/task.key" --trust-document "$run/trust.b64" --admin-key-out "$WARDEN_API_KEY_FILE" \
-  --unreachable-after-secs 10 --sweep-interval-ms 1000 >"$run/control-plane.log" 2>&1 &
+  --secrets-key "$run/secrets.key" --unreachable-after-secs 10 --sweep-interval-ms 1000 >"$run/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for "the control plane API" 150 test -s "$WARDEN_API_KEY_FILE"
 wait_for "the control plane API" 150 "$bin/wardenctl" deployment list
@@ -95,7 +96,8 @@ echo "==> creating deployment demo with ${#nodes[@]} nodes"
 "$bin/wardenctl" deployment create demo --description "quickstart"
 for node in "${nodes[@]}"; do
     "$bin/wardenctl" node add "$node" --deployment demo --bootstrap-out "$run/$node.toml" \
-    --state-dir "$run/$node" --heartbeat-interval-secs 2 --expect-root-key "$(cat "$run/root.key.pub")"
+    --state-dir "$run/$node" --heartbeat-interval-secs 2 --tls-name localhost --tls-name 127.0.0.1 \
+    --expect-root-key "$(cat "$run/root.key.pub")"
 done
 
 echo "==> starting ${#nodes[@]} Wardens"

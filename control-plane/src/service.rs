@@ -39,7 +39,9 @@ use crate::store::{DeploymentRecord, Record, Store, StoreError};
 mod certificates;
 mod releases;
 
-pub use certificates::{AlertView, AuthorityView, CaStep, CaView, WaitingNode, NUDGE_INTERVAL};
+pub use certificates::{
+    AlertView, AuthorityView, CaStep, CaView, WaitingNode, BUNDLE_VERSION_CACHE, NUDGE_INTERVAL,
+};
 pub use releases::PublishedRelease;
 
 /// How long tasks stay in the task stream.
@@ -251,6 +253,7 @@ struct Inner {
     settings: Settings,
     log_limiter: Mutex<crate::core::log_limit::LogLimiter>,
     secrets: Option<crate::ca::SecretsKey>,
+    bundle_versions: Mutex<std::collections::HashMap<DeploymentId, (UnixMillis, u64)>>,
 }
 
 /// One replica's handle on the control plane. Cheap to clone.
@@ -282,6 +285,7 @@ impl ControlPlane {
                 settings,
                 log_limiter: Mutex::default(),
                 secrets: None,
+                bundle_versions: Mutex::default(),
             }),
         }
     }

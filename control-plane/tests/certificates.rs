@@ -386,13 +386,24 @@ fn ca_rotation_waits_for_live_nodes_and_rolls_back_before_the_end() {
     let error = step("advance").unwrap_err().to_string();
     assert!(error.contains("n1 (at 1)"), "{error}");
 
-    // A node behind the bundle is asked to renew: a rotate_certificate task appears for it.
-    node.heartbeat(2, status(1, 3_600_000, 0));
+    // A node behind the bundle is asked to renew: a rotate_certificate task appears for it, once
+    // per bundle version however many heartbeats it sends.
+    let mut sequence = 1;
     wait_until(
         "a rotate_certificate task for n1",
-        Duration::from_secs(10),
-        || node.cluster.tasks_of_kind("rotate_certificate") >= 1,
+        Duration::from_secs(15),
+        || {
+            sequence += 1;
+            node.heartbeat(sequence, status(1, 3_600_000, 0));
+            node.cluster.tasks_of_kind("rotate_certificate") >= 1
+        },
     );
+    for _ in 0..5 {
+        sequence += 1;
+        node.heartbeat(sequence, status(1, 3_600_000, 0));
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(node.cluster.tasks_of_kind("rotate_certificate"), 1);
 
     // Renewal hands out bundle 2 with a certificate still from CA 1.
     let CertificateReply::Issued {
@@ -406,7 +417,7 @@ fn ca_rotation_waits_for_live_nodes_and_rolls_back_before_the_end() {
     assert_eq!(bundle_version, 2);
     let old_ca = parse_pem_certs(&first.bundle_pem).remove(0);
     assert_eq!(parse_pem_certs(&chain_pem)[1], old_ca, "CA 1 still signs");
-    node.heartbeat(3, status(2, 3_600_000, 0));
+    node.heartbeat(100, status(2, 3_600_000, 0));
     wait_until("n1 to report bundle 2", Duration::from_secs(10), || {
         node.ca().waiting.is_empty()
     });
@@ -416,7 +427,7 @@ fn ca_rotation_waits_for_live_nodes_and_rolls_back_before_the_end() {
     // Before the last phase the rotation rolls back, and forward again.
     let back = step("rollback").unwrap();
     assert_eq!((back.phase.as_str(), back.signer), ("joining", 1));
-    node.heartbeat(4, status(back.bundle_version, 3_600_000, 0));
+    node.heartbeat(101, status(back.bundle_version, 3_600_000, 0));
     wait_until(
         "n1 to report the rolled-back bundle",
         Duration::from_secs(10),
@@ -433,7 +444,7 @@ fn ca_rotation_waits_for_live_nodes_and_rolls_back_before_the_end() {
     };
     assert_eq!(bundle_version, signing.bundle_version);
     assert_ne!(parse_pem_certs(&chain_pem)[1], old_ca, "CA 2 signs now");
-    node.heartbeat(5, status(bundle_version, 3_600_000, 0));
+    node.heartbeat(102, status(bundle_version, 3_600_000, 0));
     wait_until(
         "n1 to report the signing bundle",
         Duration::from_secs(10),

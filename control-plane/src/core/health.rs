@@ -113,6 +113,9 @@ pub struct NodeRecord {
     /// When the control plane last asked the node to fetch the current trust bundle.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bundle_nudged_at: Option<UnixMillis>,
+    /// The bundle version the control plane last asked the node to fetch.
+    #[serde(default)]
+    pub bundle_nudged_for: u64,
     /// Active alerts and recently resolved ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,
@@ -137,6 +140,7 @@ impl NodeRecord {
             certificate: None,
             certificates_issued: Vec::new(),
             bundle_nudged_at: None,
+            bundle_nudged_for: 0,
             alerts: Vec::new(),
         }
     }

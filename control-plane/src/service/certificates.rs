@@ -14,8 +14,12 @@ use crate::core::health::{NodeHealth, NodeRecord};
 use crate::core::issue::ActionRequest;
 use crate::store::StoreError;
 
-/// Shortest time between two requests to one node to fetch the current trust bundle.
-pub const NUDGE_INTERVAL: Duration = Duration::from_secs(30);
+/// Shortest time between two requests to one node to fetch the same trust bundle version; a
+/// new version is asked for at once.
+pub const NUDGE_INTERVAL: Duration = Duration::from_secs(300);
+
+/// How long a replica reuses a deployment's bundle version before reading it again.
+pub const BUNDLE_VERSION_CACHE: Duration = Duration::from_secs(5);
 
 /// A step of a CA rotation, as the API names it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -387,6 +391,11 @@ impl ControlPlane {
             what: format!("the CA of deployment {deployment}"),
             fix: "retry; the control plane creates it on first use".into(),
         })?;
+        self.inner
+            .bundle_versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(deployment.clone(), (now, record.rotation.bundle_version));
         tracing::info!(deployment_id = %deployment, phase = record.rotation.phase.name(), signer = record.rotation.phase.signer(), bundle_version = record.rotation.bundle_version, "CA rotation step taken");
         let live = self.live_bundle_versions(deployment).await?;
         ca_view(&record, &live)
@@ -401,24 +410,19 @@ impl ControlPlane {
         if self.inner.secrets.is_none() {
             return Ok(());
         }
-        let Some((record, _)) = self
-            .inner
-            .store
-            .get::<CaRecord>(node.deployment.as_str())
-            .await?
-        else {
+        let Some(current) = self.bundle_version(&node.deployment).await? else {
             return Ok(());
         };
-        let current = record.rotation.bundle_version;
         let now = self.now();
         let due = |record: &NodeRecord| {
             let behind = record
                 .certificate
                 .is_some_and(|status| status.bundle_version < current);
+            let new_version = record.bundle_nudged_for < current;
             let quiet = record
                 .bundle_nudged_at
                 .is_none_or(|at| now.since(at) >= NUDGE_INTERVAL);
-            behind && quiet
+            behind && (new_version || quiet)
         };
         if status.bundle_version >= current || !due(node) {
             return Ok(());
@@ -430,6 +434,7 @@ impl ControlPlane {
                 claimed = due(record);
                 if claimed {
                     record.bundle_nudged_at = Some(now);
+                    record.bundle_nudged_for = current;
                 }
                 claimed
             })
@@ -446,6 +451,43 @@ impl ControlPlane {
         )
         .await?;
         Ok(())
+    }
+
+    /// The deployment's current bundle version, read at most every [`BUNDLE_VERSION_CACHE`];
+    /// `None` if it has no CA yet.
+    async fn bundle_version(&self, deployment: &DeploymentId) -> Result<Option<u64>, ServiceError> {
+        let now = self.now();
+        {
+            let cache = self
+                .inner
+                .bundle_versions
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if let Some((read_at, version)) = cache.get(deployment) {
+                if now.since(*read_at) < BUNDLE_VERSION_CACHE {
+                    return Ok(Some(*version));
+                }
+            }
+        }
+        let Some((record, _)) = self
+            .inner
+            .store
+            .get::<CaRecord>(deployment.as_str())
+            .await?
+        else {
+            return Ok(None);
+        };
+        let version = record.rotation.bundle_version;
+        let mut cache = self
+            .inner
+            .bundle_versions
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if cache.len() >= 10_000 {
+            cache.clear();
+        }
+        cache.insert(deployment.clone(), (now, version));
+        Ok(Some(version))
     }
 
     /// Alerts of every node, or of one deployment; resolved ones only with `include_resolved`.
