@@ -229,6 +229,13 @@ pub struct TaskFilter {
     pub limit: Option<usize>,
 }
 
+/// Heartbeats one replica takes from one node per [`HEARTBEAT_WINDOW`]; twice what the shortest
+/// heartbeat interval (1 s) sends.
+pub const HEARTBEATS_PER_WINDOW: u32 = 20;
+
+/// Window of the heartbeat rate bound.
+pub const HEARTBEAT_WINDOW: Duration = Duration::from_secs(10);
+
 /// Options of a new node's bootstrap file.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -252,6 +259,7 @@ struct Inner {
     rng: Mutex<Entropy>,
     settings: Settings,
     log_limiter: Mutex<crate::core::log_limit::LogLimiter>,
+    heartbeat_limiter: Mutex<crate::core::log_limit::LogLimiter>,
     secrets: Option<crate::ca::SecretsKey>,
     bundle_versions: Mutex<std::collections::HashMap<DeploymentId, (UnixMillis, u64)>>,
 }
@@ -284,6 +292,10 @@ impl ControlPlane {
                 rng: Mutex::new(rng),
                 settings,
                 log_limiter: Mutex::default(),
+                heartbeat_limiter: Mutex::new(crate::core::log_limit::LogLimiter::new(
+                    HEARTBEATS_PER_WINDOW,
+                    HEARTBEAT_WINDOW,
+                )),
                 secrets: None,
                 bundle_versions: Mutex::default(),
             }),
@@ -1688,7 +1700,21 @@ impl ControlPlane {
         let Some(origin) = NodeSubject::parse(subject) else {
             return Ok(());
         };
+        // Each heartbeat costs a read and a write of the node record; only the node's own
+        // credentials can publish here, so a flood comes from that node or a thief of its key.
         let key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
+        let admitted = self
+            .inner
+            .heartbeat_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit(&key, self.now());
+        if admitted.is_none() {
+            if let Some(suppressed) = self.may_log(&origin) {
+                tracing::warn!(deployment_id = %origin.deployment, node_id = %origin.node, suppressed, "dropping heartbeats over the rate bound of {HEARTBEATS_PER_WINDOW} per {} s", HEARTBEAT_WINDOW.as_secs());
+            }
+            return Ok(());
+        }
         let Some((node, _)) = self.inner.store.get::<NodeRecord>(&key).await? else {
             tracing::debug!(deployment_id = %origin.deployment, node_id = %origin.node, "heartbeat from an unregistered node");
             return Ok(());

@@ -519,3 +519,31 @@ fn certificate_alerts_raise_and_resolve() {
     let log = node.cluster.control_plane_log();
     assert!(log.contains("alert raised") && log.contains("alert resolved"));
 }
+
+#[test]
+fn heartbeat_flood_from_a_node_is_bounded() {
+    let node = Node::start(&[]);
+    for sequence in 1..=200 {
+        node.heartbeat(sequence, status(1, 3_600_000, 0));
+    }
+    wait_until("the flood to be dropped", Duration::from_secs(10), || {
+        node.cluster
+            .control_plane_log()
+            .contains("dropping heartbeats over the rate bound")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let (record, _) = node
+        .cluster
+        .kv_get(
+            warden_bus::subject::NODES_BUCKET,
+            &warden_bus::subject::node_key(&deployment(), &node_id("n1")),
+        )
+        .map(|bytes| (String::from_utf8(bytes).unwrap(), ()))
+        .unwrap();
+    let stored: serde_json::Value = serde_json::from_str(&record).unwrap();
+    let last = stored["record"]["last_sequence"].as_u64().unwrap();
+    assert!(
+        last <= u64::from(warden_control_plane::service::HEARTBEATS_PER_WINDOW),
+        "the control plane took heartbeat {last} of a flood of 200"
+    );
+}
