@@ -27,7 +27,8 @@ use crate::store::Record;
 /// Lifetime of a deployment CA.
 pub const CA_LIFETIME: Duration = Duration::from_secs(10 * 365 * 86_400);
 
-/// How far before the request a certificate's validity starts, for nodes whose clocks lag.
+/// How far before the request a certificate's validity starts, for nodes whose clocks lag; at
+/// most a tenth of the certificate's lifetime.
 pub const BACKDATE: Duration = Duration::from_secs(60);
 
 /// Size of the secrets key, in bytes.
@@ -424,7 +425,7 @@ pub fn issue(
     let mut serial = serial;
     serial[0] &= 0x7f;
     params.serial_number = Some(SerialNumber::from_slice(&serial));
-    let not_before = now.saturating_sub(BACKDATE);
+    let not_before = now.saturating_sub(BACKDATE.min(lifetime / 10));
     let not_after = now.saturating_add(lifetime).min(authority.not_after);
     params.not_before = offset(not_before)?;
     params.not_after = offset(not_after)?;

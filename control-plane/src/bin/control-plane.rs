@@ -357,9 +357,9 @@ async fn connect_with_retry(url: &str, config: Option<&NatsConnectConfig>) -> Na
 }
 
 fn certificate_settings(args: &Args) -> anyhow::Result<CertificateSettings> {
-    if !(10..=366 * 86_400).contains(&args.certificate_lifetime_secs) {
+    if !(2..=366 * 86_400).contains(&args.certificate_lifetime_secs) {
         anyhow::bail!(
-            "--certificate-lifetime-secs {} is outside 10 to 31622400",
+            "--certificate-lifetime-secs {} is outside 2 to 31622400",
             args.certificate_lifetime_secs
         );
     }
