@@ -10,6 +10,7 @@
 //! report goes out before the acknowledgement so that a failed report is retried by the
 //! broker's redelivery, which republishes the recorded outcome without executing again.
 
+pub mod certificate;
 pub mod component;
 pub mod credentials;
 pub mod heartbeat;
