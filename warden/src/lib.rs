@@ -22,6 +22,7 @@
 pub mod actors;
 pub mod artifacts;
 pub mod bootstrap;
+pub mod certificates;
 pub mod components;
 pub mod core;
 pub mod credentials;
@@ -32,6 +33,7 @@ pub mod launcher;
 pub mod pipeline;
 pub mod self_upgrade;
 pub mod store;
+pub mod tls;
 
 /// Version of this build as reported in heartbeats and task outputs: the crate version, with
 /// `+<tag>` appended when `WARDEN_BUILD_TAG` was set at compile time.
