@@ -613,6 +613,7 @@ impl ControlPlane {
             self_upgrade_health_timeout_secs: None,
             components: Default::default(),
             tls_names: Vec::new(),
+            tls_listen: None,
         })
     }
 

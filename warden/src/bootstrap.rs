@@ -14,9 +14,12 @@
 //! Optional: `approval_key` (hex public key of the customer approval key, which makes access
 //! rules and encryption keys need a second signature), `iggy_config_path` (default
 //! `<state_dir>/iggy/server.toml`), `heartbeat_interval_secs` (default 10),
-//! `clock_skew_secs` (default 300), `task_validity_max_secs` (default 3600) and
-//! `self_upgrade_health_timeout_secs` (default 60).
+//! `clock_skew_secs` (default 300), `task_validity_max_secs` (default 3600),
+//! `self_upgrade_health_timeout_secs` (default 60), `tls_names` (DNS names and IP addresses for
+//! the node's TLS certificate) and `tls_listen` (socket address of the Warden's own TLS
+//! listener, such as `0.0.0.0:8443`, which serves once the first certificate is installed).
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +33,7 @@ use crate::components::definition::{ComponentDefinition, ComponentsFile};
 use crate::core::heartbeat::HEARTBEAT_INTERVAL_DEFAULT;
 use crate::core::verify::TASK_VALIDITY_MAX_DEFAULT;
 use crate::core::CLOCK_SKEW_DEFAULT;
+use crate::tls::TlsName;
 
 /// Maximum size of a bootstrap file, in bytes.
 pub const BOOTSTRAP_BYTES_MAX: u64 = 64 * 1024;
@@ -101,6 +105,10 @@ pub struct BootstrapFile {
     /// no others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_names: Vec<String>,
+    /// Socket address of the Warden's own TLS listener, such as `0.0.0.0:8443`; without it
+    /// the Warden opens no listening socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<String>,
 }
 
 /// What a node needs to reach a broker in operator mode with TLS.
@@ -153,6 +161,10 @@ pub struct Bootstrap {
     pub self_upgrade_health_timeout: Duration,
     /// The components this node supervises.
     pub components: Vec<ComponentDefinition>,
+    /// Subject alternative names of the node's TLS certificate.
+    pub tls_names: Vec<TlsName>,
+    /// Socket address of the Warden's own TLS listener.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Why a bootstrap file is not usable.
@@ -402,6 +414,24 @@ impl Bootstrap {
                 .map_err(|error| field("components", error.to_string()))?;
             components.push(definition);
         }
+        let tls_names = file
+            .tls_names
+            .iter()
+            .map(|name| TlsName::parse(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| field("tls_names", error.to_string()))?;
+        let tls_listen = file
+            .tls_listen
+            .as_deref()
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| {
+                    field(
+                        "tls_listen",
+                        format!("{text:?} is not an IP address with a port, such as 0.0.0.0:8443"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             deployment,
             node,
@@ -418,6 +448,8 @@ impl Bootstrap {
             clock_skew,
             task_validity_max,
             components,
+            tls_names,
+            tls_listen,
         })
     }
 }
@@ -466,6 +498,7 @@ mod tests {
             self_upgrade_health_timeout_secs: None,
             components: ComponentsFile::default(),
             tls_names: Vec::new(),
+            tls_listen: None,
         }
     }
 
@@ -505,6 +538,32 @@ mod tests {
         assert!(
             error_for(|f| f.task_validity_max_secs = Some(7200)).contains("task_validity_max_secs")
         );
+    }
+
+    #[test]
+    fn tls_fields_validated() {
+        let mut file = valid();
+        file.tls_names = vec!["node-1.example".into(), "10.0.0.7".into()];
+        file.tls_listen = Some("127.0.0.1:8443".into());
+        let bootstrap = Bootstrap::from_file(file, Path::new("b.toml")).unwrap();
+        assert_eq!(
+            bootstrap.tls_names,
+            vec![
+                TlsName::Dns("node-1.example".into()),
+                TlsName::Ip("10.0.0.7".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            bootstrap.tls_listen,
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+
+        let error = error_for(|f| f.tls_names = vec!["ok.example".into(), "bad_name".into()]);
+        assert!(error.contains("field tls_names"), "{error}");
+        assert!(error.contains("\"bad_name\""), "{error}");
+        let error = error_for(|f| f.tls_listen = Some("localhost".into()));
+        assert!(error.contains("field tls_listen"), "{error}");
+        assert!(error.contains("\"localhost\""), "{error}");
     }
 
     #[test]
