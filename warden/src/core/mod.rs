@@ -406,6 +406,7 @@ impl WardenCore {
                 }
             }
             TaskAction::CollectDiagnostics
+            | TaskAction::RotateCertificate
             | TaskAction::StartComponent(_)
             | TaskAction::StopComponent(_)
             | TaskAction::RestartComponent(_) => Ok(Change::None),
