@@ -47,9 +47,9 @@ pub struct CertificateParts {
     pub node: NodeId,
     /// Subject alternative names of the certificate.
     pub names: Vec<TlsName>,
-    /// Where the certificate record is stored.
+    /// The store of the certificate record.
     pub store: TaskStore,
-    /// Where the key, chain and bundle are written.
+    /// Paths of the key, chain and bundle files.
     pub files: TlsFiles,
     /// The certificate the Warden's own listener presents.
     pub slot: Arc<CertificateSlot>,
@@ -58,7 +58,7 @@ pub struct CertificateParts {
     /// Components to restart after each installation, because their configuration reads
     /// the managed certificate file and they load it only at start.
     pub restart_on_install: Vec<(&'static str, Addr<ComponentActor>)>,
-    /// Where the status for heartbeats is written.
+    /// The status read by the heartbeat actor.
     pub board: CertificateBoard,
     /// Wall clock.
     pub clock: SharedClock,
@@ -238,7 +238,8 @@ impl CertificateActor {
                     actor.core().on_issued(issued, &requested_key, now, unit)
                 }
                 Ok(CertificateReply::Refused { code, reason }) => {
-                    tracing::warn!(code = %code, reason = %reason, "the control plane rejected the certificate request");
+                    // The failure is logged as a warning below, rate-limited, with the code.
+                    tracing::debug!(code = %code, reason = %reason, "the control plane rejected the certificate request");
                     let reason =
                         format!("the control plane rejected the certificate request ({code}): {reason}");
                     actor.core().on_failed(&reason, now, unit)
@@ -278,7 +279,7 @@ impl CertificateActor {
         }));
     }
 
-    /// Reloads what serves the new certificate and answers waiting forced renewals.
+    /// Reloads what serves the new certificate and completes waiting forced renewals.
     fn installed(&mut self, record: &CertificateRecord, ctx: &mut Context<Self>) {
         let sha256 = self
             .parts
