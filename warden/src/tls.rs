@@ -39,6 +39,8 @@ pub const REQUEST_HEAD_BYTES_MAX: usize = 8 * 1024;
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long an open connection on the listener may wait for its next request.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Maximum number of connections the listener serves at once; it closes any beyond.
+pub const CONNECTIONS_MAX: usize = 256;
 
 /// Errors from the node's TLS material or listener.
 #[derive(Debug, thiserror::Error)]
@@ -142,7 +144,7 @@ impl NodeTlsKey {
         self.pair.subject_public_key_info()
     }
 
-    /// Returns the private key as PKCS#8 PEM, for [`TlsFiles::install`] only.
+    /// Returns the private key as PKCS#8 PEM, for the key file and rustls only.
     fn private_pem(&self) -> String {
         self.pair.serialize_pem()
     }
@@ -355,6 +357,7 @@ pub struct TlsListener {
     slot: Arc<CertificateSlot>,
     node: NodeId,
     address: SocketAddr,
+    connections: Arc<tokio::sync::Semaphore>,
 }
 
 impl TlsListener {
@@ -388,6 +391,7 @@ impl TlsListener {
             slot,
             node,
             address,
+            connections: Arc::new(tokio::sync::Semaphore::new(CONNECTIONS_MAX)),
         })
     }
 
@@ -408,6 +412,11 @@ impl TlsListener {
                     continue;
                 }
             };
+            let Ok(permit) = self.connections.clone().try_acquire_owned() else {
+                tracing::debug!(node_id = %self.node, peer = %peer, connections_max = CONNECTIONS_MAX, "closing a connection to the TLS listener over the maximum");
+                drop(stream);
+                continue;
+            };
             let acceptor = self.acceptor.clone();
             let slot = self.slot.clone();
             let node = self.node.clone();
@@ -415,6 +424,7 @@ impl TlsListener {
                 if let Err(reason) = serve_connection(stream, acceptor, &slot, &node).await {
                     tracing::debug!(node_id = %node, peer = %peer, reason = %reason, "TLS listener connection ended");
                 }
+                drop(permit);
             });
         }
     }
@@ -602,6 +612,45 @@ mod tests {
             sans.iter().any(|san| san.contains("0a:00:00:07")),
             "{sans:?}"
         );
+    }
+
+    #[tokio::test]
+    async fn request_heads_read_one_at_a_time() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(b"GET / HTTP/1.1\r\n\r\nHEAD / HTTP/1.1\r\nconnection: close\r\n\r\n")
+            .await
+            .unwrap();
+        drop(client);
+        let mut buffer = Vec::new();
+        let first = read_head(&mut server, &mut buffer).await.unwrap().unwrap();
+        assert_eq!(first, "GET / HTTP/1.1\r\n\r\n");
+        let second = read_head(&mut server, &mut buffer).await.unwrap().unwrap();
+        assert!(second.starts_with("HEAD / HTTP/1.1"), "{second}");
+        assert_eq!(read_head(&mut server, &mut buffer).await.unwrap(), None);
+    }
+
+    #[tokio::test]
+    async fn oversized_request_head_rejected() {
+        let (mut client, mut server) = tokio::io::duplex(64 * 1024);
+        client
+            .write_all(&vec![b'a'; REQUEST_HEAD_BYTES_MAX + 2048])
+            .await
+            .unwrap();
+        let mut buffer = Vec::new();
+        let error = read_head(&mut server, &mut buffer).await.unwrap_err();
+        assert!(error.contains("over 8192 bytes"), "{error}");
+        assert!(buffer.len() <= REQUEST_HEAD_BYTES_MAX + 1024);
+    }
+
+    #[tokio::test]
+    async fn peer_closing_inside_request_is_error() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        drop(client);
+        let mut buffer = Vec::new();
+        let error = read_head(&mut server, &mut buffer).await.unwrap_err();
+        assert!(error.contains("inside a request"), "{error}");
     }
 
     #[test]
