@@ -6,12 +6,14 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use actix::prelude::*;
 use rand::RngCore;
 use tokio::sync::oneshot;
 use warden_actors::clock::SharedClock;
 use warden_actors::entropy::{self, Entropy};
+use warden_actors::{Backoff, BackoffConfig};
 use warden_bus::messages::{CertificateReply, CertificateStatus, ComponentPhase};
 use warden_bus::{Bus, DeploymentId, NodeId, SigningKey, UnixMillis};
 
@@ -28,6 +30,10 @@ pub type CertificateBoard = Arc<Mutex<Option<CertificateStatus>>>;
 
 /// Log one warning for every this many failed attempts in a row, after the first.
 const FAILURE_LOG_EVERY: u32 = 10;
+/// First delay before the listener tries to bind its address again.
+pub const LISTENER_RETRY_BASE: Duration = Duration::from_secs(1);
+/// Maximum delay between attempts to bind the listener's address.
+pub const LISTENER_RETRY_MAX: Duration = Duration::from_secs(60);
 
 /// Forces a renewal; the result arrives once the new certificate is installed or the attempt
 /// failed. Its output names the new certificate's `not_after`, `bundle_version` and SHA-256.
@@ -86,6 +92,7 @@ pub struct CertificateActor {
     pending_key: Option<NodeTlsKey>,
     waiters: Vec<oneshot::Sender<Result<BTreeMap<String, String>, String>>>,
     listener: Listener,
+    listener_backoff: Backoff,
     /// Carries node_id and deployment_id into every log line of this actor.
     span: tracing::Span,
 }
@@ -124,6 +131,11 @@ impl CertificateActor {
             pending_key: None,
             waiters: Vec::new(),
             listener: Listener::Idle,
+            listener_backoff: Backoff::new(
+                BackoffConfig::new(LISTENER_RETRY_BASE, LISTENER_RETRY_MAX).unwrap_or_else(|_| {
+                    unreachable!("the constants satisfy base > 0 and max >= base")
+                }),
+            ),
             span,
         }
     }
@@ -176,6 +188,8 @@ impl CertificateActor {
                     } else {
                         tracing::debug!(reason = %reason, failures, retry_at = %retry_at, "certificate renewal failed");
                     }
+                    // The key of a failed attempt is never used again.
+                    self.pending_key = None;
                     for waiter in self.waiters.drain(..) {
                         // A waiter whose task gave up is gone, which needs no action.
                         let _ = waiter.send(Err(reason.clone()));
@@ -315,17 +329,20 @@ impl CertificateActor {
         }
         self.listener = Listener::Binding;
         let bind = TlsListener::bind(address, self.parts.slot.clone(), self.parts.node.clone());
-        ctx.spawn(bind.into_actor(self).map(move |result, actor, _| {
+        ctx.spawn(bind.into_actor(self).map(move |result, actor, ctx| {
             let _entered = actor.span.clone().entered();
             match result {
                 Ok(listener) => {
                     tracing::info!(address = %listener.local_addr(), "the TLS listener is serving");
+                    actor.listener_backoff.reset();
                     actor.listener = Listener::Serving(tokio::spawn(listener.serve()));
                 }
                 Err(error) => {
-                    // The next installation tries again.
-                    tracing::error!(error = %error, "failed to start the TLS listener");
+                    let unit = actor.unit();
+                    let delay = actor.listener_backoff.next_delay(unit);
+                    tracing::error!(error = %error, retry_in_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX), "failed to start the TLS listener; retrying");
                     actor.listener = Listener::Idle;
+                    ctx.run_later(delay, |actor, ctx| actor.start_listener(ctx));
                 }
             }
         }));

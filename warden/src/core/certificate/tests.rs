@@ -1,3 +1,4 @@
+use proptest::prelude::*;
 use rand::{Rng, SeedableRng};
 use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, PublicKeyData};
 
@@ -486,4 +487,45 @@ fn installed_files_checked_against_record() {
     };
     assert!(!installed_matches(&later, &reply.chain_pem, &spki));
     assert!(!installed_matches(&record, "garbage", &spki));
+}
+
+proptest! {
+    #[test]
+    fn retry_delay_within_bounds(
+        failures in 1u32..=u32::MAX,
+        lifetime_ms in proptest::option::of(0u64..=10 * 86_400_000),
+        unit in 0.0f64..1.0,
+    ) {
+        let lifetime = lifetime_ms.map(Duration::from_millis);
+        let delay = retry_delay(failures, lifetime, unit);
+        prop_assert!(delay >= RETRY_MIN, "{delay:?}");
+        prop_assert!(delay <= RETRY_MAX, "{delay:?}");
+        if let Some(lifetime) = lifetime {
+            prop_assert!(delay <= (lifetime / 10).max(RETRY_MIN), "{delay:?} for {lifetime:?}");
+        }
+    }
+
+    #[test]
+    fn arbitrary_reply_never_panics(chain in ".{0,512}", bundle in ".{0,512}", version in any::<u64>()) {
+        let reply = Issued { chain_pem: chain, bundle_pem: bundle, bundle_version: version };
+        prop_assert!(validate_reply(&reply, b"key", 0, start()).is_err());
+    }
+
+    #[test]
+    fn stored_record_round_trips(
+        not_before in 0u64..u64::MAX / 2,
+        lifetime in 1u64..u64::MAX / 4,
+        bundle_version in any::<u64>(),
+        renew_at in any::<u64>(),
+    ) {
+        let record = CertificateRecord {
+            not_before: UnixMillis(not_before),
+            not_after: UnixMillis(not_before + lifetime),
+            bundle_version,
+            renew_at: UnixMillis(renew_at),
+        };
+        let bytes = crate::core::record::encode_stored(&record).unwrap();
+        let decoded: CertificateRecord = crate::core::record::decode_stored(&bytes).unwrap();
+        prop_assert_eq!(decoded, record);
+    }
 }
