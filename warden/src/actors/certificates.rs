@@ -183,10 +183,12 @@ impl CertificateActor {
                     failures,
                     retry_at,
                 } => {
+                    // Any certificate in use stays in use until a renewal succeeds.
+                    let in_use = self.core.installed().is_some();
                     if failures == 1 || failures % FAILURE_LOG_EVERY == 0 {
-                        tracing::warn!(reason = %reason, failures, retry_at = %retry_at, "certificate renewal failed; the current certificate stays in use");
+                        tracing::warn!(reason = %reason, failures, retry_at = %retry_at, certificate_in_use = in_use, "failed to get a TLS certificate; retrying");
                     } else {
-                        tracing::debug!(reason = %reason, failures, retry_at = %retry_at, "certificate renewal failed");
+                        tracing::debug!(reason = %reason, failures, retry_at = %retry_at, certificate_in_use = in_use, "failed to get a TLS certificate; retrying");
                     }
                     // The key of a failed attempt is never used again.
                     self.pending_key = None;
