@@ -33,7 +33,7 @@ use crate::components::definition::{ComponentDefinition, ComponentsFile};
 use crate::core::heartbeat::HEARTBEAT_INTERVAL_DEFAULT;
 use crate::core::verify::TASK_VALIDITY_MAX_DEFAULT;
 use crate::core::CLOCK_SKEW_DEFAULT;
-use crate::tls::TlsName;
+use crate::tls::{TlsFiles, TlsName};
 
 /// Maximum size of a bootstrap file, in bytes.
 pub const BOOTSTRAP_BYTES_MAX: u64 = 64 * 1024;
@@ -412,6 +412,8 @@ impl Bootstrap {
             let definition = table
                 .validate(component, &default_config_path)
                 .map_err(|error| field("components", error.to_string()))?;
+            check_managed_tls(&definition, &file.state_dir)
+                .map_err(|reason| field("components", reason))?;
             components.push(definition);
         }
         let tls_names = file
@@ -452,6 +454,26 @@ impl Bootstrap {
             tls_listen,
         })
     }
+}
+
+/// Checks that a component using the Warden's managed certificate also uses its managed key,
+/// because each renewal replaces both with a new pair.
+fn check_managed_tls(definition: &ComponentDefinition, state_dir: &Path) -> Result<(), String> {
+    let Some((certificate, key)) = &definition.tls else {
+        return Ok(());
+    };
+    let managed = TlsFiles::new(state_dir);
+    let uses_certificate = *certificate == managed.certificate;
+    let uses_key = *key == managed.key;
+    if uses_certificate == uses_key {
+        return Ok(());
+    }
+    Err(format!(
+        "[components.{}] uses only one of the Warden's managed TLS files; set tls_cert_file = {:?} and tls_key_file = {:?} together, or neither",
+        definition.component,
+        managed.certificate,
+        managed.key
+    ))
 }
 
 #[cfg(test)]
@@ -564,6 +586,35 @@ mod tests {
         let error = error_for(|f| f.tls_listen = Some("localhost".into()));
         assert!(error.contains("field tls_listen"), "{error}");
         assert!(error.contains("\"localhost\""), "{error}");
+    }
+
+    #[test]
+    fn managed_certificate_needs_managed_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        let table = |certificate: &str, key: &str| {
+            let mut text = toml::to_string(&valid()).unwrap();
+            text.push_str(&format!(
+                "[components.iggy]\nbinary = \"/opt/iggy-server\"\ndata_dir = \"/var/lib/iggy\"\ntls_cert_file = \"{certificate}\"\ntls_key_file = \"{key}\"\n"
+            ));
+            std::fs::write(&path, text).unwrap();
+            Bootstrap::load(&path)
+        };
+        let managed_certificate = "/var/lib/warden/tls/node.crt";
+        let managed_key = "/var/lib/warden/tls/node.key";
+        assert!(table(managed_certificate, managed_key).is_ok());
+        assert!(table("/etc/iggy/cert.pem", "/etc/iggy/key.pem").is_ok());
+        let error = table(managed_certificate, "/etc/iggy/key.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tls_key_file = \"/var/lib/warden/tls/node.key\""),
+            "{error}"
+        );
+        let error = table("/etc/iggy/cert.pem", managed_key)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[components.iggy]"), "{error}");
     }
 
     #[test]
