@@ -1,6 +1,7 @@
 //! The certificate actor against a fake control plane on the in-memory bus: first issuance,
 //! the files and listener, forced renewal, a rejected request that keeps the current
-//! certificate, recovery, and a restart that reuses the installed certificate.
+//! certificate, recovery, a restart that reuses the installed certificate, and the restart of
+//! a component that reads the managed certificate.
 
 #![allow(
     clippy::unwrap_used,
@@ -27,9 +28,15 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use warden::actors::certificates::{
     CertificateActor, CertificateBoard, CertificateParts, ForceRenewal,
 };
+use warden::actors::components::{
+    Command, ComponentActor, ComponentParts, GetSnapshot, Request, StatusBoard, KERNEL_RELEASE_FILE,
+};
+use warden::components::definition::ComponentFile;
+use warden::components::installer::Installer;
+use warden::components::state::ComponentState;
 use warden::store::TaskStore;
 use warden::tls::{CertificateSlot, TlsFiles, TlsName};
-use warden_bus::messages::{CertificateReply, CertificateRequest};
+use warden_bus::messages::{CertificateReply, CertificateRequest, Component, ComponentPhase};
 use warden_bus::subject::RpcVerb;
 use warden_bus::transport::memory::MemoryBus;
 use warden_bus::{
@@ -258,4 +265,120 @@ async fn certificate_issued_renewed_and_kept_on_rejection() {
         restarted_slot.current().unwrap().sha256(),
         installed.sha256()
     );
+}
+
+async fn component_phase(actor: &Addr<ComponentActor>) -> (ComponentPhase, Option<u32>) {
+    let snapshot = actor.send(GetSnapshot).await.unwrap();
+    (snapshot.phase, snapshot.pid)
+}
+
+async fn wait_component(
+    actor: &Addr<ComponentActor>,
+    what: &str,
+    mut condition: impl FnMut(ComponentPhase, Option<u32>) -> bool,
+) -> (ComponentPhase, Option<u32>) {
+    for _ in 0..200 {
+        let (phase, pid) = component_phase(actor).await;
+        if condition(phase, pid) {
+            return (phase, pid);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for the component: {what}");
+}
+
+#[actix_rt::test]
+async fn installation_restarts_component_using_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = warden_actors::clock::system();
+    let bus = Arc::new(MemoryBus::new(clock.clone()));
+    let node_key = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(4));
+    let _control_plane = fake_control_plane(bus.clone(), &node_key).await;
+    let store = TaskStore::open(&dir.path().join("db")).unwrap();
+    let files = TlsFiles::new(dir.path());
+
+    // A component whose configuration reads the managed certificate and key.
+    let port = warden_testkit::free_port();
+    let definition = ComponentFile {
+        binary: warden_testkit::workspace_binary("fake-component"),
+        args: vec!["--http".into(), format!("127.0.0.1:{port}")],
+        data_dir: dir.path().join("data"),
+        config_path: Some(dir.path().join("config.toml")),
+        stop_timeout_secs: Some(5),
+        start_timeout_secs: Some(10),
+        http_address: Some(format!("127.0.0.1:{port}")),
+        health_http_path: Some("/healthz".into()),
+        tls_cert_file: Some(files.certificate.clone()),
+        tls_key_file: Some(files.key.clone()),
+        ..ComponentFile::default()
+    }
+    .validate(Component::Iggy, &dir.path().join("unused.toml"))
+    .unwrap();
+    let component = ComponentActor::new(ComponentParts {
+        definition,
+        state: ComponentState::open(Component::Iggy, store.db()).unwrap(),
+        installer: Installer::new(Component::Iggy, dir.path(), store.db()).unwrap(),
+        board: StatusBoard::default(),
+        clock: clock.clone(),
+        bus: bus.clone(),
+        deployment: DeploymentId::new("prod").unwrap(),
+        node: NodeId::new("node-1").unwrap(),
+        node_key: node_key.clone(),
+        kernel_release_file: KERNEL_RELEASE_FILE.into(),
+    })
+    .start();
+
+    let board = CertificateBoard::default();
+    let actor = CertificateActor::new(CertificateParts {
+        bus: bus.clone(),
+        node_key: node_key.clone(),
+        deployment: DeploymentId::new("prod").unwrap(),
+        node: NodeId::new("node-1").unwrap(),
+        names: Vec::new(),
+        store: store.clone(),
+        files: files.clone(),
+        slot: Arc::new(CertificateSlot::default()),
+        listen: None,
+        restart_on_install: vec![("iggy", component.clone())],
+        board: board.clone(),
+        clock: clock.clone(),
+    })
+    .start();
+
+    // An installation does not start a stopped component.
+    wait_for("the first certificate", || board.lock().unwrap().is_some()).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(component_phase(&component).await.0, ComponentPhase::Stopped);
+
+    // A running component gets a new process after the next installation.
+    component
+        .send(Command {
+            request: Request::Start,
+            config_version: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    let (_, before) = wait_component(&component, "running", |phase, _| {
+        phase == ComponentPhase::Running
+    })
+    .await;
+    actor.send(ForceRenewal).await.unwrap().unwrap();
+    wait_component(&component, "running with a new process", |phase, pid| {
+        phase == ComponentPhase::Running && pid != before
+    })
+    .await;
+
+    component
+        .send(Command {
+            request: Request::Stop,
+            config_version: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    wait_component(&component, "stopped", |phase, _| {
+        phase == ComponentPhase::Stopped
+    })
+    .await;
 }
