@@ -14,10 +14,11 @@
 //! Optional: `approval_key` (hex public key of the customer approval key, which makes access
 //! rules and encryption keys need a second signature), `iggy_config_path` (default
 //! `<state_dir>/iggy/server.toml`), `heartbeat_interval_secs` (default 10),
-//! `clock_skew_secs` (default 300), `task_validity_max_secs` (default 3600),
-//! `self_upgrade_health_timeout_secs` (default 60), `tls_names` (DNS names and IP addresses for
-//! the node's TLS certificate) and `tls_listen` (socket address of the Warden's own TLS
-//! listener, such as `0.0.0.0:8443`, which serves once the first certificate is installed).
+//! `clock_skew_secs` (default 300), `task_validity_max_secs` (default 3600) and
+//! `self_upgrade_health_timeout_secs` (default 60). `tls_names` lists the DNS names and IP
+//! addresses of the node's TLS certificate. `tls_listen` is the socket address of the Warden's
+//! own TLS listener, such as `0.0.0.0:8443`, which serves once the first certificate is
+//! installed.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};

@@ -1,7 +1,7 @@
-//! The certificate actor against a fake control plane on the in-memory bus: first issuance,
-//! the files and listener, forced renewal, a rejected request that keeps the current
-//! certificate, recovery, a restart that reuses the installed certificate, and the restart of
-//! a component that reads the managed certificate.
+//! The certificate actor against a fake control plane on the in-memory bus. The tests cover
+//! first issuance, the files and listener, forced renewal, and a rejected request that keeps
+//! the current certificate. They also cover recovery, a restart that reuses the installed
+//! certificate, and the restart of a component that reads the managed certificate.
 
 #![allow(
     clippy::unwrap_used,

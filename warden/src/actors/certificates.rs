@@ -41,7 +41,7 @@ pub const LISTENER_RETRY_MAX: Duration = Duration::from_secs(60);
 #[rtype(result = "Result<BTreeMap<String, String>, String>")]
 pub struct ForceRenewal;
 
-/// What a [`CertificateActor`] is built from.
+/// The parts a [`CertificateActor`] is built from.
 pub struct CertificateParts {
     /// The broker.
     pub bus: Arc<dyn Bus>,
@@ -217,6 +217,7 @@ impl CertificateActor {
         };
         let requested_key = key.public_key_info();
         self.pending_key = Some(key);
+
         let mut message_id = [0u8; 16];
         self.rng.fill_bytes(&mut message_id);
         let bus = self.parts.bus.clone();
@@ -236,6 +237,8 @@ impl CertificateActor {
             )
             .await
         };
+
+        // The reply, a rejection or a failed request each feed the core.
         ctx.spawn(work.into_actor(self).map(move |result, actor, ctx| {
             let _entered = actor.span.clone().entered();
             let (now, unit) = (actor.now(), actor.unit());
