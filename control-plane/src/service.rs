@@ -679,6 +679,7 @@ impl ControlPlane {
             self_upgrade_health_timeout_secs: None,
             components: Default::default(),
             tls_names: options.tls_names,
+            tls_listen: None,
         })
     }
 

@@ -15,8 +15,12 @@
 //! rules and encryption keys need a second signature), `iggy_config_path` (default
 //! `<state_dir>/iggy/server.toml`), `heartbeat_interval_secs` (default 10),
 //! `clock_skew_secs` (default 300), `task_validity_max_secs` (default 3600) and
-//! `self_upgrade_health_timeout_secs` (default 60).
+//! `self_upgrade_health_timeout_secs` (default 60). `tls_names` lists the DNS names and IP
+//! addresses of the node's TLS certificate. `tls_listen` is the socket address of the Warden's
+//! own TLS listener, such as `0.0.0.0:8443`, which serves once the first certificate is
+//! installed.
 
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -30,6 +34,7 @@ use crate::components::definition::{ComponentDefinition, ComponentsFile};
 use crate::core::heartbeat::HEARTBEAT_INTERVAL_DEFAULT;
 use crate::core::verify::TASK_VALIDITY_MAX_DEFAULT;
 use crate::core::CLOCK_SKEW_DEFAULT;
+use crate::tls::{TlsFiles, TlsName};
 
 /// Maximum size of a bootstrap file, in bytes.
 pub const BOOTSTRAP_BYTES_MAX: u64 = 64 * 1024;
@@ -101,6 +106,10 @@ pub struct BootstrapFile {
     /// no others.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tls_names: Vec<String>,
+    /// Socket address of the Warden's own TLS listener, such as `0.0.0.0:8443`; without it
+    /// the Warden opens no listening socket.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls_listen: Option<String>,
 }
 
 /// What a node needs to reach a broker in operator mode with TLS.
@@ -153,6 +162,10 @@ pub struct Bootstrap {
     pub self_upgrade_health_timeout: Duration,
     /// The components this node supervises.
     pub components: Vec<ComponentDefinition>,
+    /// Subject alternative names of the node's TLS certificate.
+    pub tls_names: Vec<TlsName>,
+    /// Socket address of the Warden's own TLS listener.
+    pub tls_listen: Option<SocketAddr>,
 }
 
 /// Why a bootstrap file is not usable.
@@ -400,8 +413,28 @@ impl Bootstrap {
             let definition = table
                 .validate(component, &default_config_path)
                 .map_err(|error| field("components", error.to_string()))?;
+            check_managed_tls(&definition, &file.state_dir)
+                .map_err(|reason| field("components", reason))?;
             components.push(definition);
         }
+        let tls_names = file
+            .tls_names
+            .iter()
+            .map(|name| TlsName::parse(name))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|error| field("tls_names", error.to_string()))?;
+        let tls_listen = file
+            .tls_listen
+            .as_deref()
+            .map(|text| {
+                text.parse::<SocketAddr>().map_err(|_| {
+                    field(
+                        "tls_listen",
+                        format!("{text:?} is not an IP address with a port, such as 0.0.0.0:8443"),
+                    )
+                })
+            })
+            .transpose()?;
         Ok(Self {
             deployment,
             node,
@@ -418,8 +451,30 @@ impl Bootstrap {
             clock_skew,
             task_validity_max,
             components,
+            tls_names,
+            tls_listen,
         })
     }
+}
+
+/// Checks that a component using the Warden's managed certificate also uses its managed key,
+/// because each renewal replaces both with a new pair.
+fn check_managed_tls(definition: &ComponentDefinition, state_dir: &Path) -> Result<(), String> {
+    let Some((certificate, key)) = &definition.tls else {
+        return Ok(());
+    };
+    let managed = TlsFiles::new(state_dir);
+    let uses_certificate = *certificate == managed.certificate;
+    let uses_key = *key == managed.key;
+    if uses_certificate == uses_key {
+        return Ok(());
+    }
+    Err(format!(
+        "[components.{}] uses only one of the Warden's managed TLS files; set tls_cert_file = {:?} and tls_key_file = {:?} together, or neither",
+        definition.component,
+        managed.certificate,
+        managed.key
+    ))
 }
 
 #[cfg(test)]
@@ -466,6 +521,7 @@ mod tests {
             self_upgrade_health_timeout_secs: None,
             components: ComponentsFile::default(),
             tls_names: Vec::new(),
+            tls_listen: None,
         }
     }
 
@@ -505,6 +561,61 @@ mod tests {
         assert!(
             error_for(|f| f.task_validity_max_secs = Some(7200)).contains("task_validity_max_secs")
         );
+    }
+
+    #[test]
+    fn tls_fields_validated() {
+        let mut file = valid();
+        file.tls_names = vec!["node-1.example".into(), "10.0.0.7".into()];
+        file.tls_listen = Some("127.0.0.1:8443".into());
+        let bootstrap = Bootstrap::from_file(file, Path::new("b.toml")).unwrap();
+        assert_eq!(
+            bootstrap.tls_names,
+            vec![
+                TlsName::Dns("node-1.example".into()),
+                TlsName::Ip("10.0.0.7".parse().unwrap())
+            ]
+        );
+        assert_eq!(
+            bootstrap.tls_listen,
+            Some("127.0.0.1:8443".parse().unwrap())
+        );
+
+        let error = error_for(|f| f.tls_names = vec!["ok.example".into(), "bad_name".into()]);
+        assert!(error.contains("field tls_names"), "{error}");
+        assert!(error.contains("\"bad_name\""), "{error}");
+        let error = error_for(|f| f.tls_listen = Some("localhost".into()));
+        assert!(error.contains("field tls_listen"), "{error}");
+        assert!(error.contains("\"localhost\""), "{error}");
+    }
+
+    #[test]
+    fn managed_certificate_needs_managed_key() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        let table = |certificate: &str, key: &str| {
+            let mut text = toml::to_string(&valid()).unwrap();
+            text.push_str(&format!(
+                "[components.iggy]\nbinary = \"/opt/iggy-server\"\ndata_dir = \"/var/lib/iggy\"\ntls_cert_file = \"{certificate}\"\ntls_key_file = \"{key}\"\n"
+            ));
+            std::fs::write(&path, text).unwrap();
+            Bootstrap::load(&path)
+        };
+        let managed_certificate = "/var/lib/warden/tls/node.crt";
+        let managed_key = "/var/lib/warden/tls/node.key";
+        assert!(table(managed_certificate, managed_key).is_ok());
+        assert!(table("/etc/iggy/cert.pem", "/etc/iggy/key.pem").is_ok());
+        let error = table(managed_certificate, "/etc/iggy/key.pem")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains("tls_key_file = \"/var/lib/warden/tls/node.key\""),
+            "{error}"
+        );
+        let error = table("/etc/iggy/cert.pem", managed_key)
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("[components.iggy]"), "{error}");
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::core::release::VerifiedRelease;
 use crate::core::self_upgrade::{agent_step, AgentStep, ReleaseRecord, Trial, TrialState};
 use crate::self_upgrade as record_file;
 
+use crate::actors::certificates::ForceRenewal;
 use crate::actors::components::{Command, ComponentActor, GetSnapshot, Request, Snapshot};
 use crate::components::definition::check_kernel_for_iggy;
 
@@ -69,6 +70,7 @@ pub struct Executor {
     timeouts: BTreeMap<&'static str, (Duration, Duration)>,
     releases: Option<ReleaseIo>,
     self_upgrade: Option<SelfUpgradeIo>,
+    certificates: Option<actix::Recipient<ForceRenewal>>,
 }
 
 /// Inputs of the Warden's upgrade of itself.
@@ -124,7 +126,14 @@ impl Executor {
             timeouts: BTreeMap::new(),
             releases: None,
             self_upgrade: None,
+            certificates: None,
         }
+    }
+
+    /// Adds the certificate actor, which carries out `rotate_certificate` tasks.
+    pub fn with_certificates(mut self, certificates: actix::Recipient<ForceRenewal>) -> Self {
+        self.certificates = Some(certificates);
+        self
     }
 
     /// Adds what the Warden's upgrade of itself needs.
@@ -196,6 +205,9 @@ impl Executor {
         if let Some((component, request, config_version)) = component_request {
             return self.run_component(component, request, config_version).await;
         }
+        if let TaskAction::RotateCertificate = &action {
+            return self.rotate_certificate().await;
+        }
         if let TaskAction::UpgradeComponent(_) = &action {
             return match task.release() {
                 Some(release) => self.upgrade(release).await,
@@ -214,6 +226,19 @@ impl Executor {
         })
         .await
         .unwrap_or_else(|error| Err(format!("execution thread failed: {error}")))
+    }
+
+    /// Forces a certificate renewal and waits until the new certificate is installed or the
+    /// attempt failed.
+    async fn rotate_certificate(&self) -> ExecutionOutcome {
+        let actor = self
+            .certificates
+            .as_ref()
+            .ok_or("this Warden was started without certificate management")?;
+        actor
+            .send(ForceRenewal)
+            .await
+            .map_err(|error| format!("the certificate actor is not running: {error}"))?
     }
 
     /// Sends the request to the component's actor and waits until it is running (start,

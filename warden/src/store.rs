@@ -6,6 +6,7 @@ use std::path::Path;
 use warden_bus::trust::SignedDocument;
 use warden_bus::{TaskId, UnixMillis};
 
+use crate::core::certificate::CertificateRecord;
 use crate::core::record::{decode_stored, encode_stored, RecordError, TaskRecord};
 
 /// Name of the sled tree of execution records.
@@ -16,6 +17,8 @@ const META_TREE: &str = "meta";
 const TRUST_KEY: &[u8] = b"trust_document";
 /// Key of the latest wall-clock time seen in [`META_TREE`].
 const CLOCK_KEY: &[u8] = b"clock_high_water";
+/// Key of the installed TLS certificate's record in [`META_TREE`].
+const CERTIFICATE_KEY: &[u8] = b"tls_certificate";
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -170,6 +173,39 @@ impl TaskStore {
         self.flush().await
     }
 
+    /// Reads the record of the installed TLS certificate, if any.
+    pub fn load_certificate(&self) -> Result<Option<CertificateRecord>, StoreError> {
+        let Some(bytes) = self
+            .meta
+            .get(CERTIFICATE_KEY)
+            .map_err(|source| self.sled_error(source))?
+        else {
+            return Ok(None);
+        };
+        let record: CertificateRecord =
+            decode_stored(&bytes).map_err(|source| self.record_error(CERTIFICATE_KEY, source))?;
+        if record.not_before >= record.not_after {
+            let reason = format!(
+                "not_before {} is not before not_after {}",
+                record.not_before, record.not_after
+            );
+            return Err(self.record_error(CERTIFICATE_KEY, RecordError::Malformed { reason }));
+        }
+        Ok(Some(record))
+    }
+
+    /// Stores the record of the TLS certificate about to be installed and waits until it is
+    /// flushed.
+    pub async fn persist_certificate(&self, record: &CertificateRecord) -> Result<(), StoreError> {
+        debug_assert!(record.not_before < record.not_after);
+        let bytes =
+            encode_stored(record).map_err(|source| self.record_error(CERTIFICATE_KEY, source))?;
+        self.meta
+            .insert(CERTIFICATE_KEY, bytes)
+            .map_err(|source| self.sled_error(source))?;
+        self.flush().await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.db
             .flush_async()
@@ -204,11 +240,29 @@ mod tests {
             store.persist(&record(2)).await.unwrap();
             store.forget(&[TaskId::from_random([2; 16])]).await.unwrap();
             store.persist_clock(UnixMillis(42)).await.unwrap();
+            store.persist_certificate(&certificate()).await.unwrap();
         }
         let store = TaskStore::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap(), vec![record(1)]);
         assert_eq!(store.load_clock().unwrap(), UnixMillis(42));
         assert_eq!(store.load_trust().unwrap(), None);
+        assert_eq!(store.load_certificate().unwrap(), Some(certificate()));
+    }
+
+    fn certificate() -> CertificateRecord {
+        CertificateRecord {
+            not_before: UnixMillis(1_000),
+            not_after: UnixMillis(61_000),
+            bundle_version: 4,
+            renew_at: UnixMillis(37_000),
+        }
+    }
+
+    #[test]
+    fn certificate_absent_until_stored() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = TaskStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_certificate().unwrap(), None);
     }
 
     #[test]

@@ -54,6 +54,7 @@ fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
         self_upgrade_health_timeout_secs: None,
         components: Default::default(),
         tls_names: Vec::new(),
+        tls_listen: None,
     }
 }
 

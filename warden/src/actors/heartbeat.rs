@@ -10,6 +10,7 @@ use warden_actors::entropy::{self, Entropy};
 use warden_actors::ChildGuard;
 use warden_bus::{Bus, Envelope, MessageId, SigningKey, Subject};
 
+use super::certificates::CertificateBoard;
 use super::components::StatusBoard;
 use crate::core::heartbeat::HeartbeatSchedule;
 
@@ -36,6 +37,8 @@ pub struct HeartbeatParts {
     pub node_key: SigningKey,
     /// Phases of the supervised components.
     pub components: StatusBoard,
+    /// The node's TLS certificate, once one is installed.
+    pub certificate: CertificateBoard,
 }
 
 /// Publishes heartbeats; a failed publish is logged and the schedule goes on.
@@ -68,6 +71,11 @@ impl Heartbeater {
             .values()
             .cloned()
             .collect();
+        heartbeat.certificate = *self
+            .parts
+            .certificate
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let mut id = [0u8; 16];
         self.parts.rng.fill_bytes(&mut id);
         let bytes = match Envelope::seal(MessageId::from_random(id), &heartbeat)

@@ -6,8 +6,10 @@
 //! └── heartbeat: Heartbeater (HeartbeatSchedule)
 //!
 //! ComponentActor per [components.*] table (ComponentSupervisor), outside the supervisor
+//! CertificateActor (CertificateCore, the TLS files and listener), outside the supervisor
 //! ```
 
+pub mod certificates;
 pub mod components;
 pub mod heartbeat;
 pub mod renewal;
@@ -33,7 +35,9 @@ use crate::core::heartbeat::HeartbeatSchedule;
 use crate::core::verify::{Identity, Limits};
 use crate::executor::{Executor, ReleaseIo, SelfUpgradeIo};
 use crate::store::TaskStore;
+use crate::tls::{CertificateSlot, TlsFiles};
 
+use self::certificates::{CertificateActor, CertificateBoard, CertificateParts};
 use self::components::{ComponentActor, ComponentParts, StatusBoard};
 use self::heartbeat::{HeartbeatParts, Heartbeater};
 use self::tasks::{PulledTask, RunnerParts, TaskRunner};
@@ -76,6 +80,8 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
     let mut handles = BTreeMap::new();
     let mut timeouts = BTreeMap::new();
     let mut installers = BTreeMap::new();
+    let tls_files = TlsFiles::new(&bootstrap.state_dir);
+    let mut restart_on_install = Vec::new();
     for definition in &bootstrap.components {
         let component = definition.component;
         let opened = Installer::new(component, &bootstrap.state_dir, parts.store.db())
@@ -106,6 +112,13 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             kernel_release_file: self::components::KERNEL_RELEASE_FILE.into(),
         })
         .start();
+        if definition
+            .tls
+            .as_ref()
+            .is_some_and(|(certificate, _)| *certificate == tls_files.certificate)
+        {
+            restart_on_install.push((component.as_str(), actor.clone()));
+        }
         handles.insert(component.as_str(), actor);
         timeouts.insert(
             component.as_str(),
@@ -126,6 +139,25 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             tracing::error!(component = "warden", error = %error, "cannot open the Warden's release record; it cannot upgrade itself");
         }
     }
+    // The certificate actor also runs outside the supervisor: the executor keeps its address
+    // for rotate_certificate tasks, and its listener must not stop on an unrelated restart.
+    let certificate_board = CertificateBoard::default();
+    let certificate_actor = CertificateActor::new(CertificateParts {
+        bus: parts.bus.clone(),
+        node_key: parts.node_key.clone(),
+        deployment: bootstrap.deployment.clone(),
+        node: bootstrap.node.clone(),
+        names: bootstrap.tls_names.clone(),
+        store: parts.store.clone(),
+        files: tls_files,
+        slot: Arc::new(CertificateSlot::default()),
+        listen: bootstrap.tls_listen,
+        restart_on_install,
+        board: certificate_board.clone(),
+        clock: parts.clock.clone(),
+    })
+    .start();
+
     let heartbeats_sent = Arc::new(AtomicU64::new(0));
     let own_binary = std::env::current_exe().unwrap_or_else(|error| {
         tracing::warn!(error = %error, "cannot find this process's binary; self-upgrade compares against an empty path");
@@ -162,7 +194,8 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             clock: parts.clock.clone(),
             installers,
         })
-        .with_self_upgrade(self_upgrade),
+        .with_self_upgrade(self_upgrade)
+        .with_certificates(certificate_actor.recipient()),
         bus: parts.bus.clone(),
         clock: parts.clock.clone(),
         config_version: config_version.clone(),
@@ -221,6 +254,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
                 config_version: config_version.clone(),
                 node_key: node_key.clone(),
                 components: board.clone(),
+                certificate: certificate_board.clone(),
                 sent: heartbeats_sent.clone(),
             };
             Heartbeater::new(parts, guard).start();

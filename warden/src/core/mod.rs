@@ -10,6 +10,7 @@
 //! report goes out before the acknowledgement so that a failed report is retried by the
 //! broker's redelivery, which republishes the recorded outcome without executing again.
 
+pub mod certificate;
 pub mod component;
 pub mod credentials;
 pub mod heartbeat;
@@ -405,6 +406,7 @@ impl WardenCore {
                 }
             }
             TaskAction::CollectDiagnostics
+            | TaskAction::RotateCertificate
             | TaskAction::StartComponent(_)
             | TaskAction::StopComponent(_)
             | TaskAction::RestartComponent(_) => Ok(Change::None),

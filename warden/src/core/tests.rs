@@ -537,18 +537,17 @@ fn reconfigure_needs_applied_version() {
 }
 
 #[test]
-fn vocabulary_without_capability_unsupported() {
-    let actions = [TaskAction::RotateCertificate];
-    for (index, action) in actions.iter().enumerate() {
-        let mut core = core();
-        let id = u8::try_from(index).unwrap();
-        assert_eq!(
-            code_for(&mut core, &task(id, action)),
-            Some(RejectCode::Unsupported),
-            "{}",
-            action.kind()
-        );
-    }
+fn rotate_certificate_executes() {
+    let mut core = core();
+    let effects = core.on_pulled(
+        pulled(&sign(&task(1, &TaskAction::RotateCertificate)), 1),
+        NOW,
+    );
+    assert_eq!(rejection_code(&effects), None, "{effects:?}");
+    assert!(
+        matches!(effects.last(), Some(Effect::Execute(verified)) if verified.action() == &TaskAction::RotateCertificate),
+        "{effects:?}"
+    );
 }
 
 #[test]
