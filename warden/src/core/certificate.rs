@@ -244,11 +244,15 @@ impl CertificateCore {
             Ok(validity) => validity,
             Err(error) => return self.on_failed(&error.to_string(), now, unit),
         };
+        // The renewal point is measured from now on the node's own clock, not from the
+        // certificate's dates on the control plane's clock, so a node whose clock is off by a
+        // constant amount still renews at 50 to 70 % of the lifetime.
+        let lifetime = validity.not_after.since(validity.not_before);
         let record = CertificateRecord {
             not_before: validity.not_before,
             not_after: validity.not_after,
             bundle_version: issued.bundle_version,
-            renew_at: renewal_time(validity.not_before, validity.not_after, unit),
+            renew_at: renewal_time(now, now.saturating_add(lifetime), unit),
         };
         self.phase = Phase::Installing(record);
         vec![CertificateEffect::Install(Box::new(Installation {

@@ -141,6 +141,32 @@ fn damaged_files_keep_bundle_floor() {
 }
 
 #[test]
+fn renewal_with_a_slow_clock_is_before_expiry() {
+    let ca = Ca::new("ca");
+    let key = KeyPair::generate().unwrap();
+    // The node's clock is ten minutes behind the control plane's.
+    let behind = Duration::from_secs(600);
+    let node_now = start().saturating_sub(behind);
+    let (mut core, _) = CertificateCore::start(None, false, node_now);
+    let effects = core.on_issued(
+        issued(&ca, &key, 1),
+        &key.subject_public_key_info(),
+        node_now,
+        0.999,
+    );
+    let Some(CertificateEffect::Install(installation)) = effects.first() else {
+        panic!("expected an installation, got {effects:?}");
+    };
+    // Its renewal, converted to the control plane's clock, comes before the expiry.
+    let renew_true = installation.record.renew_at.saturating_add(behind);
+    let margin = installation.record.not_after.since(renew_true);
+    assert!(
+        margin >= Duration::from_secs(u64::try_from(LIFETIME_SECS).unwrap() / 4),
+        "the node renews {margin:?} before expiry"
+    );
+}
+
+#[test]
 fn renewal_due_at_its_time() {
     let ca = Ca::new("ca");
     let mut core = installed_core(&ca, 0.5);
