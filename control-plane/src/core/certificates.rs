@@ -45,8 +45,10 @@ pub const REFRESH_FAILURES_DEFAULT: u32 = 3;
 /// Largest number of names one node may register.
 pub const TLS_NAMES_MAX: usize = 16;
 
-/// Largest difference between a request's `sent_at` and the control plane's clock.
-pub const REQUEST_AGE_MAX: Duration = Duration::from_secs(600);
+/// Largest difference between a request's `sent_at` and the control plane's clock. It bounds
+/// the replay of a captured request, and it is wider than the clock error nodes are expected to
+/// have, because a node that cannot renew loses its certificate.
+pub const REQUEST_AGE_MAX: Duration = Duration::from_secs(900);
 
 /// Resolved alerts kept per node, newest last.
 pub const ALERT_HISTORY_MAX: usize = 10;
