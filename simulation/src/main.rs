@@ -174,6 +174,7 @@ fn print_summary(outcome: &Outcome) {
         "tasks issued {}; final statuses {:?}",
         stats.tasks, outcome.statuses
     );
+    println!("certificates installed {}", stats.certificates);
     println!("invariant checks {}", stats.checks);
     println!(
         "trace {} events, hash {}",

@@ -105,6 +105,30 @@ impl Network {
         self.partitions.remove(&who);
     }
 
+    /// Checks whether a request from `from` reaches `to` and its reply comes back: no partition
+    /// in the way and neither message lost. Losses count as faults.
+    pub fn round_trip(&mut self, from: Participant, to: Participant) -> Result<(), &'static str> {
+        if !(self.can_send(from) && self.can_receive(to)) {
+            return Err("a partition cut the request");
+        }
+        if !(self.can_send(to) && self.can_receive(from)) {
+            return Err("a partition cut the reply");
+        }
+        let loss = self.rates.message_loss;
+        if self.roll(loss, "request lost") {
+            return Err("the request was lost");
+        }
+        if self.roll(loss, "reply lost") {
+            return Err("the reply was lost");
+        }
+        Ok(())
+    }
+
+    /// Whether `who` can both send and receive.
+    pub fn connected(&self, who: Participant) -> bool {
+        self.can_send(who) && self.can_receive(who)
+    }
+
     fn roll(&mut self, probability: f64, kind: &'static str) -> bool {
         if !self.enabled || probability <= 0.0 || !self.rng.gen_bool(probability.min(1.0)) {
             return false;

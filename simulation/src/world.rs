@@ -6,7 +6,7 @@
 //! binary runs, with a simulated disk. Only the I/O is simulated; no decision is copied.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -16,14 +16,16 @@ use futures::executor::block_on;
 use futures::{FutureExt, StreamExt};
 use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
+use warden::core::certificate::{CertificateCore, CertificateEffect, CertificateRecord, Issued};
 use warden::core::heartbeat::HeartbeatSchedule;
 use warden::core::record::{RecordState, TaskRecord as NodeRecord};
 use warden::core::release::BUILD_TARGET;
 use warden::core::verify::{Identity, Limits, VerifiedTask, TASK_VALIDITY_MAX_DEFAULT};
 use warden::core::{ExecutionOutcome, Persisted, Pulled, WardenCore, CLOCK_SKEW_DEFAULT};
 use warden::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
+use warden::tls::{signing_request, NodeTlsKey};
 use warden_actors::entropy::{self, Entropy};
-use warden_bus::messages::{Component, Upgrade};
+use warden_bus::messages::{CertificateReply, CertificateRequest, Component, Upgrade};
 use warden_bus::release::{ReleaseManifest, SignedManifest};
 use warden_bus::subject::{
     task_consumer, CONTROL_PLANE_QUEUE, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
@@ -33,13 +35,16 @@ use warden_bus::transport::Subscription;
 use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
 use warden_bus::{
     Bus, Clock, Delivery, DeploymentId, Envelope, ManualClock, MessageId, NodeId, PublicKey,
-    SignedEnvelope, SigningKey, Subject, Task, TaskAction, TaskId, TaskReport, TelemetryKind,
-    UnixMillis,
+    RpcVerb, SignedEnvelope, SigningKey, Subject, Task, TaskAction, TaskId, TaskReport,
+    TelemetryKind, UnixMillis,
 };
+use warden_control_plane::ca::SecretsKey;
+use warden_control_plane::core::certificates::{AlertPolicy, RateLimit};
 use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::TaskStatus;
 use warden_control_plane::service::{
-    ControlPlane, Disposition, NodeOptions, Settings, Target, TaskFilter,
+    CaStep, CertificateSettings, ControlPlane, Disposition, NodeOptions, Settings, Target,
+    TaskFilter,
 };
 
 use crate::config::{FaultRates, Mode, RunConfig};
@@ -67,6 +72,14 @@ const ISSUE_EVERY: Duration = Duration::from_secs(15);
 const POLL_BATCH_MAX: usize = 16;
 const DEPLOYMENT: &str = "sim";
 
+/// Lifetime of node certificates: long enough that a node clock off by [`CLOCK_OFFSET_MAX`]
+/// still takes them as valid, short enough that 20-minute runs see renewals.
+pub const CERTIFICATE_LIFETIME: Duration = Duration::from_secs(15 * 60);
+
+/// The invariant about node certificates.
+const CERTIFICATE_INVARIANT: &str =
+    "no node holds an expired certificate when the control plane was reachable through its renewal window";
+
 /// Mixed into the seed for the release key's own random stream.
 const RELEASE_KEY_STREAM: u64 = 0x5245_4c45_4153_4521;
 
@@ -92,6 +105,8 @@ pub struct Stats {
     pub tasks: u64,
     /// Invariant checks made.
     pub checks: u64,
+    /// Node certificates installed.
+    pub certificates: u64,
     /// Simulated time covered.
     pub simulated: Duration,
     /// Wall time taken.
@@ -120,6 +135,7 @@ enum Event {
     NodePoll(usize),
     NodeBeat(usize),
     NodeRestart(usize),
+    CertificateTick(usize),
     ClockJump,
     Reports(usize),
     Sweep(usize),
@@ -161,6 +177,7 @@ struct Disk {
     trust: TrustDocument,
     clock_high_water: UnixMillis,
     installed: BTreeMap<Component, u64>,
+    certificate: Option<CertificateRecord>,
 }
 
 struct SimNode {
@@ -172,6 +189,12 @@ struct SimNode {
     disk: Disk,
     heartbeat: HeartbeatSchedule,
     in_flight: Option<TaskId>,
+    /// The certificate lifecycle; `None` while the Warden is down.
+    certificates: Option<CertificateCore>,
+    /// When, in true time, the next certificate tick is due.
+    certificate_wake: Option<UnixMillis>,
+    /// A `rotate_certificate` task asked for a renewal.
+    renewal_forced: bool,
 }
 
 struct Replica {
@@ -189,6 +212,11 @@ struct Oracle {
     interrupted: BTreeSet<TaskId>,
     executions: BTreeMap<String, u64>,
     applied_config: Vec<u64>,
+    /// Per node, the last time, in true time, it could not reach a control-plane replica:
+    /// down, partitioned, no replica up, or a request or reply lost.
+    last_cut: Vec<UnixMillis>,
+    /// Per node, the last time, in true time, its clock was stepped.
+    last_clock_step: Vec<UnixMillis>,
     checks: u64,
     violation: Option<Violation>,
 }
@@ -338,6 +366,45 @@ impl Oracle {
         }
     }
 
+    /// Fails if node `node_index` holds an expired certificate although nothing cut it off the
+    /// control plane since the start of its renewal window, the second half of the lifetime, and
+    /// its clock was not stepped since the certificate was issued.
+    fn check_certificate(
+        &mut self,
+        node_index: usize,
+        node: &NodeId,
+        record: Option<&CertificateRecord>,
+        now: UnixMillis,
+    ) {
+        self.checks += 1;
+        let Some(record) = record else {
+            return;
+        };
+        if record.not_after > now {
+            return;
+        }
+        let lifetime = record.not_after.since(record.not_before);
+        let window_start = record.not_before.saturating_add(lifetime / 2);
+        let last_cut = self.last_cut.get(node_index).copied().unwrap_or(now);
+        if last_cut >= window_start {
+            return;
+        }
+        // NOTE: the Warden schedules renewal on its wall clock, so a clock stepped back at any
+        // time after the certificate was issued delays the renewal by the step.
+        let last_clock_step = self.last_clock_step.get(node_index).copied().unwrap_or(now);
+        if last_clock_step >= record.not_before {
+            return;
+        }
+        self.fail(
+            now,
+            CERTIFICATE_INVARIANT,
+            format!(
+                "{node} holds a certificate that expired at {}; its renewal window began at {window_start} and it was last cut off at {last_cut}",
+                record.not_after
+            ),
+        );
+    }
+
     fn record_applied(&mut self, node_index: usize, version: u64) {
         if let Some(applied) = self.applied_config.get_mut(node_index) {
             *applied = (*applied).max(version);
@@ -463,6 +530,11 @@ impl NodeIo for SimIo<'_> {
                     "release_counter".to_owned(),
                     upgrade.release_counter.to_string(),
                 )]))
+            }
+            TaskAction::RotateCertificate => {
+                // The world forces the renewal after the poll; its outcome is not awaited here.
+                self.node.renewal_forced = true;
+                Ok(BTreeMap::new())
             }
             other => Err(format!("{} is not simulated", other.kind())),
         };
@@ -614,8 +686,20 @@ impl World {
             node_jwt_ttl: Duration::from_secs(24 * 3600),
             release_clock_skew: Duration::from_secs(300),
             failpoint: None,
-            certificates: Default::default(),
+            certificates: CertificateSettings {
+                lifetime: CERTIFICATE_LIFETIME,
+                rate: RateLimit {
+                    max: 10,
+                    window: Duration::from_secs(3600),
+                },
+                alerts: AlertPolicy {
+                    expiring_within: CERTIFICATE_LIFETIME / 5,
+                    refresh_failures: 3,
+                },
+            },
         };
+        let mut secrets = [0u8; 32];
+        rng.fill_bytes(&mut secrets);
         let mut replicas = Vec::with_capacity(REPLICAS);
         for index in 0..REPLICAS {
             let bus = FaultyBus::new(
@@ -634,7 +718,8 @@ impl World {
                 Arc::new(replica_clock),
                 Entropy::seed_from_u64(rng.next_u64()),
                 settings.clone(),
-            );
+            )
+            .with_secrets(Some(SecretsKey::from_bytes(secrets)));
             replicas.push(Replica {
                 control_plane,
                 up: true,
@@ -710,6 +795,7 @@ impl World {
                 trust: trust.clone(),
                 clock_high_water: UnixMillis(0),
                 installed: BTreeMap::new(),
+                certificate: None,
             };
             let clock = OffsetClock {
                 base: clock.clone(),
@@ -730,6 +816,9 @@ impl World {
                 disk,
                 heartbeat,
                 in_flight: None,
+                certificates: None,
+                certificate_wake: None,
+                renewal_forced: false,
             };
             node.core = Some(Self::boot(&node, &deployment));
             nodes.push(node);
@@ -744,6 +833,8 @@ impl World {
             interrupted: BTreeSet::new(),
             executions: BTreeMap::new(),
             applied_config: vec![0; config.nodes],
+            last_cut: vec![START; config.nodes],
+            last_clock_step: vec![START; config.nodes],
             checks: 0,
             violation: None,
         };
@@ -803,6 +894,7 @@ impl World {
             let offset = Duration::from_millis(self.rng.gen_range(0..10_000));
             self.schedule(offset, Event::NodeBeat(index));
             self.schedule(offset, Event::NodePoll(index));
+            self.schedule(offset, Event::CertificateTick(index));
         }
         for index in 0..REPLICAS {
             self.schedule(Duration::from_millis(100), Event::Reports(index));
@@ -881,6 +973,7 @@ impl World {
             Event::NodePoll(index) => self.node_poll(index, true),
             Event::NodeBeat(index) => self.node_beat(index),
             Event::NodeRestart(index) => self.node_restart(index),
+            Event::CertificateTick(index) => self.certificate_tick(index),
             Event::ClockJump => self.clock_jump(),
             Event::Reports(index) => self.replica_reports(index),
             Event::Sweep(index) => self.replica_sweep(index),
@@ -888,6 +981,7 @@ impl World {
             Event::ReplicaRestart(index) => self.replica_restart(index),
             Event::Partition => self.partition(),
             Event::PartitionEnd(who) => {
+                self.mark_partition(who);
                 net::lock(&self.network).heal(who);
                 self.note(&format!("partition of {who:?} healed"));
             }
@@ -968,11 +1062,16 @@ impl World {
         }
 
         let node_id = node.id.clone();
+        let forced = !crashed && std::mem::take(&mut node.renewal_forced);
         if crashed {
             // The process is gone; whatever was in flight was interrupted.
             if let Some(task) = node.in_flight.take() {
                 self.oracle.interrupted.insert(task);
             }
+            node.certificates = None;
+            node.certificate_wake = None;
+            node.renewal_forced = false;
+            self.mark_cut(index);
             let downtime = Duration::from_millis(self.rng.gen_range(1_000..30_000));
             self.schedule(downtime, Event::NodeRestart(index));
             self.note(&format!("{node_id} crashed"));
@@ -989,6 +1088,214 @@ impl World {
         for sequence in handled {
             self.note(&format!("{node_id} handled message {sequence}"));
         }
+        if forced {
+            let effects = self
+                .nodes
+                .get_mut(index)
+                .and_then(|node| node.certificates.as_mut())
+                .map(CertificateCore::force)
+                .unwrap_or_default();
+            self.apply_certificate_effects(index, effects);
+        }
+    }
+
+    /// Marks node `index` as cut off from the control plane now.
+    fn mark_cut(&mut self, index: usize) {
+        let now = self.clock.now();
+        if let Some(last_cut) = self.oracle.last_cut.get_mut(index) {
+            *last_cut = now;
+        }
+    }
+
+    /// Marks every node as cut off now if no replica is both up and connected.
+    fn mark_cut_if_no_replica(&mut self) {
+        let reachable = {
+            let network = net::lock(&self.network);
+            self.replicas.iter().enumerate().any(|(index, replica)| {
+                replica.up && network.connected(Participant::Replica(index))
+            })
+        };
+        if !reachable {
+            for index in 0..self.nodes.len() {
+                self.mark_cut(index);
+            }
+        }
+    }
+
+    /// Runs node `index`'s certificate core if this tick is the one it asked for.
+    fn certificate_tick(&mut self, index: usize) {
+        let true_now = self.clock.now();
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        if node.core.is_none() || node.certificate_wake.is_some_and(|wake| wake != true_now) {
+            return;
+        }
+        node.certificate_wake = None;
+        self.check_certificate(index);
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        let now = node.clock.now();
+        let effects = match node.certificates.as_mut() {
+            Some(core) => core.tick(now),
+            None => {
+                // The Warden's files are written atomically with the record in the simulation,
+                // so they always match it.
+                let (core, effects) = CertificateCore::start(node.disk.certificate, true, now);
+                node.certificates = Some(core);
+                effects
+            }
+        };
+        self.apply_certificate_effects(index, effects);
+    }
+
+    /// Carries out a certificate core's effects the way the Warden's certificate actor does.
+    fn apply_certificate_effects(&mut self, index: usize, effects: Vec<CertificateEffect>) {
+        let mut pending: VecDeque<CertificateEffect> = effects.into();
+        while let Some(effect) = pending.pop_front() {
+            match effect {
+                CertificateEffect::Request => pending.extend(self.certificate_request(index)),
+                CertificateEffect::Install(installation) => {
+                    let Some(node) = self.nodes.get_mut(index) else {
+                        return;
+                    };
+                    // Persisted and flushed before the files switch; one step here.
+                    node.disk.certificate = Some(installation.record);
+                    let effects = node
+                        .certificates
+                        .as_mut()
+                        .map(CertificateCore::on_installed)
+                        .unwrap_or_default();
+                    let id = node.id.clone();
+                    self.stats.certificates += 1;
+                    self.note(&format!(
+                        "{id} installed a certificate of bundle {}",
+                        installation.record.bundle_version
+                    ));
+                    pending.extend(effects);
+                }
+                CertificateEffect::WakeAt(at) => self.schedule_certificate_wake(index, at),
+                CertificateEffect::Failed { failures, .. } => {
+                    let id = self.nodes.get(index).map(|node| node.id.clone());
+                    if let Some(id) = id {
+                        self.note(&format!("{id} certificate attempt {failures} failed"));
+                    }
+                }
+                CertificateEffect::Status(_) | CertificateEffect::Installed(_) => {}
+            }
+        }
+        self.check_certificate(index);
+    }
+
+    /// Schedules node `index`'s next certificate tick at `at` on its own clock.
+    fn schedule_certificate_wake(&mut self, index: usize, at: UnixMillis) {
+        let true_now = self.clock.now();
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        let delay = if at > node.clock.now() {
+            at.since(node.clock.now())
+        } else {
+            Duration::ZERO
+        };
+        let due = true_now.saturating_add(delay);
+        node.certificate_wake = Some(due);
+        self.schedule(delay, Event::CertificateTick(index));
+    }
+
+    fn check_certificate(&mut self, index: usize) {
+        let now = self.clock.now();
+        if let Some(node) = self.nodes.get(index) {
+            if node.core.is_some() {
+                self.oracle
+                    .check_certificate(index, &node.id, node.disk.certificate.as_ref(), now);
+            }
+        }
+    }
+
+    /// Sends node `index`'s certificate request to a replica over the simulated network and
+    /// feeds the outcome to its certificate core.
+    fn certificate_request(&mut self, index: usize) -> Vec<CertificateEffect> {
+        let unit = entropy::unit_interval(&mut self.rng);
+        let outcome = self.certificate_round_trip(index);
+        if let Err((_, cut)) = &outcome {
+            if *cut {
+                self.mark_cut(index);
+            }
+        }
+        let Some(node) = self.nodes.get_mut(index) else {
+            return Vec::new();
+        };
+        let now = node.clock.now();
+        let Some(core) = node.certificates.as_mut() else {
+            return Vec::new();
+        };
+        match outcome {
+            Ok((issued, key_info)) => core.on_issued(issued, &key_info, now, unit),
+            Err((reason, _)) => core.on_failed(&reason, now, unit),
+        }
+    }
+
+    /// Returns the issued certificate and the requested key's SubjectPublicKeyInfo, or the
+    /// reason of the failure and whether the control plane was out of reach.
+    fn certificate_round_trip(
+        &mut self,
+        index: usize,
+    ) -> Result<(Issued, Vec<u8>), (String, bool)> {
+        let cut = |reason: &str| (reason.to_owned(), true);
+        let replica_index = self
+            .up_replica()
+            .ok_or_else(|| cut("no control-plane replica is up"))?;
+        let mut message_id = [0u8; 16];
+        self.rng.fill_bytes(&mut message_id);
+        let node = self.nodes.get(index).ok_or_else(|| cut("no such node"))?;
+        let key = NodeTlsKey::generate().map_err(|error| (error.to_string(), false))?;
+        let csr_pem =
+            signing_request(&node.id, &[], &key).map_err(|error| (error.to_string(), false))?;
+        let request = CertificateRequest {
+            deployment: self.deployment.clone(),
+            node: node.id.clone(),
+            csr_pem,
+            sent_at: node.clock.now(),
+        };
+        let payload = Envelope::seal(MessageId::from_random(message_id), &request)
+            .and_then(|envelope| node.key.sign(&envelope))
+            .and_then(|signed| signed.encode())
+            .map_err(|error| (error.to_string(), false))?;
+        net::lock(&self.network)
+            .round_trip(
+                Participant::Node(index),
+                Participant::Replica(replica_index),
+            )
+            .map_err(cut)?;
+        let subject = Subject::rpc(&self.deployment, &node.id, RpcVerb::Certificate);
+        let replica = self
+            .replicas
+            .get(replica_index)
+            .ok_or_else(|| cut("no such replica"))?;
+        let reply = block_on(replica.control_plane.handle_rpc(subject.as_str(), &payload))
+            .map_err(|error| cut(&error.to_string()))?
+            .ok_or_else(|| cut("the control plane sent no reply"))?;
+        let reply = Envelope::decode(&reply)
+            .and_then(|envelope| envelope.open::<CertificateReply>())
+            .map_err(|error| (error.to_string(), false))?;
+        match reply {
+            CertificateReply::Issued {
+                chain_pem,
+                bundle_pem,
+                bundle_version,
+                ..
+            } => Ok((
+                Issued {
+                    chain_pem,
+                    bundle_pem,
+                    bundle_version,
+                },
+                key.public_key_info(),
+            )),
+            CertificateReply::Refused { code, reason } => Err((format!("{code}: {reason}"), false)),
+        }
     }
 
     fn node_restart(&mut self, index: usize) {
@@ -1000,19 +1307,25 @@ impl World {
         }
         node.in_flight = None;
         node.core = Some(Self::boot(node, &self.deployment));
+        node.certificates = None;
+        node.certificate_wake = None;
         let id = node.id.clone();
         self.note(&format!("{id} restarted"));
+        self.mark_cut(index);
         self.schedule(Duration::from_millis(10), Event::NodePoll(index));
+        self.schedule(Duration::from_millis(10), Event::CertificateTick(index));
     }
 
     fn node_beat(&mut self, index: usize) {
+        self.check_certificate(index);
         let unit = entropy::unit_interval(&mut self.rng);
         let Some(node) = self.nodes.get_mut(index) else {
             return;
         };
         let delay = node.heartbeat.next_delay(unit);
         if let Some(core) = &node.core {
-            let heartbeat = node.heartbeat.beat(node.clock.now(), core.config_version());
+            let mut heartbeat = node.heartbeat.beat(node.clock.now(), core.config_version());
+            heartbeat.certificate = node.certificates.as_ref().and_then(CertificateCore::status);
             let mut id = [0u8; 16];
             self.rng.fill_bytes(&mut id);
             let signed = Envelope::seal(MessageId::from_random(id), &heartbeat)
@@ -1046,6 +1359,10 @@ impl World {
                 "clock jumped forward"
             });
             self.note(&format!("{id} clock jumped {jump} ms"));
+            let now = self.clock.now();
+            if let Some(step) = self.oracle.last_clock_step.get_mut(index) {
+                *step = now;
+            }
         }
         let next = self.exponential(self.rates.clock_jump_every);
         self.schedule(next, Event::ClockJump);
@@ -1118,6 +1435,7 @@ impl World {
             if replica.up {
                 replica.up = false;
                 replica.heartbeats = None;
+                self.mark_cut_if_no_replica();
                 self.faults.add("control-plane replica crash");
                 self.note(&format!("replica {index} crashed"));
                 let downtime = Duration::from_millis(self.rng.gen_range(5_000..60_000));
@@ -1135,6 +1453,10 @@ impl World {
         if replica.up {
             return;
         }
+        self.mark_cut_if_no_replica();
+        let Some(replica) = self.replicas.get_mut(index) else {
+            return;
+        };
         let subscribed = block_on(replica.control_plane.bus().subscribe(
             &Subject::all_telemetry(TelemetryKind::Heartbeat),
             Some(CONTROL_PLANE_QUEUE),
@@ -1162,10 +1484,19 @@ impl World {
         };
         net::lock(&self.network).partition(who, cut);
         self.note(&format!("partition of {who:?}: {cut:?}"));
+        self.mark_partition(who);
         let length = Duration::from_millis(self.rng.gen_range(5_000..90_000));
         self.schedule(length, Event::PartitionEnd(who));
         let next = self.exponential(self.rates.partition_every);
         self.schedule(next, Event::Partition);
+    }
+
+    /// Marks the nodes a partition of `who` cuts off, when it starts and when it ends.
+    fn mark_partition(&mut self, who: Participant) {
+        match who {
+            Participant::Node(index) => self.mark_cut(index),
+            Participant::Replica(_) => self.mark_cut_if_no_replica(),
+        }
     }
 
     fn up_replica(&mut self) -> Option<usize> {
@@ -1197,21 +1528,33 @@ impl World {
                     .unwrap_or_else(|| unreachable!("index is in range")),
             )
         };
-        let pick = self.rng.gen_range(0..20);
-        let request = if pick < 14 {
+        let pick = self.rng.gen_range(0..40);
+        let request = if pick < 28 {
             let version = self.next_config_version;
             self.next_config_version += 1;
             ActionRequest::ApplyConfig {
                 version,
                 content: format!("[system]\nversion = {version}\n"),
             }
-        } else if pick < 17 {
+        } else if pick < 34 {
             match self.release_request() {
                 Some(request) => request,
                 None => return,
             }
-        } else {
+        } else if pick < 38 {
             ActionRequest::CollectDiagnostics {}
+        } else if pick == 38 {
+            // Renewals a node forces must not stand in for the ones it schedules, so this goes
+            // to one node.
+            let index = self.rng.gen_range(0..self.nodes.len().max(1));
+            if let Some(node) = self.nodes.get(index) {
+                let target = Target::Node(node.id.clone());
+                self.issue_request(target, ActionRequest::RotateCertificate {});
+            }
+            return;
+        } else {
+            self.ca_step();
+            return;
         };
         self.issue_request(target, request);
     }
@@ -1299,6 +1642,37 @@ impl World {
     }
 
     /// Issues through a live replica; returns whether the replica reported success.
+    /// Takes one step of the deployment's CA rotation as an operator would: begin when stable,
+    /// otherwise mostly advance and sometimes roll back. The control plane rejects a step that
+    /// live nodes are not ready for.
+    fn ca_step(&mut self) {
+        let Some(index) = self.up_replica() else {
+            return;
+        };
+        let Some(control_plane) = self
+            .replicas
+            .get(index)
+            .map(|replica| replica.control_plane.clone())
+        else {
+            return;
+        };
+        let Ok(view) = block_on(control_plane.ca_status(&self.deployment)) else {
+            return;
+        };
+        let step = if view.phase == "stable" {
+            CaStep::Begin
+        } else if self.rng.gen_bool(0.8) {
+            CaStep::Advance
+        } else {
+            CaStep::Rollback
+        };
+        let taken = block_on(control_plane.ca_step(&self.deployment, step)).is_ok();
+        self.note(&format!(
+            "CA step {step:?} {}",
+            if taken { "taken" } else { "rejected" }
+        ));
+    }
+
     fn issue_request(&mut self, target: Target, request: ActionRequest) -> bool {
         let Some(replica) = self.up_replica() else {
             return false;
@@ -1408,8 +1782,14 @@ impl World {
         self.faults_on = false;
         net::lock(&self.network).set_enabled(false);
         self.healed_at = Some(self.clock.now());
-        for node in &self.nodes {
-            node.clock.offset_ms.store(0, Ordering::SeqCst);
+        let now = self.clock.now();
+        for (index, node) in self.nodes.iter().enumerate() {
+            // Setting the clock right is a step too.
+            if node.clock.offset_ms.swap(0, Ordering::SeqCst) != 0 {
+                if let Some(step) = self.oracle.last_clock_step.get_mut(index) {
+                    *step = now;
+                }
+            }
         }
         for index in 0..REPLICAS {
             self.replica_restart(index);
@@ -1446,6 +1826,14 @@ impl World {
                 node.id, node.disk.config_version
             ));
         }
+        let now = self.clock.now();
+        if let Some(node) = self.nodes.iter().find(|node| {
+            node.disk
+                .certificate
+                .is_none_or(|record| record.not_after <= now)
+        }) {
+            return Some(format!("{} holds no valid certificate", node.id));
+        }
         let control_plane = self.replicas.first()?.control_plane.clone();
         let tasks = block_on(control_plane.list_tasks(&TaskFilter::default())).ok()?;
         let open = tasks.iter().find(|task| !task.status.is_terminal())?;
@@ -1461,10 +1849,15 @@ impl World {
         self.schedule(Duration::from_secs(5), Event::LivenessCheck);
         self.stats.checks += 1;
         let final_version = self.final_version;
+        let now = self.clock.now();
         let nodes_done = final_version.is_some_and(|version| {
-            self.nodes
-                .iter()
-                .all(|node| node.disk.config_version == version)
+            self.nodes.iter().all(|node| {
+                node.disk.config_version == version
+                    && node
+                        .disk
+                        .certificate
+                        .is_some_and(|record| record.not_after > now)
+            })
         });
         if !nodes_done {
             return;
