@@ -123,6 +123,17 @@ sleep 3
 echo "==> node health"
 "$bin/wardenctl" node list --deployment demo
 
+echo "==> node TLS certificates from the deployment CA"
+for node in "${nodes[@]}"; do
+  wait_for "a certificate on $node" 100 test -s "$run/$node/tls/node.crt"
+done
+"$bin/wardenctl" ca show --deployment demo --bundle-out "$run/ca-bundle.pem"
+if command -v openssl >/dev/null 2>&1; then
+  for node in "${nodes[@]}"; do
+    openssl verify -CAfile "$run/ca-bundle.pem" "$run/$node/tls/node.crt" | sed "s|^$run/||"
+  done
+fi
+
 if [[ "$status" -eq 0 ]]; then
   echo "==> every node applied the configuration"
 else
@@ -139,5 +150,7 @@ The cluster keeps running; press Ctrl-C to stop it. In another shell:
   $bin/wardenctl node list --deployment demo
   $bin/wardenctl task issue --deployment demo --node node-1 collect-diagnostics
   $bin/wardenctl task list
+  $bin/wardenctl ca show --deployment demo
+  $bin/wardenctl alert list
 TEXT
 wait

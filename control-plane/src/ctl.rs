@@ -345,6 +345,14 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
                         .collect::<Vec<_>>()
                         .join(",")
                 },
+                n.certificate
+                    .as_ref()
+                    .map_or_else(|| "-".into(), |c| c.not_after.clone()),
+                if n.alerts.is_empty() {
+                    "-".into()
+                } else {
+                    n.alerts.join(",")
+                },
             ]
         })
         .collect();
@@ -357,6 +365,8 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             "WARDEN",
             "NODE KEY",
             "COMPONENTS",
+            "CERT EXPIRES",
+            "ALERTS",
         ],
         &rows,
     )
