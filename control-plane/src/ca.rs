@@ -2,7 +2,7 @@
 //! reading node signing requests and signing node certificates.
 //!
 //! The CA key is stored in the `warden_cas` bucket only sealed with ChaCha20-Poly1305 under the
-//! replicas' secrets key (`--secrets-key`); the additional data names the deployment and the
+//! replicas' secrets key (`--secrets-key`). The additional data names the deployment and the
 //! CA generation, so a sealed key copied into another record does not open.
 
 use std::os::unix::fs::PermissionsExt;
@@ -34,7 +34,7 @@ pub const BACKDATE: Duration = Duration::from_secs(60);
 /// Size of the secrets key, in bytes.
 pub const SECRETS_KEY_BYTES: usize = 32;
 
-/// Why a CA operation failed.
+/// Error of a CA operation.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum CaError {
@@ -43,7 +43,7 @@ pub enum CaError {
     KeyFile {
         /// The file.
         path: PathBuf,
-        /// What is wrong and how to fix it.
+        /// The problem and its fix.
         reason: String,
     },
     /// A sealed CA key does not open with this replica's secrets key.
@@ -85,7 +85,7 @@ impl std::fmt::Debug for SecretsKey {
 }
 
 impl SecretsKey {
-    /// A key from its 32 bytes.
+    /// Creates a key from its 32 bytes.
     pub fn from_bytes(bytes: [u8; SECRETS_KEY_BYTES]) -> Self {
         let unbound = UnboundKey::new(&CHACHA20_POLY1305, &bytes)
             .unwrap_or_else(|_| unreachable!("ChaCha20-Poly1305 takes a 32-byte key"));
@@ -177,7 +177,7 @@ pub struct Authority {
     pub not_after: UnixMillis,
 }
 
-/// A deployment's CAs and where their rotation stands.
+/// A deployment's CAs and the state of their rotation.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CaRecord {
     /// The deployment.
@@ -200,7 +200,7 @@ impl Record for CaRecord {
 }
 
 impl CaRecord {
-    /// A record with one new CA.
+    /// Creates a record with one new CA.
     pub fn first(
         deployment: &DeploymentId,
         secrets: &SecretsKey,
@@ -216,7 +216,7 @@ impl CaRecord {
         })
     }
 
-    /// The CA of `generation`.
+    /// Returns the CA of `generation`.
     pub fn authority(&self, generation: u32) -> Result<&Authority, CaError> {
         self.authorities
             .iter()
@@ -227,7 +227,7 @@ impl CaRecord {
             })
     }
 
-    /// The CA certificates nodes trust in the current phase, PEM, oldest first.
+    /// Returns the CA certificates nodes trust in the current phase, PEM, oldest first.
     pub fn bundle_pem(&self) -> Result<String, CaError> {
         let mut bundle = String::new();
         for generation in self.rotation.phase.trusted() {
@@ -243,7 +243,7 @@ impl CaRecord {
             .retain(|authority| trusted.contains(&authority.generation));
     }
 
-    /// The next unused generation.
+    /// Returns the next unused generation.
     pub fn next_generation(&self) -> u32 {
         self.authorities
             .iter()
@@ -303,7 +303,7 @@ pub fn create_authority(
 
 /// A node's signing request whose own signature checked out.
 pub struct ParsedCsr {
-    /// What the checks look at.
+    /// Facts the checks look at.
     pub facts: CsrFacts,
     params: CertificateSigningRequestParams,
 }

@@ -255,15 +255,21 @@ fn certificates_rotate_many_times_while_clients_stay_connected() {
         fresh.certificates.len()
     );
 
-    // Heartbeats report the certificate; it is renewed in time, so no alert is active.
+    // Heartbeats report the certificate, and no renewal failed. With 4-second certificates and
+    // a 1-second threshold, a slow renewal may raise certificate_expiring for a moment.
     let view = node_view(&cluster, "n1");
     let certificate = view
         .certificate
         .expect("heartbeats describe the certificate");
     assert_eq!(certificate.bundle_version, 1);
     assert_eq!(certificate.refresh_failures, 0);
-    let alerts: Vec<AlertView> = cluster.client().get("/v1/alerts").unwrap();
-    assert!(alerts.is_empty(), "{alerts:?}");
+    let alerts: Vec<AlertView> = cluster.client().get("/v1/alerts?all=true").unwrap();
+    assert!(
+        alerts
+            .iter()
+            .all(|alert| alert.kind != "cert_refresh_failed"),
+        "{alerts:?}"
+    );
     let log = cluster.control_plane_log();
     assert!(
         support::count(&log, "issued a node certificate") >= 4,

@@ -15,8 +15,8 @@
 //!
 //! `advance` waits until every live node reports the current bundle version. Rolling back from
 //! `Signing` is always allowed, because both CAs stay trusted. Rolling back from `Joining` drops
-//! the new CA, so it waits like `advance`: a node that still holds a certificate from the new
-//! CA must first receive one from the old CA.
+//! the new CA, so it waits like `advance`: a node with a certificate from the new CA must
+//! first receive one from the old CA.
 
 use std::collections::BTreeSet;
 use std::net::IpAddr;
@@ -112,7 +112,7 @@ pub enum KeyKind {
     Other(String),
 }
 
-/// What the control plane read from a signing request whose own signature checked out.
+/// Facts from a signing request whose own signature is valid.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CsrFacts {
     /// Common name of the subject, if any.
@@ -121,11 +121,11 @@ pub struct CsrFacts {
     pub names: Vec<String>,
     /// The key.
     pub key: KeyKind,
-    /// Whether the request asks for a CA certificate.
+    /// Whether the request is for a CA certificate.
     pub wants_ca: bool,
 }
 
-/// Why a signing request was refused.
+/// Rejection of a signing request, with a stable code and the reason.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// Stable code, such as `name_not_registered`.
@@ -135,7 +135,7 @@ pub struct Refusal {
 }
 
 impl Refusal {
-    /// A refusal with `code` and `reason`.
+    /// Creates a rejection with `code` and `reason`.
     pub fn new(code: &'static str, reason: impl Into<String>) -> Self {
         Self {
             code,
@@ -144,7 +144,7 @@ impl Refusal {
     }
 }
 
-/// Decides whether a node's signing request may be signed. `registered` holds the node's
+/// Decides whether a node's signing request may be signed. `registered` contains the node's
 /// normalized names. Returns the names the certificate will carry.
 pub fn check_request(
     facts: &CsrFacts,
@@ -275,7 +275,7 @@ pub enum RotationPhase {
 }
 
 impl RotationPhase {
-    /// The phase's name in the API.
+    /// Returns the phase's name in the API.
     pub fn name(self) -> &'static str {
         match self {
             Self::Stable { .. } => "stable",
@@ -284,7 +284,7 @@ impl RotationPhase {
         }
     }
 
-    /// The CA that signs in this phase.
+    /// Returns the generation of the CA that signs in this phase.
     pub fn signer(self) -> u32 {
         match self {
             Self::Stable { active } => active,
@@ -293,7 +293,7 @@ impl RotationPhase {
         }
     }
 
-    /// The CAs in the trust bundle in this phase.
+    /// Returns the generations of the CAs in the trust bundle in this phase.
     pub fn trusted(self) -> Vec<u32> {
         match self {
             Self::Stable { active } => vec![active],
@@ -316,7 +316,7 @@ pub enum RotationStep {
     RollBack,
 }
 
-/// Why a rotation step cannot be taken now.
+/// Error of a rotation step that cannot be taken now.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum RotationError {
     /// The step does not exist from this phase.
@@ -326,7 +326,7 @@ pub enum RotationError {
         step: &'static str,
         /// The current phase.
         phase: &'static str,
-        /// What to do instead.
+        /// The fix.
         fix: &'static str,
     },
     /// Live nodes do not hold the current bundle yet.
@@ -365,7 +365,7 @@ pub struct Rotation {
 }
 
 impl Rotation {
-    /// The state of a deployment with a single, first CA.
+    /// Creates the state of a deployment with its first CA.
     pub fn first(active: u32) -> Self {
         Self {
             phase: RotationPhase::Stable { active },
@@ -373,8 +373,8 @@ impl Rotation {
         }
     }
 
-    /// Nodes that block a step: live nodes that report a bundle version below the current one.
-    /// `live` holds each live node with the bundle version of its last heartbeat (0 without a
+    /// Returns the nodes that block a step: live nodes that report a bundle version below the
+    /// current one. `live` contains each live node with the bundle version of its last heartbeat (0 without a
     /// certificate).
     pub fn waiting(&self, live: &[(NodeId, u64)]) -> Vec<(NodeId, u64)> {
         live.iter()
@@ -464,7 +464,7 @@ pub enum AlertKind {
 }
 
 impl AlertKind {
-    /// The alert's name in the API and logs.
+    /// Returns the alert's name in the API and logs.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::CertificateExpiring => "certificate_expiring",
@@ -476,7 +476,7 @@ impl AlertKind {
 /// An alert on a node.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Alert {
-    /// What it is about.
+    /// Alert kind.
     pub kind: AlertKind,
     /// When it was raised.
     pub raised_at: UnixMillis,
@@ -496,7 +496,7 @@ pub struct AlertPolicy {
     pub refresh_failures: u32,
 }
 
-/// The alerts a node's certificate status calls for at `now`, with details.
+/// Returns the alerts a node's certificate status calls for at `now`, with details.
 pub fn wanted_alerts(
     status: Option<&CertificateStatus>,
     now: UnixMillis,
@@ -751,7 +751,7 @@ mod tests {
     }
 
     #[test]
-    fn rollback_from_signing_needs_no_nodes_but_from_joining_does() {
+    fn rollback_waits_only_from_joining() {
         let joining = Rotation::first(1)
             .step(RotationStep::Begin { new: 2 }, &[])
             .unwrap();

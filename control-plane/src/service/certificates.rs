@@ -127,8 +127,8 @@ impl ControlPlane {
         })
     }
 
-    /// Answers a node's certificate signing request with a certificate or a refusal, encoded
-    /// as an envelope.
+    /// Handles a node's certificate signing request and returns the encoded reply: a
+    /// certificate or a rejection.
     pub(super) async fn certificate_rpc(
         &self,
         origin: &NodeSubject,
@@ -250,7 +250,7 @@ impl ControlPlane {
         })
     }
 
-    /// The deployment's CA record, created with a first CA if it has none.
+    /// Reads the deployment's CA record, creating it with a first CA if it has none.
     async fn ca_record(&self, deployment: &DeploymentId) -> Result<CaRecord, ServiceError> {
         if let Some((record, _)) = self
             .inner
@@ -314,7 +314,7 @@ impl ControlPlane {
             .collect())
     }
 
-    /// The deployment's CA state, creating its first CA if it has none.
+    /// Returns the deployment's CA state, creating its first CA if it has none.
     pub async fn ca_status(&self, deployment: &DeploymentId) -> Result<CaView, ServiceError> {
         self.require_deployment(deployment).await?;
         let record = self.ca_record(deployment).await?;
@@ -401,8 +401,9 @@ impl ControlPlane {
         ca_view(&record, &live)
     }
 
-    /// After a heartbeat: asks a node whose trust bundle is behind its deployment's to renew,
-    /// which brings the current bundle; at most once per [`NUDGE_INTERVAL`].
+    /// Issues a `rotate_certificate` task to a node whose heartbeat shows an older trust bundle
+    /// than its deployment's, since the renewal brings the current bundle. It does so once per
+    /// bundle version and at most every [`NUDGE_INTERVAL`] after that.
     pub(super) async fn nudge_if_behind(&self, node: &NodeRecord) -> Result<(), ServiceError> {
         let Some(status) = node.certificate else {
             return Ok(());
@@ -453,8 +454,8 @@ impl ControlPlane {
         Ok(())
     }
 
-    /// The deployment's current bundle version, read at most every [`BUNDLE_VERSION_CACHE`];
-    /// `None` if it has no CA yet.
+    /// Returns the deployment's current bundle version, read at most every
+    /// [`BUNDLE_VERSION_CACHE`], or `None` if the deployment has no CA yet.
     async fn bundle_version(&self, deployment: &DeploymentId) -> Result<Option<u64>, ServiceError> {
         let now = self.now();
         {

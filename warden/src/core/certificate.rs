@@ -244,10 +244,14 @@ impl CertificateCore {
             Ok(validity) => validity,
             Err(error) => return self.on_failed(&error.to_string(), now, unit),
         };
-        // The renewal point is measured from now on the node's own clock, not from the
-        // certificate's dates on the control plane's clock, so a node whose clock is off by a
-        // constant amount still renews at 50 to 70 % of the lifetime.
-        let lifetime = validity.not_after.since(validity.not_before);
+        // The renewal point is measured from now on the node's own clock, so a node whose clock
+        // runs behind the control plane's still renews at 50 to 70 % of the lifetime. The share
+        // is of the remaining validity when that is shorter, as it is by the backdated start
+        // and on a node whose clock runs ahead.
+        let lifetime = validity
+            .not_after
+            .since(validity.not_before)
+            .min(validity.not_after.since(now));
         let record = CertificateRecord {
             not_before: validity.not_before,
             not_after: validity.not_after,

@@ -167,6 +167,31 @@ fn renewal_with_a_slow_clock_is_before_expiry() {
 }
 
 #[test]
+fn renewal_of_backdated_certificate_before_expiry() {
+    let ca = Ca::new("ca");
+    let key = KeyPair::generate().unwrap();
+    // Valid from 2 s before now until 4 s after, as a control plane that backdates issues it.
+    let reply = Issued {
+        chain_pem: ca.issue(&key, START_SECS - 2, START_SECS + 4),
+        bundle_pem: ca.pem(),
+        bundle_version: 1,
+    };
+    let (mut core, _) = CertificateCore::start(None, false, start());
+    let effects = core.on_issued(reply, &key.subject_public_key_info(), start(), 0.999);
+    let Some(CertificateEffect::Install(installation)) = effects.first() else {
+        panic!("expected an installation, got {effects:?}");
+    };
+    let margin = installation
+        .record
+        .not_after
+        .since(installation.record.renew_at);
+    assert!(
+        margin >= Duration::from_millis(1_200),
+        "the node renews {margin:?} before expiry"
+    );
+}
+
+#[test]
 fn renewal_due_at_its_time() {
     let ca = Ca::new("ca");
     let mut core = installed_core(&ca, 0.5);
