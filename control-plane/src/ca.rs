@@ -13,7 +13,7 @@ use base64::Engine;
 use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DistinguishedName,
     DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair, KeyUsagePurpose, SanType,
-    SerialNumber, PKCS_ECDSA_P256_SHA256, PKCS_ED25519,
+    SerialNumber, PKCS_ECDSA_P256_SHA256,
 };
 use ring::aead::{Aad, LessSafeKey, Nonce, UnboundKey, CHACHA20_POLY1305, NONCE_LEN};
 use serde::{Deserialize, Serialize};
@@ -188,6 +188,10 @@ pub struct CaRecord {
     pub rotation: Rotation,
     /// When the rotation state last changed.
     pub changed_at: UnixMillis,
+    /// Highest generation ever created, so a CA dropped by a rollback never shares its
+    /// generation with a later one.
+    #[serde(default)]
+    pub last_generation: u32,
 }
 
 impl Record for CaRecord {
@@ -213,6 +217,7 @@ impl CaRecord {
             authorities: vec![authority],
             rotation: Rotation::first(1),
             changed_at: now,
+            last_generation: 1,
         })
     }
 
@@ -250,6 +255,7 @@ impl CaRecord {
             .map(|authority| authority.generation)
             .max()
             .unwrap_or(0)
+            .max(self.last_generation)
             + 1
     }
 }
@@ -341,14 +347,7 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, Refusal> {
             }
         }
     }
-    let algorithm = params.public_key.algorithm();
-    let key = if algorithm == &PKCS_ECDSA_P256_SHA256 {
-        KeyKind::EcdsaP256
-    } else if algorithm == &PKCS_ED25519 {
-        KeyKind::Ed25519
-    } else {
-        KeyKind::Other(format!("{algorithm:?}"))
-    };
+    let key = key_kind(pem)?;
     let wants_ca = !matches!(params.params.is_ca, IsCa::NoCa | IsCa::ExplicitNoCa);
     Ok(ParsedCsr {
         facts: CsrFacts {
@@ -359,6 +358,43 @@ pub fn parse_csr(pem: &str) -> Result<ParsedCsr, Refusal> {
         },
         params,
     })
+}
+
+/// Reads the kind of the key in a PEM signing request from its SubjectPublicKeyInfo. rcgen names
+/// the algorithm after the request's signature, which a P-384 key can make with SHA-256, so
+/// the curve is read from the key itself.
+fn key_kind(pem: &str) -> Result<KeyKind, Refusal> {
+    use x509_parser::certification_request::X509CertificationRequest;
+    use x509_parser::oid_registry::{OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_SIG_ED25519};
+    use x509_parser::prelude::FromDer;
+
+    let malformed = |reason: String| Refusal::new("malformed_csr", reason);
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())
+        .map_err(|error| malformed(format!("the certificate request is not PEM: {error}")))?;
+    let (_, request) = X509CertificationRequest::from_der(&block.contents)
+        .map_err(|error| malformed(format!("the certificate request does not parse: {error}")))?;
+    let key_info = &request.certification_request_info.subject_pki;
+    let algorithm = &key_info.algorithm.algorithm;
+    let key_bytes = key_info.subject_public_key.data.len();
+    if *algorithm == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = key_info
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|parameters| x509_parser::der_parser::oid::Oid::try_from(parameters).ok());
+        // An uncompressed P-256 point is 65 bytes.
+        if curve.as_ref() == Some(&OID_EC_P256) && key_bytes == 65 {
+            return Ok(KeyKind::EcdsaP256);
+        }
+        let curve = curve.map_or_else(|| "an unnamed curve".to_owned(), |oid| oid.to_id_string());
+        return Ok(KeyKind::Other(format!(
+            "ECDSA on curve {curve} with a {key_bytes}-byte key"
+        )));
+    }
+    if *algorithm == OID_SIG_ED25519 && key_bytes == 32 {
+        return Ok(KeyKind::Ed25519);
+    }
+    Ok(KeyKind::Other(algorithm.to_id_string()))
 }
 
 /// A signed node certificate.

@@ -66,6 +66,17 @@ pub fn normalize_tls_name(name: &str) -> Result<String, String> {
         ));
     }
     let lower = name.to_ascii_lowercase();
+    // Some resolvers read names such as 010.0.0.1, 2130706433 or 0x7f.0.0.1 as addresses, so a
+    // name whose last label is numeric, or a label that starts with 0x, is not a DNS name here.
+    let last_numeric = lower
+        .rsplit('.')
+        .next()
+        .is_some_and(|label| !label.is_empty() && label.bytes().all(|byte| byte.is_ascii_digit()));
+    if last_numeric || lower.split('.').any(|label| label.starts_with("0x")) {
+        return Err(format!(
+            "{name:?} is neither a valid IP address nor a DNS name: a DNS name may not end in a numeric label or have a label starting with 0x"
+        ));
+    }
     for label in lower.split('.') {
         let valid = !label.is_empty()
             && label.len() <= 63
@@ -611,7 +622,18 @@ mod tests {
             "n1.example.com"
         );
         assert_eq!(normalize_tls_name("::1").unwrap(), "::1");
-        for bad in ["*.example.com", "", "a..b", "-a.b", "a b", "a_b.c"] {
+        for bad in [
+            "*.example.com",
+            "",
+            "a..b",
+            "-a.b",
+            "a b",
+            "a_b.c",
+            "010.0.0.1",
+            "1.2.3",
+            "2130706433",
+            "0x7f.0.0.1",
+        ] {
             assert!(normalize_tls_name(bad).is_err(), "{bad:?} was accepted");
         }
         let many: Vec<String> = (0..=TLS_NAMES_MAX).map(|i| format!("n{i}.x")).collect();

@@ -371,6 +371,7 @@ impl ControlPlane {
                 match record.rotation.step(rotation_step, &live) {
                     Ok(next) => {
                         if let Some(authority) = &new_authority {
+                            record.last_generation = authority.generation;
                             record.authorities.push(authority.clone());
                         }
                         record.rotation = next;
