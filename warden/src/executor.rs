@@ -772,11 +772,19 @@ fn write_atomically_with_mode(path: &Path, contents: &[u8], mode: u32) -> std::i
         file_name.to_string_lossy(),
         std::process::id()
     ));
+    // A file or link left at the temporary path, by a crash or by someone else, is removed
+    // rather than written through: the new file is created fresh with `mode`, and never
+    // through a symbolic link.
+    match std::fs::remove_file(&temporary) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(error),
+    }
     let result = (|| {
         let mut file = std::fs::OpenOptions::new()
             .write(true)
-            .create(true)
-            .truncate(true)
+            .create_new(true)
+            .custom_flags(nix::libc::O_NOFOLLOW)
             .mode(mode)
             .open(&temporary)?;
         file.write_all(contents)?;

@@ -28,6 +28,9 @@ pub const RETRY_MIN: Duration = Duration::from_secs(1);
 pub const CERTIFICATE_PEM_BYTES_MAX: usize = 64 * 1024;
 /// Maximum number of certificates in the chain or in the trust bundle of a reply.
 pub const CERTIFICATES_MAX: usize = 16;
+/// How far in the future, by this node's clock, an issued certificate's validity may start.
+/// It matches the age the control plane accepts on a request.
+pub const NOT_BEFORE_ALLOWANCE: Duration = Duration::from_secs(900);
 
 /// The installed certificate, as persisted in the store.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,9 +133,20 @@ pub enum ReplyError {
         /// Version installed.
         held: u64,
     },
-    /// No certificate of the chain or the bundle signed the node certificate.
-    #[error("the issued certificate is not signed by any CA in its chain or the trust bundle")]
+    /// No CA of the trust bundle signed the node certificate.
+    #[error("the issued certificate is not signed by any CA in the trust bundle")]
     UnknownIssuer,
+    /// The node certificate may act as a CA.
+    #[error("the issued certificate is a CA certificate or may sign certificates; a node needs a leaf certificate")]
+    CaCertificate,
+    /// The certificate's validity starts further ahead than the allowed clock difference.
+    #[error("the issued certificate is valid only from {not_before}, more than {} s after now ({now}); check this node's clock", NOT_BEFORE_ALLOWANCE.as_secs())]
+    NotYetValid {
+        /// Start of its validity.
+        not_before: UnixMillis,
+        /// This node's time.
+        now: UnixMillis,
+    },
     /// A reply arrived while no request was outstanding.
     #[error("a certificate reply arrived while no request was outstanding")]
     Unexpected,
@@ -353,7 +367,26 @@ pub fn validate_reply(
     if leaf.public_key().raw != requested_key {
         return Err(ReplyError::KeyMismatch);
     }
+    let is_ca = leaf
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca)
+        || leaf
+            .key_usage()
+            .ok()
+            .flatten()
+            .is_some_and(|usage| usage.value.key_cert_sign());
+    if is_ca {
+        return Err(ReplyError::CaCertificate);
+    }
     let validity = validity_of(&leaf);
+    if validity.not_before > now.saturating_add(NOT_BEFORE_ALLOWANCE) {
+        return Err(ReplyError::NotYetValid {
+            not_before: validity.not_before,
+            now,
+        });
+    }
     if validity.not_after <= now || validity.not_before >= validity.not_after {
         return Err(ReplyError::Expired {
             not_before: validity.not_before,
@@ -368,11 +401,14 @@ pub fn validate_reply(
         });
     }
 
-    // The chain's own CA certificates must parse too, and one of them or of the bundle must
-    // have signed the node certificate.
+    // The chain's own CA certificates must parse too, and a CA of the bundle must have signed
+    // the node certificate: the bundle is what the node's peers trust.
+    for der in issuers_der {
+        parse_der(der).map_err(ReplyError::Chain)?;
+    }
     let mut signed = false;
-    for der in issuers_der.iter().chain(bundle.iter()) {
-        let candidate = parse_der(der).map_err(ReplyError::Chain)?;
+    for der in &bundle {
+        let candidate = parse_der(der).map_err(ReplyError::Bundle)?;
         if leaf.verify_signature(Some(candidate.public_key())).is_ok() {
             signed = true;
         }
