@@ -19,14 +19,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
 use support::{Cluster, DEPLOYMENT};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use warden_control_plane::service::{AlertView, CaView};
 use warden_control_plane::views::NodeView;
+use warden_testkit::tls::{client_config, read_response};
 use warden_testkit::{free_port, wait_until};
 
 fn start(lifetime_secs: &str) -> Cluster {
@@ -71,48 +71,6 @@ fn reported_bundle(cluster: &Cluster, node: &str) -> u64 {
         .map_or(0, |certificate| certificate.bundle_version)
 }
 
-fn client_config(bundle_pem: &str) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    for certificate in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {
-        roots.add(certificate.unwrap()).unwrap();
-    }
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(config)
-}
-
-/// Reads one HTTP response with a `content-length`; returns its status line.
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(stream: &mut S) -> std::io::Result<String> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await? == 0 {
-            return Err(std::io::Error::other("the server closed the connection"));
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|line| {
-            line.to_ascii_lowercase()
-                .strip_prefix("content-length: ")
-                .map(str::to_owned)
-        })
-        .ok_or_else(|| std::io::Error::other("no content-length"))?
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    Ok(head.lines().next().unwrap_or_default().to_owned())
-}
-
 #[derive(Debug, Default)]
 struct Seen {
     requests: usize,
@@ -148,7 +106,7 @@ async fn clients(
                     .write_all(b"GET / HTTP/1.1\r\nhost: localhost\r\n\r\n")
                     .await
                 {
-                    Ok(()) => read_response(&mut stream).await,
+                    Ok(()) => read_response(&mut stream).await.map(|(status, _)| status),
                     Err(error) => Err(error),
                 };
                 match result {
@@ -184,7 +142,7 @@ async fn clients(
                             b"GET / HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n",
                         )
                         .await?;
-                    let status = read_response(&mut stream).await?;
+                    let (status, _) = read_response(&mut stream).await?;
                     Ok::<_, std::io::Error>((status, presented))
                 };
                 match attempt.await {

@@ -6,6 +6,7 @@
 //!   client port and a WebSocket port.
 //! - [`Process`] runs a workspace binary with its output in a log file and kills it on drop.
 //! - [`wait_until`] polls a condition with a deadline.
+//! - [`tls`] is a TLS client for the Warden's own listener.
 //!
 //! This crate panics with instructions when its environment is not usable, because it only
 //! runs inside tests.
@@ -20,6 +21,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
+
+pub mod tls;
 
 /// Minimum nats-server version: the KV and consumer APIs async-nats uses need 2.10.
 const NATS_VERSION_MIN: (u32, u32) = (2, 10);

@@ -18,16 +18,16 @@ use rcgen::{
     BasicConstraints, CertificateParams, CertificateSigningRequestParams, DnType, IsCa, Issuer,
     KeyPair,
 };
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::pki_types::ServerName;
 use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use warden::certificates;
 use warden::core::certificate::{CertificateCore, CertificateEffect, Issued};
 use warden::store::TaskStore;
 use warden::tls::{signing_request, CertificateSlot, NodeTlsKey, TlsFiles, TlsListener, TlsName};
 use warden_bus::{NodeId, UnixMillis};
+use warden_testkit::tls::{client_config, read_response};
 
 /// Certificates installed one after the other.
 const SWAPS: usize = 30;
@@ -107,47 +107,6 @@ async fn rotate(
     served.sha256().to_owned()
 }
 
-fn client_config(ca: &Ca) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots
-        .add(CertificateDer::from_pem_slice(ca.pem.as_bytes()).unwrap())
-        .unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    Arc::new(config)
-}
-
-/// Reads one HTTP response with a `content-length` and returns its status line and body.
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(
-    stream: &mut S,
-) -> std::io::Result<(String, String)> {
-    let mut head = Vec::new();
-    let mut byte = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        if stream.read(&mut byte).await? == 0 {
-            return Err(std::io::Error::other("the server closed the connection"));
-        }
-        head.push(byte[0]);
-    }
-    let head = String::from_utf8(head).unwrap();
-    let length: usize = head
-        .lines()
-        .find_map(|line| line.strip_prefix("content-length: "))
-        .ok_or_else(|| std::io::Error::other("no content-length"))?
-        .trim()
-        .parse()
-        .unwrap();
-    let mut body = vec![0u8; length];
-    stream.read_exact(&mut body).await?;
-    let status = head.lines().next().unwrap_or_default().to_owned();
-    Ok((status, String::from_utf8(body).unwrap()))
-}
-
 fn body_sha256(body: &str) -> String {
     let value: serde_json::Value = serde_json::from_str(body).unwrap();
     assert_eq!(value["node_id"], "node-1");
@@ -184,7 +143,7 @@ async fn rotation_never_fails_a_handshake() {
     let address = listener.local_addr();
     let server = tokio::spawn(listener.serve());
 
-    let config = client_config(&ca);
+    let config = client_config(&ca.pem);
     let server_name = ServerName::IpAddress(std::net::Ipv4Addr::LOCALHOST.into());
     let stop = Arc::new(AtomicBool::new(false));
 
