@@ -1289,6 +1289,27 @@ fn forged_reply_from_other_node_blocked() {
             .await
             .unwrap();
         n1.client().flush().await.unwrap();
+        // The control plane's own publishes show that the subscription works: wait for the
+        // first one before the attack, and read up to a second one after it.
+        let mut ready = false;
+        for _ in 0..20 {
+            control_plane
+                .client()
+                .publish("_INBOX.test.n1.ready".to_owned(), "ready".into())
+                .await
+                .unwrap();
+            control_plane.client().flush().await.unwrap();
+            if let Ok(Some(_)) =
+                tokio::time::timeout(Duration::from_millis(500), inbox.next()).await
+            {
+                ready = true;
+                break;
+            }
+        }
+        assert!(
+            ready,
+            "n1's inbox subscription never received the control plane's message"
+        );
         for target in ["_INBOX.test.n1.forged", "_INBOX.test.n1.a.b"] {
             let _ = n2
                 .client()
@@ -1296,7 +1317,6 @@ fn forged_reply_from_other_node_blocked() {
                 .await;
         }
         let _ = n2.client().flush().await;
-        // The control plane's own publish shows that the subscription works.
         control_plane
             .client()
             .publish("_INBOX.test.n1.control".to_owned(), "control".into())
@@ -1305,9 +1325,16 @@ fn forged_reply_from_other_node_blocked() {
         control_plane.client().flush().await.unwrap();
         let mut delivered = Vec::new();
         while let Ok(Some(message)) =
-            tokio::time::timeout(Duration::from_secs(3), inbox.next()).await
+            tokio::time::timeout(Duration::from_secs(5), inbox.next()).await
         {
-            delivered.push(message.subject.to_string());
+            let subject = message.subject.to_string();
+            let done = subject == "_INBOX.test.n1.control";
+            if subject != "_INBOX.test.n1.ready" {
+                delivered.push(subject);
+            }
+            if done {
+                break;
+            }
         }
         delivered
     });
