@@ -728,33 +728,12 @@ impl EnrolledNode {
         let mut cluster = support::Cluster::start();
         cluster.add_node("n1");
         cluster.add_node("n2");
-        cluster.start_warden("n1", &[]);
-        let state_dir = cluster.path("n1");
-        warden_testkit::wait_until("n1 to enroll", Duration::from_secs(20), || {
-            warden::credentials::load(&state_dir)
-                .ok()
-                .flatten()
-                .is_some()
-        });
-        cluster.kill_warden("n1");
-        let credential = warden::credentials::load(&state_dir).unwrap().unwrap();
-        let (key, _) =
-            warden::identity::load_or_create(&state_dir, &mut rand::rngs::OsRng).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let bus = runtime
-            .block_on(warden::credentials::connect_node(
-                &cluster.nats_url(),
-                &state_dir.join(warden::credentials::CA_FILE),
-                &credential,
-                &key,
-                &deployment(),
-                &node(),
-            ))
-            .unwrap();
+        let (bus, key) = cluster.enroll_and_connect("n1", &runtime);
         Self {
             cluster,
             runtime,
@@ -1230,27 +1209,7 @@ fn connect_enrolled(
     name: &str,
 ) -> warden_bus::transport::nats::NatsBus {
     cluster.add_node(name);
-    cluster.start_warden(name, &[]);
-    let state_dir = cluster.path(name);
-    warden_testkit::wait_until("the node to enroll", Duration::from_secs(20), || {
-        warden::credentials::load(&state_dir)
-            .ok()
-            .flatten()
-            .is_some()
-    });
-    cluster.kill_warden(name);
-    let credential = warden::credentials::load(&state_dir).unwrap().unwrap();
-    let (key, _) = warden::identity::load_or_create(&state_dir, &mut rand::rngs::OsRng).unwrap();
-    runtime
-        .block_on(warden::credentials::connect_node(
-            &cluster.nats_url(),
-            &state_dir.join(warden::credentials::CA_FILE),
-            &credential,
-            &key,
-            &deployment(),
-            &NodeId::new(name).unwrap(),
-        ))
-        .unwrap()
+    cluster.enroll_and_connect(name, runtime).0
 }
 
 #[test]

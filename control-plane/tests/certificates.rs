@@ -39,33 +39,12 @@ impl Node {
     fn start(control_plane_args: &[&str]) -> Self {
         let mut cluster = Cluster::start_with(control_plane_args);
         cluster.add_node("n1");
-        cluster.start_warden("n1", &[]);
-        let state_dir = cluster.path("n1");
-        wait_until("n1 to enroll", Duration::from_secs(20), || {
-            warden::credentials::load(&state_dir)
-                .ok()
-                .flatten()
-                .is_some()
-        });
-        cluster.kill_warden("n1");
-        let credential = warden::credentials::load(&state_dir).unwrap().unwrap();
-        let (key, _) =
-            warden::identity::load_or_create(&state_dir, &mut rand::rngs::OsRng).unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let bus = runtime
-            .block_on(warden::credentials::connect_node(
-                &cluster.nats_url(),
-                &state_dir.join(warden::credentials::CA_FILE),
-                &credential,
-                &key,
-                &deployment(),
-                &node_id("n1"),
-            ))
-            .unwrap();
+        let (bus, key) = cluster.enroll_and_connect("n1", &runtime);
         Self {
             cluster,
             runtime,

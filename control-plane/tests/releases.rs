@@ -83,34 +83,13 @@ impl ReleaseSetup {
 
         // Enroll n1 with a real Warden, then borrow its key and credential.
         cluster.add_node("n1");
-        cluster.start_warden("n1", &[]);
         let state_dir = cluster.path("n1");
-        wait_until("n1 to enroll", Duration::from_secs(15), || {
-            warden::credentials::load(&state_dir)
-                .ok()
-                .flatten()
-                .is_some()
-        });
-        cluster.kill_warden("n1");
-        let (node_key, generated) =
-            warden::identity::load_or_create(&state_dir, &mut rand::rngs::OsRng).unwrap();
-        assert!(!generated, "the node key must be the enrolled one");
-        let credential = warden::credentials::load(&state_dir).unwrap().unwrap();
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .enable_all()
             .build()
             .unwrap();
-        let bus = runtime
-            .block_on(warden::credentials::connect_node(
-                &cluster.nats_url(),
-                &state_dir.join(warden::credentials::CA_FILE),
-                &credential,
-                &node_key,
-                &DeploymentId::new(DEPLOYMENT).unwrap(),
-                &NodeId::new("n1").unwrap(),
-            ))
-            .unwrap();
+        let (bus, node_key) = cluster.enroll_and_connect("n1", &runtime);
         Self {
             cluster,
             cache_dir,

@@ -346,6 +346,44 @@ impl Cluster {
         })
     }
 
+    /// Lets the registered node's real Warden enroll, stops that Warden, and connects to the
+    /// broker on `runtime` with the node's credentials. Returns the connection and the node
+    /// key, so a test can send hand-made requests as the node.
+    pub fn enroll_and_connect(
+        &mut self,
+        node: &str,
+        runtime: &tokio::runtime::Runtime,
+    ) -> (NatsBus, SigningKey) {
+        self.start_warden(node, &[]);
+        let state_dir = self.path(node);
+        wait_until(
+            &format!("{node} to enroll"),
+            Duration::from_secs(20),
+            || {
+                warden::credentials::load(&state_dir)
+                    .ok()
+                    .flatten()
+                    .is_some()
+            },
+        );
+        self.kill_warden(node);
+        let (key, generated) =
+            warden::identity::load_or_create(&state_dir, &mut rand::rngs::OsRng).unwrap();
+        assert!(!generated, "the node key must be the enrolled one");
+        let credential = warden::credentials::load(&state_dir).unwrap().unwrap();
+        let bus = runtime
+            .block_on(warden::credentials::connect_node(
+                &self.nats_url(),
+                &state_dir.join(warden::credentials::CA_FILE),
+                &credential,
+                &key,
+                &DeploymentId::new(DEPLOYMENT).unwrap(),
+                &NodeId::new(node).unwrap(),
+            ))
+            .unwrap();
+        (bus, key)
+    }
+
     /// Number of tasks of `kind` the control plane recorded.
     pub fn tasks_of_kind(&self, kind: &str) -> usize {
         self.client()
