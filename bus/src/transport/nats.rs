@@ -705,17 +705,30 @@ impl Bus for NatsBus {
     }
 
     async fn kv_keys(&self, bucket: &str) -> Result<Vec<String>, BusError> {
-        let store = self.bucket(bucket).await?;
         let operation = format!("listing keys of bucket {bucket}");
+        // The key-value store's own key listing reads the last message of each key with a
+        // consumer. With a history of one, a key updated during the listing loses that message
+        // and can be left out. The stream's subject counts are one snapshot instead; deleted
+        // keys appear there too, and reading them returns nothing.
         with_deadline(&operation, OPERATION_TIMEOUT, async {
-            let mut keys = store
-                .keys()
+            let stream = self
+                .jetstream
+                .get_stream(format!("KV_{bucket}"))
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            let prefix = format!("$KV.{bucket}.");
+            let mut subjects = stream
+                .info_with_subjects(format!("{prefix}>"))
                 .await
                 .map_err(|error| BusError::failed(&operation, error))?;
             let mut found = Vec::new();
-            while let Some(key) = keys.next().await {
-                found.push(key.map_err(|error| BusError::failed(&operation, error))?);
+            while let Some(subject) = subjects.next().await {
+                let (subject, _) = subject.map_err(|error| BusError::failed(&operation, error))?;
+                if let Some(key) = subject.strip_prefix(&prefix) {
+                    found.push(key.to_owned());
+                }
             }
+            found.sort();
             Ok(found)
         })
         .await?
