@@ -120,7 +120,7 @@ pub struct Settings {
     pub certificates: CertificateSettings,
 }
 
-/// How the control plane issues node certificates and when it raises certificate alerts.
+/// Settings of node certificate issuance and of certificate alerts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct CertificateSettings {
     /// Lifetime of a node certificate.
@@ -1417,32 +1417,7 @@ impl ControlPlane {
         let Some((node, _)) = self.inner.store.get::<NodeRecord>(&record_key).await? else {
             return Ok(Err("no such node is registered".into()));
         };
-        let Some(enrolled) = node.enrollment.node_key.as_deref() else {
-            return Ok(Err(
-                "the node has no enrolled key; it was revoked or never enrolled".into(),
-            ));
-        };
-        let key = match PublicKey::from_hex(enrolled) {
-            Ok(key) => key,
-            Err(error) => return Ok(Err(format!("the stored node key is damaged: {error}"))),
-        };
-        let opened = signed
-            .verify_with(&key)
-            .map_err(|error| error.to_string())
-            .and_then(|envelope| envelope.open::<T>().map_err(|error| error.to_string()));
-        let request = match opened {
-            Ok(request) => request,
-            Err(error) => {
-                return Ok(Err(format!(
-                    "the request is not signed by the enrolled key: {error}"
-                )))
-            }
-        };
-        let (deployment, node) = names(&request);
-        if deployment != &origin.deployment || node != &origin.node {
-            return Ok(Err("the request names another node than its subject".into()));
-        }
-        Ok(Ok((key, request)))
+        Ok(open_signed_by_node(&node, origin, signed, names))
     }
 
     /// Mints the node's user JWT, if this replica runs with a broker set-up.
@@ -1701,7 +1676,7 @@ impl ControlPlane {
         let Some(origin) = NodeSubject::parse(subject) else {
             return Ok(());
         };
-        // Each heartbeat costs a read and a write of the node record; only the node's own
+        // Each heartbeat costs a read and a write of the node record. Only the node's own
         // credentials can publish here, so a flood comes from that node or a thief of its key.
         let key = warden_bus::subject::node_key(&origin.deployment, &origin.node);
         let admitted = self
@@ -1782,8 +1757,7 @@ impl ControlPlane {
         let threshold = self.inner.settings.unreachable_after;
         let policy = self.inner.settings.certificates.alerts;
         for node in self.inner.store.list::<NodeRecord>().await? {
-            let mut probe = node.clone();
-            let alerts_change = !certificates::evaluate_alerts(&mut probe, now, policy).is_empty();
+            let alerts_change = certificates::alerts_would_change(&node, now, policy);
             if node.health != NodeHealth::Healthy && !alerts_change {
                 continue;
             }
@@ -1841,6 +1815,40 @@ impl ControlPlane {
         }
         Ok(())
     }
+}
+
+/// Opens a request that `origin` signed with the enrolled key of `node`, its record, and that
+/// names `origin` itself. Returns the key and the request, or the reason for rejecting it.
+fn open_signed_by_node<T: warden_bus::envelope::Message>(
+    node: &NodeRecord,
+    origin: &NodeSubject,
+    signed: &SignedEnvelope,
+    names: impl Fn(&T) -> (&DeploymentId, &NodeId),
+) -> Result<(PublicKey, T), String> {
+    let Some(enrolled) = node.enrollment.node_key.as_deref() else {
+        return Err("the node has no enrolled key; it was revoked or never enrolled".into());
+    };
+    let key = match PublicKey::from_hex(enrolled) {
+        Ok(key) => key,
+        Err(error) => return Err(format!("the stored node key is damaged: {error}")),
+    };
+    let opened = signed
+        .verify_with(&key)
+        .map_err(|error| error.to_string())
+        .and_then(|envelope| envelope.open::<T>().map_err(|error| error.to_string()));
+    let request = match opened {
+        Ok(request) => request,
+        Err(error) => {
+            return Err(format!(
+                "the request is not signed by the enrolled key: {error}"
+            ))
+        }
+    };
+    let (deployment, named) = names(&request);
+    if deployment != &origin.deployment || named != &origin.node {
+        return Err("the request names another node than its subject".into());
+    }
+    Ok((key, request))
 }
 
 fn decode_stored_trust(bytes: &[u8]) -> Result<TrustDocument, ServiceError> {

@@ -180,12 +180,13 @@ impl ControlPlane {
                 "the node has no enrolled key: it was revoked or never enrolled; re-enroll it with `wardenctl node reenroll`",
             )));
         }
-        let request = match self
-            .open_from_node::<CertificateRequest>(origin, &signed, |request| {
-                (&request.deployment, &request.node)
-            })
-            .await?
-        {
+        // The record read above serves both the revocation check and the signature check.
+        let request = match super::open_signed_by_node::<CertificateRequest>(
+            &node,
+            origin,
+            &signed,
+            |request| (&request.deployment, &request.node),
+        ) {
             Ok((_, request)) => request,
             Err(reason) => return Ok(Err(Refusal::new("identity_mismatch", reason))),
         };
@@ -535,18 +536,38 @@ fn unavailable(error: StoreError) -> Refusal {
     )
 }
 
-/// Updates a node's certificate alerts for `now`; returns what changed.
+/// Updates a node's certificate alerts for `now` and returns what changed.
 pub(super) fn evaluate_alerts(
     record: &mut NodeRecord,
     now: warden_bus::UnixMillis,
     policy: certs::AlertPolicy,
 ) -> Vec<AlertChange> {
-    let wanted = if record.enrollment.node_key.is_some() {
+    let wanted = wanted_alerts_of(record, now, policy);
+    certs::reconcile_alerts(&mut record.alerts, wanted, now)
+}
+
+/// Checks whether [`evaluate_alerts`] would change a node's alerts, without copying the record.
+pub(super) fn alerts_would_change(
+    record: &NodeRecord,
+    now: warden_bus::UnixMillis,
+    policy: certs::AlertPolicy,
+) -> bool {
+    let mut alerts = record.alerts.clone();
+    let wanted = wanted_alerts_of(record, now, policy);
+    !certs::reconcile_alerts(&mut alerts, wanted, now).is_empty()
+}
+
+/// A revoked node gets no alerts: its certificate no longer matters.
+fn wanted_alerts_of(
+    record: &NodeRecord,
+    now: warden_bus::UnixMillis,
+    policy: certs::AlertPolicy,
+) -> Vec<(certs::AlertKind, String)> {
+    if record.enrollment.node_key.is_some() {
         certs::wanted_alerts(record.certificate.as_ref(), now, policy)
     } else {
         Vec::new()
-    };
-    certs::reconcile_alerts(&mut record.alerts, wanted, now)
+    }
 }
 
 /// Writes alert changes to the log.
