@@ -776,7 +776,7 @@ pub struct Heartbeat {
     pub certificate: Option<CertificateStatus>,
 }
 
-/// What a heartbeat says about the node's TLS certificate.
+/// The node's TLS certificate, as a heartbeat reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CertificateStatus {
     /// When the certificate in use expires.
@@ -910,7 +910,7 @@ impl CertificateRequest {
     }
 }
 
-/// The control plane's answer to a [`CertificateRequest`].
+/// The control plane's reply to a [`CertificateRequest`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CertificateReply {

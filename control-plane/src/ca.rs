@@ -468,7 +468,7 @@ pub fn issue(
     let certificate = params
         .signed_by(&csr.params.public_key, &issuer)
         .map_err(certificate_error)?;
-    // X.509 keeps whole seconds; report what the certificate says.
+    // X.509 keeps whole seconds, so report the times as the certificate stores them.
     let seconds = |at: UnixMillis| UnixMillis(at.0 / 1000 * 1000);
     Ok(Issued {
         chain_pem: format!("{}{}", certificate.pem(), authority.certificate_pem),
@@ -541,7 +541,7 @@ mod tests {
     }
 
     #[test]
-    fn sealed_key_does_not_open_with_another_key_or_deployment() {
+    fn sealed_key_bound_to_key_and_deployment() {
         let now = UnixMillis(1_800_000_000_000);
         let record = CaRecord::first(&deployment(), &secrets(1), now, [0; 12]).unwrap();
         let parsed = parse_csr(&csr("n1", &[])).unwrap();

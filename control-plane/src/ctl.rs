@@ -230,7 +230,7 @@ pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     table(&["DEPLOYMENT", "CREATED", "DESCRIPTION"], &rows)
 }
 
-/// The CA state of a deployment, as lines and a table of its CAs.
+/// Formats the CA state of a deployment as lines and a table of its CAs.
 pub fn ca_table(view: &crate::service::CaView) -> String {
     let mut out = format!(
         "deployment {}: phase {}, signer CA {}, bundle version {}, changed {}\n",

@@ -389,8 +389,12 @@ fn assert_issued_is_plain_leaf(der: &[u8], names: &[String]) {
     assert!(!key_usage.key_cert_sign(), "the leaf may sign certificates");
     assert!(!key_usage.crl_sign(), "the leaf may sign CRLs");
     let eku = certificate.extended_key_usage().unwrap().unwrap().value;
-    assert!(eku.server_auth && eku.client_auth);
-    assert!(!eku.any && !eku.code_signing && !eku.email_protection && !eku.ocsp_signing);
+    assert!(eku.server_auth);
+    assert!(eku.client_auth);
+    assert!(!eku.any);
+    assert!(!eku.code_signing);
+    assert!(!eku.email_protection);
+    assert!(!eku.ocsp_signing);
     assert!(eku.other.is_empty());
     assert!(certificate.name_constraints().unwrap().is_none());
     for extension in certificate.extensions() {

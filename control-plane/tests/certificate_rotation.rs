@@ -236,7 +236,7 @@ fn certificates_rotate_many_times_while_clients_stay_connected() {
 }
 
 #[test]
-fn ca_rotation_completes_with_a_node_offline_and_the_node_heals() {
+fn ca_rotation_heals_offline_node() {
     let mut cluster = start("30");
     let listens: Vec<SocketAddr> = ["n1", "n2", "n3"]
         .iter()

@@ -1,6 +1,6 @@
-//! Node certificates against a real control plane and broker: each check on a signing request
-//! is attacked and must refuse with its reason; the CA key is sealed at rest; CA rotation steps
-//! and certificate alerts follow what nodes report.
+//! Node certificates against a real control plane and broker. Each check on a signing request
+//! is attacked and must reject with its reason. The CA key is sealed at rest, and CA rotation
+//! steps and certificate alerts follow what nodes report.
 
 #![allow(
     missing_docs,
@@ -307,7 +307,7 @@ fn signing_request_checks_hold_against_attacks() {
 }
 
 #[test]
-fn ca_key_is_sealed_at_rest_and_needs_the_secrets_key() {
+fn ca_key_sealed_at_rest() {
     let mut node = Node::start(&[]);
     assert!(matches!(
         node.request(&csr("n1", &["localhost"])),
@@ -324,7 +324,7 @@ fn ca_key_is_sealed_at_rest_and_needs_the_secrets_key() {
         "the CA key is stored in the clear"
     );
 
-    // A replica with another secrets key cannot sign, and says why.
+    // A replica with another secrets key cannot sign, and its rejection names the flag.
     node.cluster.kill_control_plane();
     warden_control_plane::ctl::offline::create_key(&node.cluster.path("other-secrets.key"))
         .unwrap();
@@ -341,7 +341,7 @@ fn ca_key_is_sealed_at_rest_and_needs_the_secrets_key() {
 }
 
 #[test]
-fn ca_rotation_waits_for_live_nodes_and_rolls_back_before_the_end() {
+fn ca_rotation_waits_and_rolls_back() {
     let node = Node::start(&[]);
     let client = node.cluster.client();
     let step = |name: &str| {
@@ -501,7 +501,8 @@ fn certificate_alerts_raise_and_resolve() {
     assert_eq!(all.len(), 2);
     assert!(all.iter().all(|alert| alert.resolved_at.is_some()));
     let log = node.cluster.control_plane_log();
-    assert!(log.contains("alert raised") && log.contains("alert resolved"));
+    assert!(log.contains("alert raised"));
+    assert!(log.contains("alert resolved"));
 }
 
 #[test]

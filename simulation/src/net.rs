@@ -124,7 +124,7 @@ impl Network {
         Ok(())
     }
 
-    /// Whether `who` can both send and receive.
+    /// Checks whether `who` can both send and receive.
     pub fn connected(&self, who: Participant) -> bool {
         self.can_send(who) && self.can_receive(who)
     }

@@ -9,7 +9,7 @@ use tokio::io::{AsyncRead, AsyncReadExt};
 /// Builds a client configuration that trusts every certificate in `bundle_pem`.
 ///
 /// # Panics
-/// If the bundle holds no PEM certificate or one that rustls rejects as a root.
+/// If the bundle contains no PEM certificate, or one that rustls rejects as a root.
 pub fn client_config(bundle_pem: &str) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     for certificate in CertificateDer::pem_slice_iter(bundle_pem.as_bytes()) {

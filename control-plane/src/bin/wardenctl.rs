@@ -323,7 +323,7 @@ enum CaCommand {
         #[arg(long)]
         deployment: String,
     },
-    /// Move to the next phase once every live node holds the current bundle.
+    /// Move to the next phase once every live node has the current bundle.
     Advance {
         /// Deployment.
         #[arg(long)]
