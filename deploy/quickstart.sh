@@ -70,7 +70,7 @@ export WARDEN_API_KEY_FILE="$run/admin-api-key"
 
 echo "==> writing the broker set-up: operator and account keys, a CA, a server certificate"
 "$bin/wardenctl" broker init --dir "$run/broker" --host 127.0.0.1 --host localhost \
-  --client-port "$nats_port" --websocket-port "$websocket_port"
+  --client-port "$nats_port" --websocket-port "$websocket_port" --jetstream-storage 1GiB
 
 echo "==> starting nats-server with TLS on port $nats_port (WebSocket-TLS on $websocket_port)"
 "$nats_server" -c "$run/broker/nats.conf" >"$run/nats-server.log" 2>&1 &
@@ -87,7 +87,7 @@ echo "==> creating the root, task and secrets keys and signing trust document ve
 echo "==> starting the control plane on port $api_port"
 "$bin/control-plane" --nats-url "$nats_url" --broker-dir "$run/broker" --listen "127.0.0.1:${api_port}" \
   --task-key "$run/task.key" --trust-document "$run/trust.b64" --admin-key-out "$WARDEN_API_KEY_FILE" \
-  --secrets-key "$run/secrets.key" --unreachable-after-secs 10 --sweep-interval-ms 1000 >"$run/control-plane.log" 2>&1 &
+  --secrets-key "$run/secrets.key" --artifact-cache-dir "$run/artifact-cache" --unreachable-after-secs 10 --sweep-interval-ms 1000 >"$run/control-plane.log" 2>&1 &
 pids+=($!)
 wait_for "the control plane API" 150 test -s "$WARDEN_API_KEY_FILE"
 wait_for "the control plane API" 150 "$bin/wardenctl" deployment list

@@ -774,6 +774,10 @@ pub struct Heartbeat {
     /// Wardens.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate: Option<CertificateStatus>,
+    /// Version of the installed access rules (0 before the first); absent from nodes that do
+    /// not manage access rules and from older Wardens.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_version: Option<u64>,
 }
 
 /// The node's TLS certificate, as a heartbeat reports it.

@@ -263,6 +263,7 @@ fn heartbeat() -> impl Strategy<Value = Heartbeat> {
                 config_version,
                 components: Vec::new(),
                 certificate: None,
+                access_version: None,
             },
         )
 }
@@ -505,6 +506,7 @@ fn unknown_key_and_wrong_type_are_distinct_errors() {
         config_version: 0,
         components: Vec::new(),
         certificate: None,
+        access_version: None,
     };
     let envelope = Envelope::seal(MessageId::from_random([3; 16]), &heartbeat).unwrap();
     let signed = key.sign(&envelope).unwrap();

@@ -6,8 +6,12 @@
 //!
 //! ```text
 //! cargo build --release --bins
-//! cargo bench -p warden-control-plane --bench round_trip -- [--nodes 1,100] [--rounds-one 300] [--rounds-many 20]
+//! cargo bench -p warden-control-plane --bench round_trip -- [--nodes 1,100] [--rounds-one 300] [--rounds-many 20] [--sync-always]
 //! ```
+//!
+//! `--sync-always` makes nats-server sync JetStream writes to disk before it acknowledges them
+//! (`sync_interval: always`, as `wardenctl broker init` configures it), instead of every two
+//! minutes.
 //!
 //! The round trip of a task is the time of its `succeeded` history entry minus its issue
 //! time, both read from the control plane's clock with millisecond resolution. Each task is an
@@ -41,6 +45,7 @@ struct Options {
     nodes: Vec<usize>,
     rounds_one: usize,
     rounds_many: usize,
+    sync_always: bool,
 }
 
 fn options() -> Options {
@@ -48,6 +53,7 @@ fn options() -> Options {
         nodes: vec![1, 100],
         rounds_one: 300,
         rounds_many: 20,
+        sync_always: false,
     };
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
@@ -62,8 +68,11 @@ fn options() -> Options {
             }
             "--rounds-one" => options.rounds_one = args.next().unwrap().parse().unwrap(),
             "--rounds-many" => options.rounds_many = args.next().unwrap().parse().unwrap(),
+            "--sync-always" => options.sync_always = true,
             "--bench" => {}
-            other => panic!("unknown argument {other}; use --nodes, --rounds-one or --rounds-many"),
+            other => panic!(
+                "unknown argument {other}; use --nodes, --rounds-one, --rounds-many or --sync-always"
+            ),
         }
     }
     options
@@ -78,7 +87,26 @@ fn percentile(sorted: &[u64], percent: usize) -> u64 {
 fn main() {
     let options = options();
     let dir = tempfile::tempdir().unwrap();
-    let nats = NatsServer::start();
+    let nats = if options.sync_always {
+        NatsServer::start_with_config(|setup| {
+            format!(
+                "host: 127.0.0.1\nport: {}\nwebsocket {{\n  host: 127.0.0.1\n  port: {}\n  no_tls: true\n}}\njetstream {{\n  store_dir: \"{}\"\n  sync_interval: always\n}}\n",
+                setup.client_port,
+                setup.websocket_port,
+                setup.dir.join("jetstream").display()
+            )
+        })
+    } else {
+        NatsServer::start()
+    };
+    println!(
+        "JetStream sync: {}",
+        if options.sync_always {
+            "always"
+        } else {
+            "every 2 minutes (default)"
+        }
+    );
     offline::create_key(&dir.path().join("root.key")).unwrap();
     let task_key = offline::create_key(&dir.path().join("task.key")).unwrap();
     offline::sign_trust(&offline::TrustSignRequest {
@@ -106,11 +134,14 @@ fn main() {
         .arg(dir.path().join("trust.b64"))
         .arg("--admin-key-out")
         .arg(dir.path().join("admin-key"))
+        .arg("--artifact-cache-dir")
+        .arg(dir.path().join("artifact-cache"))
         .env("RUST_LOG", "warn");
     let _control_plane = Process::spawn("control-plane", command, &dir.path().join("cp.log"));
     let key_path = dir.path().join("admin-key");
+    // The control plane creates the file before it writes the key, so wait for content.
     wait_until("the admin key", Duration::from_secs(30), || {
-        key_path.exists()
+        std::fs::read_to_string(&key_path).is_ok_and(|key| !key.trim().is_empty())
     });
     let client = Client::new(
         &api,

@@ -46,6 +46,8 @@ const CA_CERTIFICATE: &str = "ca.pem";
 const CA_KEY: &str = "ca-key.pem";
 const SERVER_CERTIFICATE: &str = "server.pem";
 const SERVER_KEY: &str = "server-key.pem";
+/// The [`Storage`] chosen at init, which every re-signed application account JWT keeps.
+const STORAGE_FILE: &str = "jetstream-storage.json";
 /// Name of the nats-server configuration file in the directory.
 pub const SERVER_CONFIG: &str = "nats.conf";
 
@@ -77,6 +79,22 @@ pub enum BrokerError {
         /// The kind of key expected.
         expected: KeyPairType,
     },
+    /// The JetStream storage sizes are out of range.
+    #[error("JetStream storage of {file_bytes} bytes on file and {memory_bytes} in memory is out of range; give at least 64MiB on file and 1 byte in memory, and at most 9223372036854775807 bytes each")]
+    Storage {
+        /// The file storage given.
+        file_bytes: u64,
+        /// The memory storage given.
+        memory_bytes: u64,
+    },
+    /// The storage file of the directory cannot be read.
+    #[error("broker directory file {path} is not a valid JetStream storage record ({reason}); write {{\"file_bytes\": N, \"memory_bytes\": N}} with the sizes of max_file_store and max_memory_store in nats.conf")]
+    StorageFile {
+        /// The file.
+        path: PathBuf,
+        /// The reason it was rejected.
+        reason: String,
+    },
     /// The directory already holds a set-up.
     #[error("{path} already holds a broker set-up; choose an empty directory")]
     Exists {
@@ -97,6 +115,88 @@ pub struct Listen {
     pub client_port: u16,
     /// TLS WebSocket port; 443 lets nodes through firewalls that only allow HTTPS out.
     pub websocket_port: u16,
+}
+
+/// JetStream storage for the application account. The broker reserves exactly this much: the
+/// account's limits and the server's `max_file_store` and `max_memory_store` are the same
+/// numbers, so whether JetStream starts does not depend on the free disk space at that moment.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Storage {
+    /// File storage in bytes: tasks, reports, key-value buckets and release artifacts.
+    pub file_bytes: u64,
+    /// Memory storage in bytes.
+    pub memory_bytes: u64,
+}
+
+/// The smallest file storage [`init`] accepts. A release artifact of a server binary is tens
+/// of megabytes (an estimate), and the object store keeps every published one.
+pub const MIN_FILE_STORAGE: u64 = 64 << 20;
+
+impl Storage {
+    /// Tells whether the file storage is from [`MIN_FILE_STORAGE`] to [`MAX_STORAGE`] and the
+    /// memory storage from 1 byte to [`MAX_STORAGE`].
+    pub fn in_range(&self) -> bool {
+        (MIN_FILE_STORAGE..=MAX_STORAGE).contains(&self.file_bytes)
+            && (1..=MAX_STORAGE).contains(&self.memory_bytes)
+    }
+}
+
+impl Default for Storage {
+    fn default() -> Self {
+        Self {
+            file_bytes: 16 << 30,
+            memory_bytes: 256 << 20,
+        }
+    }
+}
+
+/// The largest storage size nats-server reads: its configuration numbers are signed 64-bit.
+pub const MAX_STORAGE: u64 = i64::MAX.unsigned_abs();
+
+/// A storage size that [`parse_size`] could not read.
+#[derive(Debug, thiserror::Error)]
+#[error("{value:?} is not a storage size: {reason}; write a whole number with an optional unit B, KiB, MiB, GiB or TiB, such as 16GiB")]
+pub struct SizeError {
+    /// The text given.
+    pub value: String,
+    /// The reason it was rejected.
+    pub reason: &'static str,
+}
+
+/// Reads a size such as `16GiB`, `512MiB` or `1073741824`. Units are powers of 1024; `K`, `M`,
+/// `G` and `T` (with or without `B`) mean the same as `KiB`, `MiB`, `GiB` and `TiB`.
+pub fn parse_size(text: &str) -> Result<u64, SizeError> {
+    let error = |reason| SizeError {
+        value: text.to_owned(),
+        reason,
+    };
+    let trimmed = text.trim();
+    let digits_end = trimmed
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(trimmed.len());
+    let (number, unit) = trimmed.split_at(digits_end);
+    if number.is_empty() {
+        return Err(error("it does not start with a number"));
+    }
+    if unit.starts_with(['.', ',']) {
+        return Err(error("it is not a whole number"));
+    }
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return Err(error("the unit is unknown")),
+    };
+    let number: u64 = number
+        .parse()
+        .map_err(|_| error("the number is too large"))?;
+    number
+        .checked_mul(1 << shift)
+        .filter(|size| *size <= MAX_STORAGE)
+        .ok_or_else(|| error("it is above 9223372036854775807 bytes, the most nats-server reads"))
 }
 
 fn io(path: &Path) -> impl Fn(std::io::Error) -> BrokerError + '_ {
@@ -149,6 +249,30 @@ fn read_seed(path: &Path, expected: KeyPairType) -> Result<KeyPair, BrokerError>
     Ok(key)
 }
 
+/// Reads the storage record; a set-up written before the record existed used the defaults.
+fn read_storage(path: &Path) -> Result<Storage, BrokerError> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(Storage::default()),
+        Err(source) => return Err(io(path)(source)),
+    };
+    let storage: Storage =
+        serde_json::from_str(&text).map_err(|error| BrokerError::StorageFile {
+            path: path.to_path_buf(),
+            reason: error.to_string(),
+        })?;
+    if !storage.in_range() {
+        return Err(BrokerError::StorageFile {
+            path: path.to_path_buf(),
+            reason: format!(
+                "file_bytes must be from {MIN_FILE_STORAGE} to {MAX_STORAGE} and memory_bytes \
+                 from 1 to {MAX_STORAGE}"
+            ),
+        });
+    }
+    Ok(storage)
+}
+
 fn seed_text(key: &KeyPair) -> Result<String, BrokerError> {
     key.seed().map_err(|error| {
         BrokerError::Security(NatsSecurityError::KeyGeneration {
@@ -158,10 +282,10 @@ fn seed_text(key: &KeyPair) -> Result<String, BrokerError> {
     })
 }
 
-fn app_account(keys_public: String) -> AccountSpec {
+fn app_account(keys_public: String, storage: &Storage) -> AccountSpec {
     AccountSpec::new(APP_ACCOUNT_NAME, keys_public).with_jetstream(JetStreamLimits {
-        memory_storage: Limit::Max(256 << 20),
-        disk_storage: Limit::Max(16 << 30),
+        memory_storage: Limit::Max(storage.memory_bytes),
+        disk_storage: Limit::Max(storage.file_bytes),
         streams: Limit::Max(64),
         consumers: Limit::Unlimited,
     })
@@ -171,9 +295,16 @@ fn app_account(keys_public: String) -> AccountSpec {
 pub fn init(
     dir: &Path,
     listen: &Listen,
+    storage: &Storage,
     now: i64,
     rng: &mut (impl RngCore + CryptoRng),
 ) -> Result<(), BrokerError> {
+    if !storage.in_range() {
+        return Err(BrokerError::Storage {
+            file_bytes: storage.file_bytes,
+            memory_bytes: storage.memory_bytes,
+        });
+    }
     if dir.join(OPERATOR_SEED).exists() {
         return Err(BrokerError::Exists {
             path: dir.to_path_buf(),
@@ -220,7 +351,7 @@ pub fn init(
         now,
     )?;
     let system = AccountSpec::new(SYSTEM_ACCOUNT_NAME, keys.system_account.public_key());
-    let app = app_account(keys.app_account.public_key());
+    let app = app_account(keys.app_account.public_key(), storage);
     let tls = TlsFiles {
         certificate: dir.join(SERVER_CERTIFICATE),
         private_key: dir.join(SERVER_KEY),
@@ -249,7 +380,15 @@ pub fn init(
         ],
         resolver_dir: dir.join("resolver"),
         jetstream_dir: dir.join("jetstream"),
+        max_file_store: storage.file_bytes,
+        max_memory_store: storage.memory_bytes,
     })?;
+    let storage_text =
+        serde_json::to_string(storage).map_err(|error| BrokerError::StorageFile {
+            path: dir.join(STORAGE_FILE),
+            reason: error.to_string(),
+        })?;
+    std::fs::write(dir.join(STORAGE_FILE), storage_text).map_err(io(&dir.join(STORAGE_FILE)))?;
     std::fs::write(dir.join(SERVER_CONFIG), config).map_err(io(&dir.join(SERVER_CONFIG)))?;
     Ok(())
 }
@@ -261,6 +400,7 @@ pub struct Broker {
     app_account: KeyPair,
     ca_file: PathBuf,
     ca_pem: String,
+    storage: Storage,
 }
 
 impl std::fmt::Debug for Broker {
@@ -308,6 +448,7 @@ impl Broker {
             app_account: read_seed(&dir.join(APP_ACCOUNT_SEED), KeyPairType::Account)?,
             ca_pem: std::fs::read_to_string(&ca_file).map_err(io(&ca_file))?,
             ca_file,
+            storage: read_storage(&dir.join(STORAGE_FILE))?,
         })
     }
 
@@ -382,18 +523,24 @@ impl Broker {
         )
     }
 
-    /// Mints a one-node enrollment user: it may only request on the enroll subjects and read
-    /// replies on its own inbox, until `expires_at`.
+    /// Mints a one-node enrollment user: it may only request on this node's enroll subject and
+    /// read replies on its own inbox, until `expires_at`.
     pub fn mint_enrollment_user(
         &self,
+        deployment: &DeploymentId,
+        node: &NodeId,
         now: i64,
         expires_at: i64,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<MintedUser, BrokerError> {
         let key = generate_nkey(KeyPairType::User, rng)?;
-        let permissions = enrollment_permissions(&enrollment_inbox_prefix(&key.public_key()));
+        let permissions = enrollment_permissions(
+            deployment,
+            node,
+            &enrollment_inbox_prefix(&key.public_key()),
+        );
         let spec = UserSpec {
-            name: "enrollment".into(),
+            name: format!("enrollment {deployment}/{node}"),
             public_key: key.public_key(),
             permissions,
             expires_at: Some(expires_at),
@@ -428,7 +575,7 @@ impl Broker {
         revocations: &BTreeMap<String, i64>,
         now: i64,
     ) -> Result<String, BrokerError> {
-        let mut account = app_account(self.app_account.public_key());
+        let mut account = app_account(self.app_account.public_key(), &self.storage);
         account.revocations = revocations.clone();
         Ok(encode_account_jwt(&self.operator, &account, now)?)
     }
@@ -505,7 +652,14 @@ mod tests {
             websocket_port: 443,
         };
         let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(2);
-        init(&broker_dir, &listen, 1_796_428_800, &mut rng).unwrap();
+        init(
+            &broker_dir,
+            &listen,
+            &Storage::default(),
+            1_796_428_800,
+            &mut rng,
+        )
+        .unwrap();
         for secret in [
             OPERATOR_SEED,
             SYSTEM_ACCOUNT_SEED,
@@ -525,8 +679,12 @@ mod tests {
             config.contains("4222") && config.contains("443"),
             "{config}"
         );
+        assert!(
+            config.contains(&format!("max_file_store: {}", 16u64 << 30)),
+            "{config}"
+        );
         assert!(matches!(
-            init(&broker_dir, &listen, 1, &mut rng),
+            init(&broker_dir, &listen, &Storage::default(), 1, &mut rng),
             Err(BrokerError::Exists { .. })
         ));
         let broker = Broker::load(&broker_dir).unwrap();
@@ -541,5 +699,107 @@ mod tests {
             Broker::load(&broker_dir),
             Err(BrokerError::Permissions { .. })
         ));
+    }
+
+    #[test]
+    fn too_small_storage_rejected_before_writing() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker_dir = dir.path().join("broker");
+        let listen = Listen {
+            hosts: vec!["127.0.0.1".into()],
+            client_port: 4222,
+            websocket_port: 443,
+        };
+        let storage = Storage {
+            file_bytes: MIN_FILE_STORAGE - 1,
+            ..Storage::default()
+        };
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let error = init(&broker_dir, &listen, &storage, 1, &mut rng).unwrap_err();
+        assert!(error.to_string().contains("at least 64MiB"), "{error}");
+        let storage = Storage {
+            file_bytes: MAX_STORAGE + 1,
+            ..Storage::default()
+        };
+        assert!(init(&broker_dir, &listen, &storage, 1, &mut rng).is_err());
+        assert!(!broker_dir.exists());
+    }
+
+    #[test]
+    fn sizes_read_with_binary_units() {
+        assert_eq!(parse_size("1073741824").unwrap(), 1 << 30);
+        assert_eq!(parse_size("16GiB").unwrap(), 16 << 30);
+        assert_eq!(parse_size("512 MiB").unwrap(), 512 << 20);
+        assert_eq!(parse_size("2g").unwrap(), 2 << 30);
+        assert_eq!(parse_size("1T").unwrap(), 1 << 40);
+        for (bad, reason) in [
+            ("", "does not start with a number"),
+            ("GiB", "does not start with a number"),
+            ("-1GiB", "does not start with a number"),
+            ("1.5GiB", "not a whole number"),
+            ("16XB", "unit is unknown"),
+            ("16GB2", "unit is unknown"),
+            ("99999999999999999999", "number is too large"),
+            ("99999999999TiB", "the most nats-server reads"),
+            ("9223372036854775808", "the most nats-server reads"),
+        ] {
+            let error = parse_size(bad).unwrap_err().to_string();
+            assert!(error.contains(reason), "{bad:?}: {error}");
+            assert!(error.contains("such as 16GiB"), "{bad:?}: {error}");
+        }
+    }
+
+    fn disk_storage_claim(token: &str) -> serde_json::Value {
+        use base64::Engine;
+        let claims = token.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap();
+        claims["nats"]["limits"]["disk_storage"].clone()
+    }
+
+    #[test]
+    fn resigned_account_keeps_chosen_storage() {
+        let dir = tempfile::tempdir().unwrap();
+        let broker_dir = dir.path().join("broker");
+        let listen = Listen {
+            hosts: vec!["127.0.0.1".into()],
+            client_port: 4222,
+            websocket_port: 443,
+        };
+        let storage = Storage {
+            file_bytes: 1 << 30,
+            ..Storage::default()
+        };
+        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(4);
+        init(&broker_dir, &listen, &storage, 1, &mut rng).unwrap();
+        let config = std::fs::read_to_string(broker_dir.join(SERVER_CONFIG)).unwrap();
+        assert!(config.contains("max_file_store: 1073741824"), "{config}");
+
+        let broker = Broker::load(&broker_dir).unwrap();
+        let token = broker.app_account_jwt(&BTreeMap::new(), 2).unwrap();
+        assert_eq!(disk_storage_claim(&token), 1u64 << 30);
+
+        // A set-up from before the record existed keeps the old fixed reservation.
+        std::fs::remove_file(broker_dir.join(STORAGE_FILE)).unwrap();
+        let broker = Broker::load(&broker_dir).unwrap();
+        let token = broker.app_account_jwt(&BTreeMap::new(), 2).unwrap();
+        assert_eq!(disk_storage_claim(&token), 16u64 << 30);
+
+        for bad in [
+            "not json",
+            r#"{"file_bytes": 1, "memory_bytes": 1}"#,
+            r#"{"file_bytes": 1073741824, "memory_bytes": 0}"#,
+            r#"{"file_bytes": 1073741824, "memory_bytes": 1, "extra": 1}"#,
+            r#"{"file_bytes": 18446744073709551615, "memory_bytes": 1}"#,
+        ] {
+            std::fs::write(broker_dir.join(STORAGE_FILE), bad).unwrap();
+            let error = Broker::load(&broker_dir).unwrap_err().to_string();
+            assert!(error.contains(STORAGE_FILE), "{bad}: {error}");
+            assert!(error.contains("max_file_store"), "{bad}: {error}");
+        }
     }
 }

@@ -225,9 +225,21 @@ fn cut_cell(cell: &str) -> String {
 pub fn deployments_table(deployments: &[DeploymentView]) -> String {
     let rows: Vec<Vec<String>> = deployments
         .iter()
-        .map(|d| vec![d.id.clone(), d.created_at.clone(), d.description.clone()])
+        .map(|d| {
+            let version = |version: Option<u64>| version.map_or("-".to_owned(), |v| v.to_string());
+            vec![
+                d.id.clone(),
+                d.created_at.clone(),
+                version(d.desired_config_version),
+                version(d.desired_access_version),
+                d.description.clone(),
+            ]
+        })
         .collect();
-    table(&["DEPLOYMENT", "CREATED", "DESCRIPTION"], &rows)
+    table(
+        &["DEPLOYMENT", "CREATED", "CONFIG", "RULES", "DESCRIPTION"],
+        &rows,
+    )
 }
 
 /// Formats the CA state of a deployment as lines and a table of its CAs.
@@ -348,6 +360,8 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
                 n.certificate
                     .as_ref()
                     .map_or_else(|| "-".into(), |c| c.not_after.clone()),
+                n.access_version
+                    .map_or_else(|| "-".into(), |version| version.to_string()),
                 if n.alerts.is_empty() {
                     "-".into()
                 } else {
@@ -366,6 +380,7 @@ pub fn nodes_table(nodes: &[NodeView]) -> String {
             "NODE KEY",
             "COMPONENTS",
             "CERT EXPIRES",
+            "RULES",
             "ALERTS",
         ],
         &rows,
@@ -474,6 +489,29 @@ mod tests {
         assert_eq!(lines[0], "A           BB");
         assert_eq!(lines[1], "long-value  x");
         assert_eq!(lines[2], "s           yyy");
+    }
+
+    #[test]
+    fn deployments_show_desired_versions() {
+        let view = |id: &str, config: Option<u64>, rules: Option<u64>| DeploymentView {
+            id: id.into(),
+            description: "d".into(),
+            created_at: "2026-12-05T00:00:00Z".into(),
+            approval_key: None,
+            desired_config_version: config,
+            desired_access_version: rules,
+        };
+        let text = deployments_table(&[view("prod", Some(7), None), view("test", None, Some(3))]);
+        let rows: Vec<Vec<&str>> = text
+            .lines()
+            .map(|line| line.split_whitespace().collect())
+            .collect();
+        assert_eq!(
+            rows[0],
+            ["DEPLOYMENT", "CREATED", "CONFIG", "RULES", "DESCRIPTION"]
+        );
+        assert_eq!(rows[1], ["prod", "2026-12-05T00:00:00Z", "7", "-", "d"]);
+        assert_eq!(rows[2], ["test", "2026-12-05T00:00:00Z", "-", "3", "d"]);
     }
 
     #[test]

@@ -73,6 +73,181 @@ pub enum ReleaseError {
     /// The object store failed.
     #[error("object store {RELEASES_OBJECT_STORE}: {0}")]
     ObjectStore(String),
+    /// The cache directory cannot be used: it cannot be created or read, or another user could
+    /// change it, and so the files the replica writes there.
+    #[error("artifact cache directory {path} {problem}; {fix}")]
+    CacheDir {
+        /// The directory.
+        path: String,
+        /// The problem found.
+        problem: String,
+        /// The advice for the operator.
+        fix: &'static str,
+    },
+}
+
+/// A cache directory that [`prepare_cache_dir`] created or checked.
+#[derive(Debug, Clone)]
+pub struct PreparedCacheDir(PathBuf);
+
+impl PreparedCacheDir {
+    /// Returns the directory's path.
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+/// Creates the cache directory with mode 0700 if it is missing, and checks it:
+///
+/// - it is a real directory owned by this user that no other user may write to;
+/// - its path has no `..` and passes through no symbolic link;
+/// - every directory above it belongs to root or this user and no other user may write to it,
+///   unless its sticky bit keeps others from renaming what they do not own (as in `/tmp`);
+/// - it contains nothing but cache files, so a path such as `/etc` given by mistake is rejected.
+///
+/// The replica creates files there and renames them, so a directory that another user could
+/// write to, or rename and replace with a link, would let that user steer those writes.
+pub fn prepare_cache_dir(dir: &Path) -> Result<PreparedCacheDir, ReleaseError> {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt};
+
+    let reject = |problem: String, fix| ReleaseError::CacheDir {
+        path: dir.display().to_string(),
+        problem,
+        fix,
+    };
+    if dir
+        .components()
+        .any(|component| component == std::path::Component::ParentDir)
+    {
+        return Err(reject(
+            "contains ..".to_owned(),
+            "give the path without .. components",
+        ));
+    }
+    match std::fs::DirBuilder::new().mode(0o700).create(dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {
+            return Err(reject(
+                "has no parent directory".to_owned(),
+                "create the parent first, or give --artifact-cache-dir another directory",
+            ))
+        }
+        Err(error) => {
+            return Err(reject(
+                format!("cannot be created ({error})"),
+                "create it for the control plane's user, or give --artifact-cache-dir a \
+                 directory this user may create",
+            ))
+        }
+    }
+    let unreadable = |error: std::io::Error| {
+        reject(
+            format!("cannot be read ({error})"),
+            "give --artifact-cache-dir a directory this user may read",
+        )
+    };
+    let metadata = std::fs::symlink_metadata(dir).map_err(unreadable)?;
+    if !metadata.file_type().is_dir() {
+        return Err(reject(
+            "is not a directory (a symbolic link is not followed)".to_owned(),
+            "give the path of a real directory",
+        ));
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    if metadata.uid() != me {
+        return Err(reject(
+            format!(
+                "belongs to uid {}, not to this process's uid {me}",
+                metadata.uid()
+            ),
+            "remove it so the control plane creates it, or chown it to the control plane's user",
+        ));
+    }
+    if metadata.mode() & 0o022 != 0 {
+        return Err(reject(
+            format!(
+                "has mode {:o}, writable by other users",
+                metadata.mode() & 0o7777
+            ),
+            "remove it, since other users may have put files in it, and let the control plane \
+             create it again",
+        ));
+    }
+
+    let real = std::fs::canonicalize(dir).map_err(unreadable)?;
+    let absolute = std::path::absolute(dir).map_err(unreadable)?;
+    if real != absolute {
+        return Err(reject(
+            format!(
+                "passes through a symbolic link; its real path is {}",
+                real.display()
+            ),
+            "give the real path",
+        ));
+    }
+    for ancestor in real.ancestors().skip(1) {
+        let metadata = std::fs::metadata(ancestor).map_err(unreadable)?;
+        let owner = metadata.uid();
+        let mode = metadata.mode();
+        let problem = if owner != 0 && owner != me {
+            format!("has parent {} of uid {owner}", ancestor.display())
+        } else if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+            format!(
+                "has parent {} with mode {:o}, writable by other users without the sticky bit",
+                ancestor.display(),
+                mode & 0o7777
+            )
+        } else {
+            continue;
+        };
+        return Err(reject(
+            problem,
+            "another user could rename the cache and put a link in its place; give a \
+             directory whose parents only root or this user can change",
+        ));
+    }
+
+    for entry in std::fs::read_dir(dir).map_err(unreadable)? {
+        let name = entry.map_err(unreadable)?.file_name();
+        let name = name.to_string_lossy();
+        if !is_cache_file_name(&name) {
+            return Err(reject(
+                format!("contains {name:?}, which is not a cache file"),
+                "give an empty directory or one that only the control plane has used",
+            ));
+        }
+    }
+    Ok(PreparedCacheDir(dir.to_path_buf()))
+}
+
+/// Tells whether `name` is a cached artifact (its hex SHA-256) or a partial upload or fill of
+/// one.
+fn is_cache_file_name(name: &str) -> bool {
+    let (digest, rest) = name.split_at(name.len().min(64));
+    let digest_ok = digest.len() == 64
+        && digest
+            .bytes()
+            .all(|byte| matches!(byte, b'0'..=b'9' | b'a'..=b'f'));
+    digest_ok && (rest.is_empty() || rest.starts_with(".upload-") || rest.starts_with(".fill-"))
+}
+
+/// Creates `path` for writing as a new file of mode 0600. A leftover of an earlier run, such as
+/// a fill interrupted by a crash, is removed first; a link there is removed, not followed.
+async fn create_private(path: &Path) -> Result<tokio::fs::File, ReleaseError> {
+    match tokio::fs::remove_file(path).await {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+        Err(error) => return Err(cache_error(path, error)),
+    }
+    tokio::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(path)
+        .await
+        .map_err(|error| cache_error(path, error))
 }
 
 fn cache_error(path: &Path, error: impl std::fmt::Display) -> ReleaseError {
@@ -100,10 +275,11 @@ pub struct Chunk {
 }
 
 impl ReleaseStore {
-    /// Opens the object store, creating it if no replica has, and creates the cache directory.
+    /// Opens the object store, creating it if no replica has, with a cache directory from
+    /// [`prepare_cache_dir`].
     pub async fn open(
         client: async_nats::Client,
-        cache_dir: PathBuf,
+        cache_dir: PreparedCacheDir,
     ) -> Result<Self, ReleaseError> {
         let jetstream = async_nats::jetstream::new(client);
         let objects = match jetstream.get_object_store(RELEASES_OBJECT_STORE).await {
@@ -117,12 +293,9 @@ impl ReleaseStore {
                 .await
                 .map_err(|error| ReleaseError::ObjectStore(error.to_string()))?,
         };
-        tokio::fs::create_dir_all(&cache_dir)
-            .await
-            .map_err(|error| cache_error(&cache_dir, error))?;
         Ok(Self {
             objects,
-            cache_dir,
+            cache_dir: cache_dir.0,
             fill_lock: Arc::new(tokio::sync::Mutex::new(())),
         })
     }
@@ -170,9 +343,7 @@ impl ReleaseStore {
         S: Stream<Item = Result<Bytes, E>> + Unpin,
         E: std::fmt::Display,
     {
-        let mut file = tokio::fs::File::create(path)
-            .await
-            .map_err(|error| cache_error(path, error))?;
+        let mut file = create_private(path).await?;
         let mut hasher = Sha256::new();
         let mut size: u64 = 0;
         while let Some(chunk) = body.next().await {
@@ -294,9 +465,7 @@ impl ReleaseStore {
             .cache_dir
             .join(format!("{sha256_hex}.fill-{}", std::process::id()));
         let result = async {
-            let mut file = tokio::fs::File::create(&partial)
-                .await
-                .map_err(|error| cache_error(&partial, error))?;
+            let mut file = create_private(&partial).await?;
             let mut hasher = Sha256::new();
             let mut copied: u64 = 0;
             let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
@@ -349,5 +518,154 @@ impl ReleaseStore {
             );
         }
         result
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+mod tests {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+
+    use super::*;
+
+    fn problem(dir: &Path) -> String {
+        match prepare_cache_dir(dir) {
+            Err(error @ ReleaseError::CacheDir { .. }) => error.to_string(),
+            other => panic!("{dir:?}: expected an unsafe-directory error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn missing_cache_dir_created_private() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        prepare_cache_dir(&dir).unwrap();
+        assert_eq!(std::fs::metadata(&dir).unwrap().mode() & 0o777, 0o700);
+        // An existing private directory is accepted as it is.
+        prepare_cache_dir(&dir).unwrap();
+        let error = problem(&root.path().join("no/parent"));
+        assert!(error.contains("no parent directory"), "{error}");
+    }
+
+    #[test]
+    fn cache_dir_writable_by_others_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        for mode in [0o777, 0o1777, 0o720, 0o702] {
+            std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(mode)).unwrap();
+            let error = problem(&dir);
+            assert!(
+                error.contains("writable by other users"),
+                "{mode:o}: {error}"
+            );
+            assert!(error.contains("remove it"), "{mode:o}: {error}");
+        }
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        prepare_cache_dir(&dir).unwrap();
+    }
+
+    #[test]
+    fn link_as_cache_dir_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let target = root.path().join("elsewhere");
+        std::fs::create_dir(&target).unwrap();
+        let link = root.path().join("cache");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let error = problem(&link);
+        assert!(error.contains("not a directory"), "{error}");
+        std::fs::write(root.path().join("file"), b"").unwrap();
+        let error = problem(&root.path().join("file"));
+        assert!(error.contains("not a directory"), "{error}");
+    }
+
+    #[test]
+    fn cache_dir_of_another_user_rejected() {
+        if !nix::unistd::geteuid().is_root() {
+            // Only root can give a directory away; the CI runs these tests as root.
+            eprintln!("skipped: needs root to chown the directory");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700)).unwrap();
+        std::os::unix::fs::chown(&dir, Some(65_534), Some(65_534)).unwrap();
+        let error = problem(&dir);
+        assert!(error.contains("belongs to uid 65534"), "{error}");
+    }
+
+    #[test]
+    fn cache_dir_path_through_link_or_dots_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let real = root.path().join("real");
+        std::fs::create_dir(&real).unwrap();
+        let link = root.path().join("link");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let error = problem(&link.join("cache"));
+        assert!(error.contains("passes through a symbolic link"), "{error}");
+        assert!(
+            error.contains(&real.join("cache").display().to_string()),
+            "{error}"
+        );
+        let error = problem(&real.join("..").join("real").join("cache"));
+        assert!(error.contains("contains .."), "{error}");
+    }
+
+    #[test]
+    fn cache_dir_under_open_parent_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let parent = root.path().join("open");
+        std::fs::create_dir(&parent).unwrap();
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o777)).unwrap();
+        let error = problem(&parent.join("cache"));
+        assert!(error.contains("without the sticky bit"), "{error}");
+        // With the sticky bit, as in /tmp, others cannot rename what they do not own.
+        std::fs::set_permissions(&parent, std::fs::Permissions::from_mode(0o1777)).unwrap();
+        prepare_cache_dir(&parent.join("cache")).unwrap();
+    }
+
+    #[test]
+    fn cache_dir_with_other_files_rejected() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("cache");
+        prepare_cache_dir(&dir).unwrap();
+        let digest = "ab".repeat(32);
+        for name in [
+            digest.clone(),
+            format!("{digest}.fill-12"),
+            format!("{digest}.upload-00ff"),
+        ] {
+            std::fs::write(dir.join(name), b"").unwrap();
+        }
+        prepare_cache_dir(&dir).unwrap();
+        for name in [
+            "passwd",
+            &digest[..63],
+            &format!("{digest}.old"),
+            &"AB".repeat(32),
+        ] {
+            std::fs::write(dir.join(name), b"").unwrap();
+            let error = problem(&dir);
+            assert!(error.contains("not a cache file"), "{name}: {error}");
+            std::fs::remove_file(dir.join(name)).unwrap();
+        }
+    }
+
+    /// A link planted where a fill or upload writes is removed, not followed.
+    #[tokio::test]
+    async fn planted_link_at_partial_file_not_followed() {
+        let root = tempfile::tempdir().unwrap();
+        let victim = root.path().join("victim");
+        std::fs::write(&victim, b"keep me").unwrap();
+        let partial = root.path().join("abc.fill-1");
+        std::os::unix::fs::symlink(&victim, &partial).unwrap();
+        let mut file = create_private(&partial).await.unwrap();
+        file.write_all(b"artifact bytes").await.unwrap();
+        drop(file);
+        assert_eq!(std::fs::read(&victim).unwrap(), b"keep me");
+        let metadata = std::fs::symlink_metadata(&partial).unwrap();
+        assert!(metadata.file_type().is_file());
+        assert_eq!(metadata.mode() & 0o777, 0o600);
     }
 }

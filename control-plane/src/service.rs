@@ -28,6 +28,7 @@ use warden_bus::{
 };
 use warden_bus::{KeySignature, PublicKey, SignedEnvelope};
 
+use crate::core::desired::IssueWindow;
 use crate::core::enrollment::{EnrollOutcome, Enrollment};
 use crate::core::health::{HealthTransition, NodeHealth, NodeRecord};
 use crate::core::issue::{self, ActionRequest, FieldError};
@@ -36,7 +37,9 @@ use crate::keys;
 use crate::releases::{ReleaseStore, RELEASE_MANIFESTS_BUCKET};
 use crate::store::{DeploymentRecord, Record, Store, StoreError};
 
+mod cache;
 mod certificates;
+mod desired;
 mod releases;
 
 pub use certificates::{
@@ -236,6 +239,15 @@ pub const HEARTBEATS_PER_WINDOW: u32 = 20;
 /// Window of the heartbeat rate bound.
 pub const HEARTBEAT_WINDOW: Duration = Duration::from_secs(10);
 
+/// Component output lines one replica writes for one node per [`COMPONENT_LINES_WINDOW`]. A
+/// Warden sends at most 64 lines per second for each stream of each component, so 2,560 for
+/// its two components. The bound keeps a node's credentials from filling the control plane's
+/// log as fast as the broker delivers.
+pub const COMPONENT_LINES_PER_WINDOW: u32 = 4_096;
+
+/// Window of the component output bound.
+pub const COMPONENT_LINES_WINDOW: Duration = Duration::from_secs(10);
+
 /// Options of a new node's bootstrap file.
 #[derive(Debug, Clone)]
 pub struct NodeOptions {
@@ -260,8 +272,10 @@ struct Inner {
     settings: Settings,
     log_limiter: Mutex<crate::core::log_limit::LogLimiter>,
     heartbeat_limiter: Mutex<crate::core::log_limit::LogLimiter>,
+    component_line_limiter: Mutex<crate::core::log_limit::LogLimiter>,
     secrets: Option<crate::ca::SecretsKey>,
-    bundle_versions: Mutex<std::collections::HashMap<DeploymentId, (UnixMillis, u64)>>,
+    bundle_versions: cache::DeploymentCache<u64>,
+    desired: cache::DeploymentCache<Option<Arc<crate::store::DeploymentRecord>>>,
 }
 
 /// One replica's handle on the control plane. Cheap to clone.
@@ -296,8 +310,13 @@ impl ControlPlane {
                     HEARTBEATS_PER_WINDOW,
                     HEARTBEAT_WINDOW,
                 )),
+                component_line_limiter: Mutex::new(crate::core::log_limit::LogLimiter::new(
+                    COMPONENT_LINES_PER_WINDOW,
+                    COMPONENT_LINES_WINDOW,
+                )),
                 secrets: None,
-                bundle_versions: Mutex::default(),
+                bundle_versions: cache::DeploymentCache::default(),
+                desired: cache::DeploymentCache::default(),
             }),
         }
     }
@@ -489,6 +508,10 @@ impl ControlPlane {
             description,
             created_at: self.now(),
             approval_key,
+            access_rules: None,
+            config: None,
+            access_rules_issue: None,
+            config_issue: None,
         };
         match self.inner.store.create(&record).await {
             Ok(_) => {
@@ -642,6 +665,8 @@ impl ControlPlane {
                         .lock()
                         .unwrap_or_else(PoisonError::into_inner);
                     broker.mint_enrollment_user(
+                        &deployment.id,
+                        node,
                         unix_seconds(now),
                         unix_seconds(expires_at),
                         &mut *rng,
@@ -680,6 +705,7 @@ impl ControlPlane {
             components: Default::default(),
             tls_names: options.tls_names,
             tls_listen: None,
+            access: None,
         })
     }
 
@@ -714,6 +740,8 @@ impl ControlPlane {
         let action = request.into_action(&trust)?;
         let needs_approval = action.needs_approval() && deployment_record.approval_key.is_some();
         let ttl = issue::validate_ttl(ttl_secs)?;
+        // Set for an issue to all nodes that makes its document the deployment's desired one.
+        let mut desired_issue_at = None;
         let nodes = match target {
             Target::Node(node) => {
                 let key = warden_bus::subject::node_key(&deployment, &node);
@@ -727,6 +755,8 @@ impl ControlPlane {
                 vec![node]
             }
             Target::AllNodes => {
+                // Taken before the listing: a node added after it counts as added later.
+                let issued_at = self.now();
                 let nodes: Vec<NodeId> = self
                     .list_nodes(&deployment)
                     .await?
@@ -738,6 +768,10 @@ impl ControlPlane {
                         what: format!("deployment {deployment} has no nodes"),
                         fix: "add nodes with `wardenctl node add` first".into(),
                     });
+                }
+                // A task that needs the customer's approval is not sent again without it.
+                if !needs_approval {
+                    desired_issue_at = Some(issued_at);
                 }
                 nodes
             }
@@ -819,6 +853,22 @@ impl ControlPlane {
                 }
             }
             records.push(record);
+        }
+        if let Some(issued_at) = desired_issue_at {
+            // From now on nodes that report an older rule set or configuration get this one
+            // again. The tasks are recorded, so they reach their nodes even if this fails.
+            let expires_at = records
+                .iter()
+                .map(|record| record.expires_at)
+                .max()
+                .unwrap_or(issued_at);
+            let issue = IssueWindow {
+                issued_at,
+                expires_at,
+            };
+            if let Err(error) = self.record_desired(&deployment, &action, issue).await {
+                tracing::warn!(deployment_id = %deployment, error = %error, "failed to record the desired document; nodes that miss their task will not get it again");
+            }
         }
         Ok(records)
     }
@@ -1656,13 +1706,30 @@ impl ControlPlane {
             "stderr" => "stderr",
             _ => "unknown",
         };
-        for line in &batch.lines {
+        // The node's own report of dropped lines counts as one more line.
+        let requested = batch.lines.len() + usize::from(batch.dropped > 0);
+        let admission = self
+            .inner
+            .component_line_limiter
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .admit_many(
+                &warden_bus::subject::node_key(&origin.deployment, &origin.node),
+                self.now(),
+                u32::try_from(requested).unwrap_or(u32::MAX),
+            );
+        if admission.held_back > 0 {
+            tracing::warn!(target: "component_logs", deployment_id = %origin.deployment, node_id = %origin.node, held_back = admission.held_back, "held back output lines of this node over the bound of {COMPONENT_LINES_PER_WINDOW} per {} s", COMPONENT_LINES_WINDOW.as_secs());
+        }
+        let mut allowance = usize::try_from(admission.written).unwrap_or(usize::MAX);
+        if batch.dropped > 0 && allowance > 0 {
+            allowance -= 1;
+            tracing::warn!(target: "component_logs", deployment_id = %origin.deployment, node_id = %origin.node, component = %batch.component, stream, dropped = batch.dropped, "the node dropped output lines over its rate bound");
+        }
+        for line in batch.lines.iter().take(allowance) {
             let line =
                 warden_bus::messages::truncate(line, warden_bus::messages::LOG_LINE_BYTES_MAX);
             tracing::info!(target: "component_logs", deployment_id = %origin.deployment, node_id = %origin.node, component = %batch.component, stream, line = %line);
-        }
-        if batch.dropped > 0 {
-            tracing::warn!(target: "component_logs", deployment_id = %origin.deployment, node_id = %origin.node, component = %batch.component, stream, dropped = batch.dropped, "the node dropped output lines over its rate bound");
         }
         Ok(())
     }
@@ -1745,6 +1812,9 @@ impl ControlPlane {
         if let Some(record) = updated {
             if let Err(error) = self.nudge_if_behind(&record).await {
                 tracing::warn!(deployment_id = %record.deployment, node_id = %record.node, error = %error, "failed to ask a node to renew its certificate");
+            }
+            if let Err(error) = self.resend_desired_if_behind(&record).await {
+                tracing::warn!(deployment_id = %record.deployment, node_id = %record.node, error = %error, "failed to send a node its desired documents");
             }
         }
         Ok(())

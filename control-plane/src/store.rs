@@ -47,6 +47,20 @@ pub struct DeploymentRecord {
     /// its signature before they are sent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_key: Option<String>,
+    /// The access rule set last issued to all nodes, with the highest version so far. Nodes
+    /// that report an older version get it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_rules: Option<warden_bus::messages::AccessRules>,
+    /// The Iggy configuration last issued to all nodes, with the highest version so far. Nodes
+    /// that report an older version get it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<warden_bus::messages::ApplyConfig>,
+    /// The issue of `access_rules` to all nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_rules_issue: Option<crate::core::desired::IssueWindow>,
+    /// The issue of `config` to all nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_issue: Option<crate::core::desired::IssueWindow>,
 }
 
 impl Record for DeploymentRecord {
@@ -277,6 +291,10 @@ mod tests {
             description: String::new(),
             created_at: UnixMillis(1),
             approval_key: None,
+            access_rules: None,
+            config: None,
+            access_rules_issue: None,
+            config_issue: None,
         }
     }
 

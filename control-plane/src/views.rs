@@ -60,6 +60,12 @@ pub struct DeploymentView {
     /// Customer approval public key, hex.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub approval_key: Option<String>,
+    /// Version of the configuration last issued to all nodes, which nodes behind get again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_config_version: Option<u64>,
+    /// Version of the access rules last issued to all nodes, which nodes behind get again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub desired_access_version: Option<u64>,
 }
 
 impl From<DeploymentRecord> for DeploymentView {
@@ -69,6 +75,8 @@ impl From<DeploymentRecord> for DeploymentView {
             description: record.description,
             created_at: record.created_at.to_string(),
             approval_key: record.approval_key,
+            desired_config_version: record.config.map(|config| config.version),
+            desired_access_version: record.access_rules.map(|rules| rules.version),
         }
     }
 }
@@ -170,6 +178,9 @@ pub struct NodeView {
     /// Active alerts.
     #[serde(default)]
     pub alerts: Vec<String>,
+    /// Version of the installed access rules, if the node manages them.
+    #[serde(default)]
+    pub access_version: Option<u64>,
 }
 
 /// A node's TLS certificate, as its heartbeat describes it.
@@ -222,6 +233,7 @@ impl From<NodeRecord> for NodeView {
                 .filter(|alert| alert.resolved_at.is_none())
                 .map(|alert| alert.kind.as_str().to_owned())
                 .collect(),
+            access_version: record.access_version,
             transitions: record
                 .transitions
                 .into_iter()

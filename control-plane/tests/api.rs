@@ -293,21 +293,13 @@ fn unwritable_key_file_loses_no_key() {
     let dir = tempfile::tempdir().unwrap();
     support::offline_setup(dir.path());
     let start = |key_out: &std::path::Path, run: u32| {
-        let mut command =
-            std::process::Command::new(warden_testkit::workspace_binary("control-plane"));
+        let binary = warden_testkit::workspace_binary("control-plane");
+        let mut command = support::control_plane_command(&binary, dir.path(), &nats.url());
         command
-            .args([
-                "--nats-url",
-                &nats.url(),
-                "--listen",
-                &format!("127.0.0.1:{}", warden_testkit::free_port()),
-            ])
-            .arg("--task-key")
-            .arg(dir.path().join("task.key"))
-            .arg("--trust-document")
-            .arg(dir.path().join("trust.b64"))
             .arg("--admin-key-out")
-            .arg(key_out);
+            .arg(key_out)
+            .arg("--artifact-cache-dir")
+            .arg(dir.path().join("artifact-cache"));
         warden_testkit::Process::spawn(
             "control-plane",
             command,
@@ -333,6 +325,35 @@ fn unwritable_key_file_loses_no_key() {
         std::time::Duration::from_secs(30),
         || std::fs::read_to_string(&good).is_ok_and(|text| text.starts_with("wdn_")),
     );
+}
+
+/// A cache directory that another user can write to would let that user plant a link where the
+/// control plane writes artifacts. So the control plane rejects it at start, before it
+/// connects to NATS (none runs here).
+#[test]
+fn shared_artifact_cache_dir_refused_at_start() {
+    use std::os::unix::fs::PermissionsExt;
+
+    let dir = tempfile::tempdir().unwrap();
+    support::offline_setup(dir.path());
+    let cache = dir.path().join("shared-cache");
+    std::fs::create_dir(&cache).unwrap();
+    std::fs::set_permissions(&cache, std::fs::Permissions::from_mode(0o1777)).unwrap();
+    let binary = warden_testkit::workspace_binary("control-plane");
+    let mut command = support::control_plane_command(&binary, dir.path(), "nats://127.0.0.1:1");
+    command.arg("--artifact-cache-dir").arg(&cache);
+    let mut control_plane =
+        warden_testkit::Process::spawn("control-plane", command, &dir.path().join("cp.log"));
+    assert_ne!(
+        control_plane.wait_exit(std::time::Duration::from_secs(30)),
+        Some(0)
+    );
+    let log = control_plane.log();
+    assert!(
+        log.contains("has mode 1777, writable by other users; remove it"),
+        "{log}"
+    );
+    assert!(!log.contains("connected to NATS"), "{log}");
 }
 
 #[test]

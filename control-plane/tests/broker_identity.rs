@@ -352,3 +352,33 @@ fn reply_subject_cannot_aim_the_control_plane() {
         "an aimed reply reached a node's task subject"
     );
 }
+
+/// The enrollment credential in a bootstrap file may ask to enroll its own node only, so a
+/// leaked file cannot send enrollment requests for the other nodes of the account. The broker
+/// enforcing such a permission is tested in `broker_permissions.rs`.
+#[test]
+fn enrollment_credential_names_only_its_node() {
+    use base64::Engine;
+
+    let mut cluster = Cluster::start();
+    for node in ["n1", "n2"] {
+        let text = std::fs::read_to_string(cluster.add_node(node)).unwrap();
+        let bootstrap: warden::bootstrap::BootstrapFile = toml::from_str(&text).unwrap();
+        let jwt = bootstrap.enrollment_jwt.unwrap();
+        let claims = jwt.split('.').nth(1).unwrap();
+        let claims: serde_json::Value = serde_json::from_slice(
+            &base64::engine::general_purpose::URL_SAFE_NO_PAD
+                .decode(claims)
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(
+            claims["nats"]["pub"]["allow"],
+            serde_json::json!([format!("ld.{DEPLOYMENT}.{node}.rpc.enroll")]),
+            "{claims}"
+        );
+    }
+    // The restricted credential is still enough to enroll.
+    cluster.start_warden("n2", &[]);
+    wait_enrolled(&cluster, "n2");
+}

@@ -154,6 +154,8 @@ impl Broker {
                 accounts,
                 resolver_dir: setup.dir.join("jwt"),
                 jetstream_dir: setup.dir.join("jetstream"),
+                max_file_store: 256 << 20,
+                max_memory_store: 64 << 20,
             })
             .unwrap()
         });
@@ -719,7 +721,11 @@ async fn enrollment_user_limited_to_enroll() {
     let spec = UserSpec {
         name: "enroll".to_owned(),
         public_key: key.public_key(),
-        permissions: enrollment_permissions(&inbox),
+        permissions: enrollment_permissions(
+            &DeploymentId::new("prod").unwrap(),
+            &NodeId::new("node-c").unwrap(),
+            &inbox,
+        ),
         expires_at: Some(broker.now + 3600),
     };
     let identity = Identity {
@@ -745,10 +751,13 @@ async fn enrollment_user_limited_to_enroll() {
     assert_eq!(reply.payload, Bytes::from_static(b"answer"));
     responder.abort();
 
+    // A leaked bootstrap file of node-c cannot ask to enroll any other node.
     for subject in [
         "ld.prod.node-c.telemetry.report",
         "ld.prod.node-c.rpc.other",
         "ld.prod.node-c.tasks",
+        "ld.prod.node-d.rpc.enroll",
+        "ld.staging.node-c.rpc.enroll",
     ] {
         assert_publish_refused(&mut probe, &observer, subject).await;
     }

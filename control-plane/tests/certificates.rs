@@ -97,6 +97,7 @@ impl Node {
             config_version: 0,
             components: Vec::new(),
             certificate: Some(certificate),
+            access_version: None,
         };
         let envelope = Envelope::seal(MessageId::from_random(rand::random()), &heartbeat).unwrap();
         let payload = self.key.sign(&envelope).unwrap().encode().unwrap();

@@ -15,6 +15,7 @@ use std::time::Duration;
 
 use support::{Cluster, CONFIG, DEPLOYMENT};
 use warden_control_plane::core::issue::ActionRequest;
+use warden_control_plane::views::DeploymentView;
 use warden_testkit::{listening_sockets, wait_until, workspace_binary};
 
 #[test]
@@ -60,6 +61,60 @@ fn config_applied_on_three_nodes() {
                 .iter()
                 .all(|node| node.health == "healthy" && node.config_version == 1)
         },
+    );
+}
+
+#[test]
+fn late_node_gets_desired_config() {
+    let mut cluster = Cluster::start();
+    cluster.add_node("n1");
+    cluster.start_warden("n1", &[]);
+    let all = &cluster.apply_config(None, 2)[0];
+    cluster.wait_status(&all.id, "succeeded");
+    // A configuration for one node does not become the deployment's.
+    let single = &cluster.apply_config(Some("n1"), 3)[0];
+    cluster.wait_status(&single.id, "succeeded");
+
+    // n2 did not exist when version 2 went to all nodes. Its heartbeat reports version 0, so
+    // the control plane sends it version 2.
+    cluster.add_node("n2");
+    cluster.start_warden("n2", &[]);
+    wait_until(
+        "n2 to report config version 2",
+        Duration::from_secs(30),
+        || {
+            cluster
+                .nodes()
+                .iter()
+                .any(|node| node.node == "n2" && node.config_version == 2)
+        },
+    );
+    let written = std::fs::read_to_string(cluster.path("n2").join("iggy/server.toml")).unwrap();
+    assert!(
+        written.starts_with("# Written by Warden; do not edit. config_version = 2\n"),
+        "{written}"
+    );
+    // n1 keeps its own version 3, and nothing was sent to it again.
+    wait_until(
+        "n1 to report config version 3",
+        Duration::from_secs(10),
+        || {
+            cluster
+                .nodes()
+                .iter()
+                .any(|node| node.node == "n1" && node.config_version == 3)
+        },
+    );
+    assert_eq!(cluster.tasks_of_kind("apply_config"), 3);
+    let deployments: Vec<DeploymentView> = cluster.client().get("/v1/deployments").unwrap();
+    let deployment = deployments.iter().find(|view| view.id == DEPLOYMENT);
+    assert_eq!(
+        deployment.and_then(|view| view.desired_config_version),
+        Some(2)
+    );
+    assert_eq!(
+        deployment.and_then(|view| view.desired_access_version),
+        None
     );
 }
 

@@ -53,33 +53,7 @@ impl ReleaseSetup {
         let mut cluster = Cluster::start_with(&["--artifact-cache-dir", &cache_arg]);
 
         // Trust document version 2 adds a release key; the control plane never holds its seed.
-        let release_key = offline::create_key(&cluster.path("release.key")).unwrap();
-        let task_key = cluster.task_key();
-        let trust_file = cluster.path("trust-2.b64");
-        ctl_ok(
-            &cluster,
-            &[
-                "trust",
-                "sign",
-                "--root-key",
-                path_str(&cluster.path("root.key")),
-                "--version",
-                "2",
-                "--expires-in",
-                "30d",
-                "--task-key",
-                &format!("{},from=-1h", task_key.public_key().to_hex()),
-                "--release-key",
-                &format!("{},from=-1h", release_key.public_key().to_hex()),
-                "--out",
-                path_str(&trust_file),
-            ],
-        );
-        ctl_ok(&cluster, &["trust", "publish", path_str(&trust_file)]);
-        let trust = offline::read_trust(&trust_file)
-            .unwrap()
-            .document_unverified()
-            .unwrap();
+        let trust = cluster.add_release_key();
 
         // Enroll n1 with a real Warden, then borrow its key and credential.
         cluster.add_node("n1");
@@ -589,4 +563,116 @@ fn publish_rejects_unsigned_or_mismatched() {
     let listed: Vec<ReleaseView> =
         serde_json::from_str(&ctl_ok(&setup.cluster, &["-o", "json", "release", "list"])).unwrap();
     assert!(listed.is_empty(), "{listed:?}");
+}
+
+/// An upload body that pauses halfway. Once the first half is sent, the control plane has
+/// passed its check for an existing manifest, so it signals the test and waits for a go.
+struct PausedUpload {
+    bytes: Vec<u8>,
+    sent: usize,
+    started: Option<std::sync::mpsc::Sender<()>>,
+    go: std::sync::mpsc::Receiver<()>,
+}
+
+impl std::io::Read for PausedUpload {
+    fn read(&mut self, buffer: &mut [u8]) -> std::io::Result<usize> {
+        let half = self.bytes.len() / 2;
+        if self.sent == half {
+            if let Some(started) = self.started.take() {
+                started.send(()).unwrap();
+                self.go.recv().unwrap();
+            }
+        }
+        let end = if self.sent < half {
+            half
+        } else {
+            self.bytes.len()
+        };
+        let count = buffer.len().min(end - self.sent);
+        buffer[..count].copy_from_slice(&self.bytes[self.sent..self.sent + count]);
+        self.sent += count;
+        Ok(count)
+    }
+}
+
+/// Two publishes of the same bytes with different manifests race: the second finishes while
+/// the first is still uploading. The first must not report success, since its manifest is
+/// not the one stored.
+#[test]
+fn publish_racing_another_manifest_conflicts() {
+    let setup = ReleaseSetup::start();
+    let artifact = setup.sign("raced", 256 * 1024, TARGET, 3, "release.key");
+    let other_manifest = setup.cluster.path("raced-other.manifest");
+    ctl_ok(
+        &setup.cluster,
+        &[
+            "release",
+            "sign",
+            "--release-key",
+            path_str(&setup.cluster.path("release.key")),
+            "--artifact",
+            path_str(&artifact),
+            "--component",
+            "iggy",
+            "--version",
+            "0.8.33",
+            "--target",
+            TARGET,
+            "--release-counter",
+            "33",
+            "--out",
+            path_str(&other_manifest),
+        ],
+    );
+
+    let (started_tx, started) = std::sync::mpsc::channel();
+    let (go, go_rx) = std::sync::mpsc::channel();
+    let upload = PausedUpload {
+        bytes: std::fs::read(&artifact).unwrap(),
+        sent: 0,
+        started: Some(started_tx),
+        go: go_rx,
+    };
+    let length = upload.bytes.len() as u64;
+    let url = format!("{}/v1/releases", setup.cluster.api);
+    let key = setup.cluster.api_key.clone();
+    let manifest_text = std::fs::read_to_string(manifest_path(&artifact)).unwrap();
+    let first = std::thread::spawn(move || {
+        reqwest::blocking::Client::new()
+            .put(url)
+            .bearer_auth(key)
+            .header("x-warden-manifest", manifest_text.trim())
+            .body(reqwest::blocking::Body::sized(upload, length))
+            .timeout(Duration::from_secs(60))
+            .send()
+            .map(|response| {
+                (
+                    response.status().as_u16(),
+                    response.text().unwrap_or_default(),
+                )
+            })
+    });
+    started.recv_timeout(Duration::from_secs(30)).unwrap();
+
+    let (code, _, stderr) = setup.cluster.ctl(&[
+        "release",
+        "publish",
+        "--manifest",
+        path_str(&other_manifest),
+        "--artifact",
+        path_str(&artifact),
+    ]);
+    assert_eq!(code, Some(0), "the second publish failed: {stderr}");
+    go.send(()).unwrap();
+    let (status, body) = first.join().unwrap().unwrap();
+    assert_eq!(status, 409, "{body}");
+    assert!(
+        body.contains("already published with another manifest"),
+        "{body}"
+    );
+
+    let listed: Vec<ReleaseView> =
+        serde_json::from_str(&ctl_ok(&setup.cluster, &["-o", "json", "release", "list"])).unwrap();
+    assert_eq!(listed.len(), 1, "{listed:?}");
+    assert_eq!(listed[0].version, "0.8.33");
 }

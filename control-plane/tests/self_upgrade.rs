@@ -188,28 +188,7 @@ fn warden_upgrades_itself_and_rolls_back() {
 
     let cache = tempfile::tempdir().unwrap();
     let mut cluster = Cluster::start_with(&["--artifact-cache-dir", path_str(cache.path())]);
-    let release_key = offline::create_key(&cluster.path("release.key")).unwrap();
-    let trust_file = cluster.path("trust-2.b64");
-    ctl_ok(
-        &cluster,
-        &[
-            "trust",
-            "sign",
-            "--root-key",
-            path_str(&cluster.path("root.key")),
-            "--version",
-            "2",
-            "--expires-in",
-            "30d",
-            "--task-key",
-            &format!("{},from=-1h", cluster.task_key().public_key().to_hex()),
-            "--release-key",
-            &format!("{},from=-1h", release_key.public_key().to_hex()),
-            "--out",
-            path_str(&trust_file),
-        ],
-    );
-    ctl_ok(&cluster, &["trust", "publish", path_str(&trust_file)]);
+    cluster.add_release_key();
 
     cluster.add_node_with("n1", |bootstrap| {
         bootstrap.self_upgrade_health_timeout_secs = Some(30);

@@ -133,28 +133,7 @@ fn upgrade_installs_starts_and_rolls_back() {
     let mut cluster = Cluster::start_with(&["--artifact-cache-dir", path_str(cache.path())]);
 
     // Trust document version 2 adds a release key, which only this offline step holds.
-    let release_key = offline::create_key(&cluster.path("release.key")).unwrap();
-    let trust_file = cluster.path("trust-2.b64");
-    ctl_ok(
-        &cluster,
-        &[
-            "trust",
-            "sign",
-            "--root-key",
-            path_str(&cluster.path("root.key")),
-            "--version",
-            "2",
-            "--expires-in",
-            "30d",
-            "--task-key",
-            &format!("{},from=-1h", cluster.task_key().public_key().to_hex()),
-            "--release-key",
-            &format!("{},from=-1h", release_key.public_key().to_hex()),
-            "--out",
-            path_str(&trust_file),
-        ],
-    );
-    ctl_ok(&cluster, &["trust", "publish", path_str(&trust_file)]);
+    cluster.add_release_key();
 
     // The node runs a real nats-server from its bootstrap file as its iggy component.
     let client_port = free_port();

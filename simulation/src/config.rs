@@ -97,6 +97,13 @@ pub struct FaultRates {
     pub clock_jump_every: Duration,
     /// Mean time between hostile injections.
     pub hostile_every: Duration,
+    /// Mean time from a component process's start to its crash; one process in four crashes
+    /// within seconds instead.
+    pub component_crash_every: Duration,
+    /// Mean time from a component process's start until it hangs.
+    pub component_hang_every: Duration,
+    /// A component process fails to start.
+    pub component_spawn_failure: f64,
 }
 
 impl FaultRates {
@@ -117,6 +124,9 @@ impl FaultRates {
             replica_crash_every: Duration::MAX,
             clock_jump_every: Duration::MAX,
             hostile_every: Duration::MAX,
+            component_crash_every: Duration::MAX,
+            component_hang_every: Duration::MAX,
+            component_spawn_failure: 0.0,
         }
     }
 
@@ -132,6 +142,7 @@ impl FaultRates {
         let pull_empty = scale(0.1);
         let kv_failure = scale(0.01);
         let node_crash = scale(0.005);
+        let component_spawn_failure = scale(0.05);
         let mut every =
             |base_secs: u64| Duration::from_secs(rng.gen_range(base_secs / 2..=base_secs * 2));
         Self {
@@ -149,6 +160,9 @@ impl FaultRates {
             replica_crash_every: every(120),
             clock_jump_every: every(90),
             hostile_every: every(20),
+            component_crash_every: every(120),
+            component_hang_every: every(300),
+            component_spawn_failure,
         }
     }
 }

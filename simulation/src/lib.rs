@@ -15,12 +15,15 @@
 //! Invariants, checked as the run goes by an oracle outside the code under test: no task runs
 //! without the task key's signature, on the wrong node or outside its validity; no task runs
 //! twice unless a crash interrupted it; no configuration version is applied after a newer one.
+//! A node's firewall table equals one signed access document minus its expired rules, and a
+//! node runs at most one Iggy process, of an accepted release.
 //! In liveness mode the faults stop after the given duration, the control plane issues one more
 //! configuration to every node, and every node must reach it and every task must reach an
 //! outcome within [`world::LIVENESS_BOUND`] of simulated time.
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod config;
 pub mod net;
 pub mod trace;

@@ -175,6 +175,8 @@ fn print_summary(outcome: &Outcome) {
         stats.tasks, outcome.statuses
     );
     println!("certificates installed {}", stats.certificates);
+    println!("access rule sets applied {}", stats.access_applied);
+    println!("component restarts {}", stats.component_restarts);
     println!("invariant checks {}", stats.checks);
     println!(
         "trace {} events, hash {}",

@@ -16,6 +16,8 @@ use futures::executor::block_on;
 use futures::{FutureExt, StreamExt};
 use rand::{Rng, RngCore, SeedableRng};
 use sha2::{Digest, Sha256};
+use warden::actors::access::ACCESS_TICK_INTERVAL;
+use warden::core::access::{AccessCore, AccessEffect, AccessRecord, RuleSet};
 use warden::core::certificate::{CertificateCore, CertificateEffect, CertificateRecord, Issued};
 use warden::core::heartbeat::HeartbeatSchedule;
 use warden::core::record::{RecordState, TaskRecord as NodeRecord};
@@ -25,7 +27,9 @@ use warden::core::{ExecutionOutcome, Persisted, Pulled, WardenCore, CLOCK_SKEW_D
 use warden::pipeline::{handle_pulled, prune, IoFailure, NodeIo};
 use warden::tls::{signing_request, NodeTlsKey};
 use warden_actors::entropy::{self, Entropy};
-use warden_bus::messages::{CertificateReply, CertificateRequest, Component, Upgrade};
+use warden_bus::messages::{
+    AccessRule, AccessRules, CertificateReply, CertificateRequest, Component, Protocol, Upgrade,
+};
 use warden_bus::release::{ReleaseManifest, SignedManifest};
 use warden_bus::subject::{
     task_consumer, CONTROL_PLANE_QUEUE, REPORT_CONSUMER, REPORT_STREAM, TASK_STREAM,
@@ -47,9 +51,13 @@ use warden_control_plane::service::{
     TaskFilter,
 };
 
+use crate::access::{AccessOracle, ACCESS_INVARIANT, CLEANUP_GRACE};
 use crate::config::{FaultRates, Mode, RunConfig};
+#[path = "components.rs"]
+mod components;
 use crate::net::{self, Cut, FaultCounts, FaultyBus, Network, Participant};
 use crate::trace::Trace;
+use components::{ComponentChecker, ComponentEvent, NodeComponents};
 
 /// Wall-clock time at which every run starts: 2026-12-05T00:00:00Z.
 pub const START: UnixMillis = UnixMillis(1_796_428_800_000);
@@ -107,6 +115,10 @@ pub struct Stats {
     pub checks: u64,
     /// Node certificates installed.
     pub certificates: u64,
+    /// Access rule sets applied to node firewalls.
+    pub access_applied: u64,
+    /// Iggy processes started after the first one on each node.
+    pub component_restarts: u64,
     /// Simulated time covered.
     pub simulated: Duration,
     /// Wall time taken.
@@ -136,6 +148,8 @@ enum Event {
     NodeBeat(usize),
     NodeRestart(usize),
     CertificateTick(usize),
+    AccessTick(usize),
+    AccessPoll(usize),
     ClockJump,
     Reports(usize),
     Sweep(usize),
@@ -147,6 +161,7 @@ enum Event {
     Hostile,
     Heal,
     LivenessCheck,
+    Component(usize, ComponentEvent),
 }
 
 /// A clock offset from the true time by an adjustable amount.
@@ -178,6 +193,7 @@ struct Disk {
     clock_high_water: UnixMillis,
     installed: BTreeMap<Component, u64>,
     certificate: Option<CertificateRecord>,
+    access: Option<AccessRecord>,
 }
 
 struct SimNode {
@@ -195,6 +211,16 @@ struct SimNode {
     certificate_wake: Option<UnixMillis>,
     /// A `rotate_certificate` task asked for a renewal.
     renewal_forced: bool,
+    /// The access-rule state machine; `None` while the Warden is down.
+    access: Option<AccessCore>,
+    /// The kernel's table: what the Warden last applied. It outlives the Warden.
+    firewall: Option<RuleSet>,
+    /// When, in true time, the next access tick is due.
+    access_wake: Option<UnixMillis>,
+    /// Rule sets applied to the table.
+    access_applies: u64,
+    /// The supervised Iggy server and the node's process table.
+    components: NodeComponents,
 }
 
 struct Replica {
@@ -217,6 +243,7 @@ struct Oracle {
     last_cut: Vec<UnixMillis>,
     /// Per node, the last time, in true time, its clock was stepped.
     last_clock_step: Vec<UnixMillis>,
+    access: AccessOracle,
     checks: u64,
     violation: Option<Violation>,
 }
@@ -241,7 +268,7 @@ impl Oracle {
         task: &VerifiedTask,
         node_now: UnixMillis,
         true_now: UnixMillis,
-    ) {
+    ) -> bool {
         self.checks += 4;
         let id = task.id().clone();
         let resumed = self.interrupted.contains(&id);
@@ -258,6 +285,7 @@ impl Oracle {
                 format!("node {node} executed task {id} that the task key did not sign"),
             );
         }
+        let signed = signed_body.as_ref() == Some(task.task());
         if &task.task().node != node || task.task().deployment.as_str() != DEPLOYMENT {
             self.fail(
                 true_now,
@@ -311,6 +339,7 @@ impl Oracle {
                 );
             }
         }
+        signed
     }
 
     /// Checks an installation against the release key, independently of the node's checks:
@@ -443,6 +472,44 @@ impl SimIo<'_> {
         Ok(())
     }
 
+    /// Installs an access document as the Warden's access actor does: each effect in order,
+    /// stopping at a crash.
+    fn install_access(&mut self, document: &AccessRules) -> ExecutionOutcome {
+        let now = self.node.clock.now();
+        let core = self
+            .node
+            .access
+            .as_mut()
+            .ok_or("the access rules are not running")?;
+        let effects = core
+            .install(document, now)
+            .map_err(|error| error.to_string())?;
+        for effect in effects {
+            self.step("applying access rules")
+                .map_err(|failure| failure.reason)?;
+            match effect {
+                AccessEffect::Persist(record) => self.node.disk.access = Some(record),
+                AccessEffect::Apply(set) => {
+                    self.node.firewall = Some(set);
+                    self.node.access_applies += 1;
+                }
+            }
+        }
+        let checked =
+            self.oracle
+                .access
+                .check(self.node_index, self.node.firewall.as_ref(), now, false);
+        if let Err(detail) = checked {
+            let detail = format!("{}: {detail}", self.node.id);
+            self.oracle
+                .fail(self.true_clock.now(), ACCESS_INVARIANT, detail);
+        }
+        Ok(BTreeMap::from([(
+            "access_version".to_owned(),
+            document.version.to_string(),
+        )]))
+    }
+
     fn delivery(&self, operation: &'static str) -> Result<&Delivery, IoFailure> {
         self.delivery.ok_or(IoFailure {
             operation,
@@ -484,7 +551,7 @@ impl NodeIo for SimIo<'_> {
             .delivery
             .map(|delivery| delivery.payload.clone())
             .unwrap_or_default();
-        self.oracle.check_execution(
+        let signed = self.oracle.check_execution(
             self.node_index,
             &self.node.id,
             &payload,
@@ -526,6 +593,13 @@ impl NodeIo for SimIo<'_> {
                     .disk
                     .installed
                     .insert(upgrade.component, upgrade.release_counter);
+                components::restart_after_upgrade(
+                    self.node,
+                    upgrade,
+                    self.oracle,
+                    self.node_index,
+                    self.true_clock.now(),
+                );
                 Ok(BTreeMap::from([(
                     "release_counter".to_owned(),
                     upgrade.release_counter.to_string(),
@@ -535,6 +609,15 @@ impl NodeIo for SimIo<'_> {
                 // The world forces the renewal after the poll; its outcome is not awaited here.
                 self.node.renewal_forced = true;
                 Ok(BTreeMap::new())
+            }
+            TaskAction::ApplyAccessRules(rules) => {
+                self.oracle.access.executed(self.node_index, rules, signed);
+                self.install_access(rules)
+            }
+            action @ (TaskAction::StartComponent(_)
+            | TaskAction::StopComponent(_)
+            | TaskAction::RestartComponent(_)) => {
+                components::execute(self.node, action, self.true_clock.now())
             }
             other => Err(format!("{} is not simulated", other.kind())),
         };
@@ -609,6 +692,8 @@ pub struct World {
     stats: Stats,
     faults: FaultCounts,
     next_config_version: u64,
+    next_access_version: u64,
+    final_access: Option<u64>,
     faults_on: bool,
     healed_at: Option<UnixMillis>,
     final_version: Option<u64>,
@@ -621,6 +706,7 @@ pub struct World {
     next_release_counter: u64,
     /// Manifests the release key signed, for the hostile actor to pair with other digests.
     manifests: Vec<SignedManifest>,
+    component_checker: ComponentChecker,
 }
 
 fn expect<T, E: std::fmt::Display>(result: Result<T, E>, step: &str) -> T {
@@ -796,6 +882,7 @@ impl World {
                 clock_high_water: UnixMillis(0),
                 installed: BTreeMap::new(),
                 certificate: None,
+                access: None,
             };
             let clock = OffsetClock {
                 base: clock.clone(),
@@ -819,6 +906,11 @@ impl World {
                 certificates: None,
                 certificate_wake: None,
                 renewal_forced: false,
+                access: None,
+                firewall: None,
+                access_wake: None,
+                access_applies: 0,
+                components: NodeComponents::new(config.seed, index, &rates),
             };
             node.core = Some(Self::boot(&node, &deployment));
             nodes.push(node);
@@ -835,6 +927,7 @@ impl World {
             applied_config: vec![0; config.nodes],
             last_cut: vec![START; config.nodes],
             last_clock_step: vec![START; config.nodes],
+            access: AccessOracle::new(config.nodes),
             checks: 0,
             violation: None,
         };
@@ -855,6 +948,8 @@ impl World {
             stats: Stats::default(),
             faults: FaultCounts::default(),
             next_config_version: 1,
+            next_access_version: 1,
+            final_access: None,
             faults_on: config.faults,
             healed_at: None,
             final_version: None,
@@ -864,7 +959,12 @@ impl World {
             release_key,
             next_release_counter: 1,
             manifests: Vec::new(),
+            component_checker: ComponentChecker::new(config.nodes),
         };
+        // Every Warden puts its access rules in place before it connects.
+        for index in 0..world.nodes.len() {
+            world.access_start(index);
+        }
         world.schedule_start();
         world
     }
@@ -885,6 +985,7 @@ impl World {
             trust: node.disk.trust.clone(),
             clock_high_water: node.disk.clock_high_water,
             installed: node.disk.installed.clone(),
+            access_version: Some(node.disk.access.as_ref().map_or(0, |record| record.version)),
         };
         WardenCore::new(identity, limits, persisted)
     }
@@ -943,6 +1044,7 @@ impl World {
             Mode::Safety => START.saturating_add(self.config.duration),
             Mode::Liveness => START.saturating_add(self.config.duration + LIVENESS_BOUND),
         };
+        self.after_component_step(0..self.nodes.len());
         while let Some(Reverse((at, _, event))) = self.queue.pop() {
             if at > end || self.oracle.violation.is_some() || self.converged {
                 break;
@@ -952,6 +1054,9 @@ impl World {
             }
             block_on(net::release_due(&self.network, &self.broker, at));
             self.handle(event);
+            // Only the nodes an event can change need their processes checked.
+            let touched = self.touched_by(event);
+            self.after_component_step(touched);
             self.stats.events += 1;
         }
         if self.config.mode == Mode::Liveness && !self.converged && self.oracle.violation.is_none()
@@ -968,12 +1073,37 @@ impl World {
         self.finish(wall.elapsed())
     }
 
+    /// Returns the nodes whose state `event` can change.
+    fn touched_by(&self, event: Event) -> std::ops::Range<usize> {
+        match event {
+            Event::NodePoll(index)
+            | Event::NodeBeat(index)
+            | Event::NodeRestart(index)
+            | Event::CertificateTick(index)
+            | Event::AccessTick(index)
+            | Event::AccessPoll(index)
+            | Event::Component(index, _) => index..index + 1,
+            Event::ClockJump | Event::Heal => 0..self.nodes.len(),
+            Event::Reports(_)
+            | Event::Sweep(_)
+            | Event::ReplicaCrash
+            | Event::ReplicaRestart(_)
+            | Event::Partition
+            | Event::PartitionEnd(_)
+            | Event::Issue
+            | Event::Hostile
+            | Event::LivenessCheck => 0..0,
+        }
+    }
+
     fn handle(&mut self, event: Event) {
         match event {
             Event::NodePoll(index) => self.node_poll(index, true),
             Event::NodeBeat(index) => self.node_beat(index),
             Event::NodeRestart(index) => self.node_restart(index),
             Event::CertificateTick(index) => self.certificate_tick(index),
+            Event::AccessTick(index) => self.access_tick(index, false),
+            Event::AccessPoll(index) => self.access_tick(index, true),
             Event::ClockJump => self.clock_jump(),
             Event::Reports(index) => self.replica_reports(index),
             Event::Sweep(index) => self.replica_sweep(index),
@@ -989,6 +1119,7 @@ impl World {
             Event::Hostile => self.hostile(),
             Event::Heal => self.heal(),
             Event::LivenessCheck => self.liveness_check(),
+            Event::Component(index, event) => self.component_event(index, event),
         }
     }
 
@@ -1071,6 +1202,10 @@ impl World {
             node.certificates = None;
             node.certificate_wake = None;
             node.renewal_forced = false;
+            // The kernel keeps the table; only the Warden's core is gone.
+            node.access = None;
+            node.access_wake = None;
+            node.components.warden_crashed();
             self.mark_cut(index);
             let downtime = Duration::from_millis(self.rng.gen_range(1_000..30_000));
             self.schedule(downtime, Event::NodeRestart(index));
@@ -1096,6 +1231,109 @@ impl World {
                 .map(CertificateCore::force)
                 .unwrap_or_default();
             self.apply_certificate_effects(index, effects);
+        }
+        self.schedule_access_wake(index);
+        self.check_access(index);
+    }
+
+    /// Starts node `index`'s access core from its disk and applies the rule set it returns, as
+    /// the Warden does before it connects.
+    fn access_start(&mut self, index: usize) {
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        let (core, effects) = AccessCore::start(node.disk.access.clone(), node.clock.now());
+        node.access = Some(core);
+        node.access_wake = None;
+        self.apply_access_effects(index, effects);
+    }
+
+    /// Carries out an access core's effects the way the Warden's access actor does.
+    fn apply_access_effects(&mut self, index: usize, effects: Vec<AccessEffect>) {
+        if let Some(node) = self.nodes.get_mut(index) {
+            for effect in effects {
+                match effect {
+                    AccessEffect::Persist(record) => node.disk.access = Some(record),
+                    AccessEffect::Apply(set) => {
+                        node.firewall = Some(set);
+                        node.access_applies += 1;
+                    }
+                }
+            }
+        }
+        self.schedule_access_wake(index);
+        self.check_access(index);
+    }
+
+    /// Runs node `index`'s access core: at the expiry it asked to be woken for, or, `polled`,
+    /// at the Warden's periodic check, which notices a clock step within a second.
+    fn access_tick(&mut self, index: usize, polled: bool) {
+        let true_now = self.clock.now();
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        if !polled {
+            if node.access_wake != Some(true_now) {
+                return;
+            }
+            node.access_wake = None;
+        }
+        let now = node.clock.now();
+        let Some(core) = node.access.as_mut() else {
+            return;
+        };
+        let effects = core.tick(now);
+        self.apply_access_effects(index, effects);
+    }
+
+    /// Schedules node `index`'s next access tick at the next expiry on its own clock, unless
+    /// one is due no later.
+    fn schedule_access_wake(&mut self, index: usize) {
+        let true_now = self.clock.now();
+        let Some(node) = self.nodes.get_mut(index) else {
+            return;
+        };
+        let Some(at) = node.access.as_ref().and_then(AccessCore::next_expiry) else {
+            return;
+        };
+        let node_now = node.clock.now();
+        // A rule still open past its expiry waits for the Warden's next periodic check.
+        let delay = if at > node_now {
+            at.since(node_now)
+        } else {
+            ACCESS_TICK_INTERVAL
+        };
+        let due = true_now.saturating_add(delay);
+        if node
+            .access_wake
+            .is_some_and(|wake| wake >= true_now && wake <= due)
+        {
+            return;
+        }
+        node.access_wake = Some(due);
+        self.schedule(delay, Event::AccessTick(index));
+    }
+
+    /// Checks node `index`'s firewall table against the signed documents it received.
+    fn check_access(&mut self, index: usize) {
+        let true_now = self.clock.now();
+        let Some(node) = self.nodes.get(index) else {
+            return;
+        };
+        let steady = self
+            .oracle
+            .last_clock_step
+            .get(index)
+            .is_none_or(|step| true_now.since(*step) > CLEANUP_GRACE);
+        let settled = node.core.is_some() && node.access.is_some() && steady;
+        self.oracle.checks += 1;
+        let checked =
+            self.oracle
+                .access
+                .check(index, node.firewall.as_ref(), node.clock.now(), settled);
+        if let Err(detail) = checked {
+            let detail = format!("{}: {detail}", node.id);
+            self.oracle.fail(true_now, ACCESS_INVARIANT, detail);
         }
     }
 
@@ -1310,6 +1548,8 @@ impl World {
         node.certificates = None;
         node.certificate_wake = None;
         let id = node.id.clone();
+        self.access_start(index);
+        self.component_warden_started(index);
         self.note(&format!("{id} restarted"));
         self.mark_cut(index);
         self.schedule(Duration::from_millis(10), Event::NodePoll(index));
@@ -1318,6 +1558,7 @@ impl World {
 
     fn node_beat(&mut self, index: usize) {
         self.check_certificate(index);
+        self.check_access(index);
         let unit = entropy::unit_interval(&mut self.rng);
         let Some(node) = self.nodes.get_mut(index) else {
             return;
@@ -1326,6 +1567,7 @@ impl World {
         if let Some(core) = &node.core {
             let mut heartbeat = node.heartbeat.beat(node.clock.now(), core.config_version());
             heartbeat.certificate = node.certificates.as_ref().and_then(CertificateCore::status);
+            heartbeat.access_version = node.access.as_ref().map(AccessCore::version);
             let mut id = [0u8; 16];
             self.rng.fill_bytes(&mut id);
             let signed = Envelope::seal(MessageId::from_random(id), &heartbeat)
@@ -1348,6 +1590,7 @@ impl World {
         let limit = i64::try_from(CLOCK_OFFSET_MAX.as_millis()).unwrap_or(i64::MAX);
         let jump = self.rng.gen_range(-limit..=limit);
         if let Some(node) = self.nodes.get(index) {
+            self.oracle.access.saw_clock(index, node.clock.now());
             let current = node.clock.offset_ms.load(Ordering::SeqCst);
             node.clock
                 .offset_ms
@@ -1363,6 +1606,9 @@ impl World {
             if let Some(step) = self.oracle.last_clock_step.get_mut(index) {
                 *step = now;
             }
+            // The Warden's access check runs every second.
+            let poll = Duration::from_millis(self.rng.gen_range(0..=1000));
+            self.schedule(poll, Event::AccessPoll(index));
         }
         let next = self.exponential(self.rates.clock_jump_every);
         self.schedule(next, Event::ClockJump);
@@ -1528,8 +1774,10 @@ impl World {
                     .unwrap_or_else(|| unreachable!("index is in range")),
             )
         };
-        let pick = self.rng.gen_range(0..40);
-        let request = if pick < 28 {
+        let pick = self.rng.gen_range(0..52);
+        let request = if pick >= 48 {
+            self.access_request()
+        } else if pick < 28 {
             let version = self.next_config_version;
             self.next_config_version += 1;
             ActionRequest::ApplyConfig {
@@ -1543,6 +1791,8 @@ impl World {
             }
         } else if pick < 38 {
             ActionRequest::CollectDiagnostics {}
+        } else if pick >= 40 {
+            self.component_request()
         } else if pick == 38 {
             // Renewals a node forces must not stand in for the ones it schedules, so this goes
             // to one node.
@@ -1557,6 +1807,42 @@ impl World {
             return;
         };
         self.issue_request(target, request);
+    }
+
+    /// Builds the operator's next access rules: a few rules from a small pool of sources, half
+    /// of them expiring within the next quarter hour.
+    fn access_request(&mut self) -> ActionRequest {
+        const SOURCES: [&str; 4] = [
+            "10.0.0.0/8",
+            "192.0.2.0/24",
+            "2001:db8::/32",
+            "203.0.113.7/32",
+        ];
+        let version = self.next_access_version;
+        self.next_access_version += 1;
+        let now = self.clock.now();
+        let mut rules = Vec::new();
+        for _ in 0..self.rng.gen_range(0..=4) {
+            let cidr = SOURCES
+                .get(self.rng.gen_range(0..SOURCES.len()))
+                .copied()
+                .unwrap_or("10.0.0.0/8");
+            let protocol = match self.rng.gen_range(0..4) {
+                0 => Protocol::Tcp,
+                1 => Protocol::Quic,
+                2 => Protocol::Http,
+                _ => Protocol::Websocket,
+            };
+            let expires_at = self.rng.gen_bool(0.5).then(|| {
+                now.saturating_add(Duration::from_millis(self.rng.gen_range(5_000..900_000)))
+            });
+            rules.push(AccessRule {
+                cidr: cidr.to_owned(),
+                protocol,
+                expires_at,
+            });
+        }
+        ActionRequest::ApplyAccessRules { version, rules }
     }
 
     /// Signs the next release of iggy with the release key, as the release pipeline would, and
@@ -1747,10 +2033,21 @@ impl World {
                 let mut id = [0u8; 16];
                 self.rng.fill_bytes(&mut id);
                 let now = self.clock.now();
-                let action = TaskAction::ApplyConfig(warden_bus::messages::ApplyConfig {
-                    version: 1 << 40,
-                    content: "owned = true\n".into(),
-                });
+                let action = if self.rng.gen_bool(0.5) {
+                    TaskAction::ApplyConfig(warden_bus::messages::ApplyConfig {
+                        version: 1 << 40,
+                        content: "owned = true\n".into(),
+                    })
+                } else {
+                    TaskAction::ApplyAccessRules(AccessRules {
+                        version: 1 << 40,
+                        rules: vec![AccessRule {
+                            cidr: "0.0.0.0/0".into(),
+                            protocol: Protocol::Tcp,
+                            expires_at: None,
+                        }],
+                    })
+                };
                 let task = Task {
                     id: TaskId::from_random(id),
                     deployment: self.deployment.clone(),
@@ -1784,6 +2081,7 @@ impl World {
         self.healed_at = Some(self.clock.now());
         let now = self.clock.now();
         for (index, node) in self.nodes.iter().enumerate() {
+            self.oracle.access.saw_clock(index, node.clock.now());
             // Setting the clock right is a step too.
             if node.clock.offset_ms.swap(0, Ordering::SeqCst) != 0 {
                 if let Some(step) = self.oracle.last_clock_step.get_mut(index) {
@@ -1796,6 +2094,7 @@ impl World {
         }
         for index in 0..self.nodes.len() {
             self.node_restart(index);
+            self.schedule(Duration::from_millis(500), Event::AccessPoll(index));
         }
         self.note("faults stopped");
 
@@ -1809,7 +2108,22 @@ impl World {
         while !self.issue_request(Target::AllNodes, request.clone()) {
             self.clock.advance(Duration::from_secs(1));
         }
+        // Every node must run iggy again, including those an operator stopped.
+        let start = ActionRequest::StartComponent {
+            component: Component::Iggy,
+        };
+        while !self.issue_request(Target::AllNodes, start.clone()) {
+            self.clock.advance(Duration::from_secs(1));
+        }
         self.final_version = Some(version);
+        let request = self.access_request();
+        let ActionRequest::ApplyAccessRules { version, .. } = &request else {
+            unreachable!("access_request builds access rules")
+        };
+        self.final_access = Some(*version);
+        while !self.issue_request(Target::AllNodes, request.clone()) {
+            self.clock.advance(Duration::from_secs(1));
+        }
         self.schedule(Duration::from_secs(5), Event::LivenessCheck);
     }
 
@@ -1833,6 +2147,16 @@ impl World {
                 .is_none_or(|record| record.not_after <= now)
         }) {
             return Some(format!("{} holds no valid certificate", node.id));
+        }
+        if let Some(index) = (0..self.nodes.len()).find(|index| !self.access_converged(*index)) {
+            let node = self.nodes.get(index)?;
+            return Some(format!(
+                "{} holds access rules {:?} instead of version {:?}",
+                node.id, node.firewall, self.final_access
+            ));
+        }
+        if let Some(gap) = self.component_liveness_gap() {
+            return Some(gap);
         }
         let control_plane = self.replicas.first()?.control_plane.clone();
         let tasks = block_on(control_plane.list_tasks(&TaskFilter::default())).ok()?;
@@ -1859,7 +2183,10 @@ impl World {
                         .is_some_and(|record| record.not_after > now)
             })
         });
-        if !nodes_done {
+        if !nodes_done
+            || !(0..self.nodes.len()).all(|index| self.access_converged(index))
+            || self.component_liveness_gap().is_some()
+        {
             return;
         }
         let Some(control_plane) = self
@@ -1877,7 +2204,19 @@ impl World {
         }
     }
 
+    /// Returns whether node `index`'s table is the final access document minus its expired
+    /// rules.
+    fn access_converged(&self, index: usize) -> bool {
+        let (Some(version), Some(node)) = (self.final_access, self.nodes.get(index)) else {
+            return false;
+        };
+        self.oracle
+            .access
+            .converged(index, node.firewall.as_ref(), version, node.clock.now())
+    }
+
     fn finish(mut self, wall: Duration) -> Outcome {
+        self.stats.access_applied = self.nodes.iter().map(|node| node.access_applies).sum();
         let control_plane = self
             .replicas
             .first()

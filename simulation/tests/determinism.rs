@@ -68,11 +68,10 @@ fn without_faults_every_task_succeeds_once() {
     assert_eq!(outcome.stats.faults.total(), 0);
     let tasks = usize::try_from(outcome.stats.tasks).unwrap();
     assert!(tasks > 0);
-    assert_eq!(
-        outcome.statuses.get("succeeded").copied(),
-        Some(tasks),
-        "{:?}",
-        outcome.statuses
-    );
+    // Besides the operator's tasks, the control plane issues rotate_certificate tasks to nodes
+    // behind a CA rotation step.
+    let succeeded = outcome.statuses.get("succeeded").copied().unwrap_or(0);
+    assert!(succeeded >= tasks, "{:?}", outcome.statuses);
+    assert_eq!(outcome.statuses.len(), 1, "{:?}", outcome.statuses);
     assert!(outcome.executions.values().all(|count| *count == 1));
 }

@@ -37,3 +37,12 @@ fn replay(seed: u64, nodes: usize, duration_secs: u64) {
 fn resumed_task_ran_outside_window_seed_234() {
     replay(234, 5, 300);
 }
+
+/// A node whose clock ran ahead forgot a task's record once the task expired by that clock.
+/// After the clock was set back, a replayed copy was inside its window again and ran a second
+/// time. Expiry is now judged against the latest time the node has seen, which pruning
+/// records first.
+#[test]
+fn pruned_task_replayed_after_clock_set_back_seed_516() {
+    replay(516, 25, 1200);
+}

@@ -22,6 +22,7 @@ use std::process::{Child, Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
+pub mod netns;
 pub mod tls;
 
 /// Minimum nats-server version: the KV and consumer APIs async-nats uses need 2.10.
@@ -38,13 +39,37 @@ pub fn workspace_root() -> PathBuf {
         .to_path_buf()
 }
 
+/// First port [`free_port`] hands out: below Linux's default ephemeral range (32768 to
+/// 60999), from which outgoing connections take their local ports.
+const FREE_PORT_FIRST: u16 = 12_000;
+/// One past the last port [`free_port`] hands out.
+const FREE_PORT_END: u16 = 32_768;
+
+static NEXT_FREE_PORT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
 /// Returns a TCP port on 127.0.0.1 that was free a moment ago.
+///
+/// The port comes from below the ephemeral range, so no outgoing connection of another test
+/// can take it before the process it is meant for binds it. Each call in a process gets a
+/// different port, starting at an offset drawn from the process id.
 pub fn free_port() -> u16 {
-    let listener = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral loopback port");
-    listener
-        .local_addr()
-        .expect("read the bound address")
-        .port()
+    let span = u32::from(FREE_PORT_END - FREE_PORT_FIRST);
+    let start = std::process::id().wrapping_mul(7919) % span;
+    loop {
+        let step = NEXT_FREE_PORT.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        assert!(
+            step < span,
+            "free_port ran out of ports below the ephemeral range"
+        );
+        let offset = u16::try_from((start + step) % span).expect("the span fits in u16");
+        let port = FREE_PORT_FIRST + offset;
+        // UDP too, because some tests hand the port to a QUIC or UDP listener.
+        let tcp = TcpListener::bind(("127.0.0.1", port)).is_ok();
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok();
+        if tcp && udp {
+            return port;
+        }
+    }
 }
 
 /// Polls `condition` every 50 ms until it returns true, panicking with `what` after `timeout`.
@@ -287,6 +312,55 @@ pub fn workspace_binary(name: &str) -> PathBuf {
     path
 }
 
+/// Returns a path from which other users can run the workspace binary `name`: the binary
+/// itself when every directory above it lets others through, otherwise a copy.
+///
+/// Tests that start a process as another user (`nobody`) need this, since the checkout may sit
+/// under a directory only its owner may enter, such as `/root`. Copies go to
+/// `warden-test-bins-<uid>` in the temporary directory, named by size and modification time, so
+/// each build is copied once.
+pub fn workspace_binary_for_others(name: &str) -> PathBuf {
+    use std::os::unix::fs::{DirBuilderExt, MetadataExt, PermissionsExt};
+
+    let path = workspace_binary(name);
+    let passable = path
+        .ancestors()
+        .skip(1)
+        .all(|dir| std::fs::metadata(dir).is_ok_and(|metadata| metadata.mode() & 0o001 != 0));
+    if passable {
+        return path;
+    }
+    let me = nix::unistd::geteuid().as_raw();
+    let dir = std::env::temp_dir().join(format!("warden-test-bins-{me}"));
+    match std::fs::DirBuilder::new().mode(0o755).create(&dir) {
+        Ok(()) => {}
+        Err(error) if error.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(error) => panic!("create {}: {error}", dir.display()),
+    }
+    // Binaries copied here run as root in some tests, so no other user may plant one here.
+    let metadata = std::fs::symlink_metadata(&dir).expect("read the copy directory");
+    assert!(
+        metadata.is_dir() && metadata.uid() == me && metadata.mode() & 0o022 == 0,
+        "{} must be a directory of uid {me} that no one else can write to; remove it",
+        dir.display()
+    );
+    let source = std::fs::metadata(&path).expect("read the binary's metadata");
+    let copy = dir.join(format!(
+        "{name}-{}-{}.{}",
+        source.size(),
+        source.mtime(),
+        source.mtime_nsec()
+    ));
+    if !copy.exists() {
+        let partial = dir.join(format!("{name}.partial-{}", std::process::id()));
+        std::fs::copy(&path, &partial).expect("copy the binary");
+        std::fs::set_permissions(&partial, std::fs::Permissions::from_mode(0o755))
+            .expect("make the copy executable");
+        std::fs::rename(&partial, &copy).expect("move the copy into place");
+    }
+    copy
+}
+
 /// A child process whose stdout and stderr go to a log file. Killed on drop.
 pub struct Process {
     name: String,
@@ -428,6 +502,16 @@ pub fn listening_sockets(pid: u32) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn free_ports_differ_and_avoid_the_ephemeral_range() {
+        let first = free_port();
+        let second = free_port();
+        assert_ne!(first, second);
+        for port in [first, second] {
+            assert!((FREE_PORT_FIRST..FREE_PORT_END).contains(&port), "{port}");
+        }
+    }
 
     #[test]
     fn finds_a_listening_socket() {

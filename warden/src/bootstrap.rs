@@ -18,7 +18,8 @@
 //! `self_upgrade_health_timeout_secs` (default 60). `tls_names` lists the DNS names and IP
 //! addresses of the node's TLS certificate. `tls_listen` is the socket address of the Warden's
 //! own TLS listener, such as `0.0.0.0:8443`, which serves once the first certificate is
-//! installed.
+//! installed. An `[access]` table makes the Warden guard the Iggy ports with nftables; see
+//! [`crate::access::AccessFile`] for its fields.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -30,7 +31,9 @@ use warden_bus::messages::Component;
 use warden_bus::trust::SignedDocument;
 use warden_bus::{DeploymentId, NodeId, PublicKey};
 
+use crate::access::{AccessFile, Firewall};
 use crate::components::definition::{ComponentDefinition, ComponentsFile};
+use crate::core::access::Ports;
 use crate::core::heartbeat::HEARTBEAT_INTERVAL_DEFAULT;
 use crate::core::verify::TASK_VALIDITY_MAX_DEFAULT;
 use crate::core::CLOCK_SKEW_DEFAULT;
@@ -110,6 +113,10 @@ pub struct BootstrapFile {
     /// the Warden opens no listening socket.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls_listen: Option<String>,
+    /// Access rules: with this table the Warden guards the Iggy ports with nftables and
+    /// applies `apply_access_rules` tasks; without it, it refuses them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access: Option<AccessFile>,
 }
 
 /// What a node needs to reach a broker in operator mode with TLS.
@@ -166,6 +173,8 @@ pub struct Bootstrap {
     pub tls_names: Vec<TlsName>,
     /// Socket address of the Warden's own TLS listener.
     pub tls_listen: Option<SocketAddr>,
+    /// The nftables table that guards the Iggy ports, if the node manages access rules.
+    pub access: Option<Firewall>,
 }
 
 /// Why a bootstrap file is not usable.
@@ -415,8 +424,12 @@ impl Bootstrap {
                 .map_err(|error| field("components", error.to_string()))?;
             check_managed_tls(&definition, &file.state_dir)
                 .map_err(|reason| field("components", reason))?;
+            check_data_dir_apart(&definition, &file.state_dir)
+                .map_err(|reason| field("components", reason))?;
             components.push(definition);
         }
+        check_shared_key_group(&components, &file.state_dir)
+            .map_err(|reason| field("components", reason))?;
         let tls_names = file
             .tls_names
             .iter()
@@ -435,6 +448,16 @@ impl Bootstrap {
                 })
             })
             .transpose()?;
+        let listeners = components
+            .iter()
+            .find(|definition| definition.component == Component::Iggy)
+            .map(iggy_listener_ports);
+        let access = file
+            .access
+            .as_ref()
+            .map(|access| access.validate(listeners))
+            .transpose()
+            .map_err(|reason| field("access", reason))?;
         Ok(Self {
             deployment,
             node,
@@ -453,7 +476,26 @@ impl Bootstrap {
             components,
             tls_names,
             tls_listen,
+            access,
         })
+    }
+}
+
+/// Returns the ports of the Iggy server's four listeners, which a validated definition always
+/// has (given or defaulted).
+fn iggy_listener_ports(definition: &ComponentDefinition) -> Ports {
+    let defaults = Ports::default();
+    let port = |protocol: &str, default: u16| {
+        definition
+            .addresses
+            .get(protocol)
+            .map_or(default, SocketAddr::port)
+    };
+    Ports {
+        tcp: port("tcp", defaults.tcp),
+        quic: port("quic", defaults.quic),
+        http: port("http", defaults.http),
+        websocket: port("websocket", defaults.websocket),
     }
 }
 
@@ -475,6 +517,72 @@ fn check_managed_tls(definition: &ComponentDefinition, state_dir: &Path) -> Resu
         managed.certificate,
         managed.key
     ))
+}
+
+/// Checks that a component with its own user has a data directory apart from the state
+/// directory. The user owns its data directory: inside the state directory it would own a
+/// directory the Warden fills (its own releases, which the launcher runs as root), and around
+/// it the user could move the state directory.
+fn check_data_dir_apart(definition: &ComponentDefinition, state_dir: &Path) -> Result<(), String> {
+    if definition.user.is_none() {
+        return Ok(());
+    }
+    // NOTE: the paths are compared as text, so a symbolic link between them goes unnoticed.
+    let data_dir = lexical(&definition.data_dir);
+    let state = lexical(state_dir);
+    if !data_dir.starts_with(&state) && !state.starts_with(&data_dir) {
+        return Ok(());
+    }
+    Err(format!(
+        "[components.{}] data_dir {} and the state directory {} contain one another, and the component runs as its own user; give it a data directory elsewhere",
+        definition.component,
+        data_dir.display(),
+        state_dir.display()
+    ))
+}
+
+/// Returns `path` with `.` dropped and each `..` taking away the part before it, without
+/// looking at the file system (symbolic links are not followed).
+fn lexical(path: &Path) -> PathBuf {
+    let mut normal = PathBuf::new();
+    for part in path.components() {
+        match part {
+            std::path::Component::CurDir => {}
+            std::path::Component::ParentDir => {
+                normal.pop();
+            }
+            other => normal.push(other),
+        }
+    }
+    normal
+}
+
+/// Checks that components sharing the managed TLS key with their own users share one group,
+/// because the key file can belong to one group only.
+fn check_shared_key_group(
+    components: &[ComponentDefinition],
+    state_dir: &Path,
+) -> Result<(), String> {
+    let managed = TlsFiles::new(state_dir);
+    let groups: Vec<(Component, u32)> = components
+        .iter()
+        .filter(|definition| {
+            definition
+                .tls
+                .as_ref()
+                .is_some_and(|(_, key)| *key == managed.key)
+        })
+        .filter_map(|definition| {
+            let user = definition.user.as_ref()?;
+            Some((definition.component, user.gid))
+        })
+        .collect();
+    match groups.as_slice() {
+        [(first, first_gid), (second, second_gid), ..] if first_gid != second_gid => Err(format!(
+            "[components.{first}] and [components.{second}] use the managed TLS key with users of different groups ({first_gid} and {second_gid}); the key file can belong to one group, so give both users the same primary group"
+        )),
+        _ => Ok(()),
+    }
 }
 
 #[cfg(test)]
@@ -522,6 +630,7 @@ mod tests {
             components: ComponentsFile::default(),
             tls_names: Vec::new(),
             tls_listen: None,
+            access: None,
         }
     }
 
@@ -561,6 +670,48 @@ mod tests {
         assert!(
             error_for(|f| f.task_validity_max_secs = Some(7200)).contains("task_validity_max_secs")
         );
+    }
+
+    #[test]
+    fn access_table_parsed_and_checked() {
+        let text = toml::to_string(&valid()).unwrap() + "\n[access]\ntcp_port = 18090\n";
+        let file: BootstrapFile = toml::from_str(&text).unwrap();
+        let bootstrap = Bootstrap::from_file(file, Path::new("b.toml")).unwrap();
+        let firewall = bootstrap.access.unwrap();
+        assert_eq!(firewall.ports().tcp, 18090);
+        assert_eq!(firewall.table(), crate::access::TABLE_DEFAULT);
+
+        let error = error_for(|f| {
+            f.access = Some(AccessFile {
+                table: Some("x; flush ruleset".into()),
+                ..AccessFile::default()
+            })
+        });
+        assert!(error.contains("field access"), "{error}");
+        let unknown = toml::to_string(&valid()).unwrap() + "\n[access]\nports = 1\n";
+        assert!(toml::from_str::<BootstrapFile>(&unknown).is_err());
+    }
+
+    #[test]
+    fn access_ports_follow_iggy_listeners() {
+        let iggy = "[components.iggy]\nbinary = \"/opt/iggy-server\"\ndata_dir = \"/var/lib/iggy\"\ntcp_address = \"0.0.0.0:9090\"\nhttp_address = \"0.0.0.0:3300\"\n";
+        let text = toml::to_string(&valid()).unwrap() + "\n[access]\n\n" + iggy;
+        let file: BootstrapFile = toml::from_str(&text).unwrap();
+        let bootstrap = Bootstrap::from_file(file, Path::new("b.toml")).unwrap();
+        let ports = bootstrap.access.unwrap().ports();
+        assert_eq!(ports.tcp, 9090);
+        assert_eq!(ports.http, 3300);
+        assert_eq!(ports.quic, Ports::default().quic);
+
+        // A guard on the default port would leave the real listener on 9090 open.
+        let text = toml::to_string(&valid()).unwrap() + "\n[access]\ntcp_port = 8090\n\n" + iggy;
+        let file: BootstrapFile = toml::from_str(&text).unwrap();
+        let error = Bootstrap::from_file(file, Path::new("b.toml"))
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("field access"), "{error}");
+        assert!(error.contains("tcp_port = 8090"), "{error}");
+        assert!(error.contains("9090"), "{error}");
     }
 
     #[test]
@@ -616,6 +767,35 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(error.contains("[components.iggy]"), "{error}");
+    }
+
+    #[test]
+    fn managed_key_users_share_a_group() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("b.toml");
+        let load = |iggy_user: &str, connectors_user: &str| {
+            let mut text = toml::to_string(&valid()).unwrap();
+            let tls = "tls_cert_file = \"/var/lib/warden/tls/node.crt\"\ntls_key_file = \"/var/lib/warden/tls/node.key\"";
+            text.push_str(&format!(
+                "[components.iggy]\nbinary = \"/opt/iggy-server\"\ndata_dir = \"/var/lib/iggy\"\nuser = \"{iggy_user}\"\n{tls}\n\n[components.connectors]\nbinary = \"/opt/iggy-connectors\"\ndata_dir = \"/var/lib/connectors\"\nuser = \"{connectors_user}\"\n{tls}\n"
+            ));
+            std::fs::write(&path, text).unwrap();
+            Bootstrap::load(&path)
+        };
+        assert!(load("nobody", "nobody").is_ok());
+        let error = load("nobody", "daemon").unwrap_err().to_string();
+        assert!(error.contains("different groups"), "{error}");
+        assert!(error.contains("[components.iggy]"), "{error}");
+    }
+
+    #[test]
+    fn paths_compared_without_dots() {
+        assert_eq!(
+            lexical(Path::new("/var/lib/x/../warden/./data")),
+            PathBuf::from("/var/lib/warden/data")
+        );
+        assert!(lexical(Path::new("/var/lib/x/../warden/data"))
+            .starts_with(lexical(Path::new("/var/lib/warden"))));
     }
 
     #[test]

@@ -20,6 +20,7 @@ use crate::core::release::VerifiedRelease;
 use crate::core::self_upgrade::{agent_step, AgentStep, ReleaseRecord, Trial, TrialState};
 use crate::self_upgrade as record_file;
 
+use crate::actors::access::Install;
 use crate::actors::certificates::ForceRenewal;
 use crate::actors::components::{Command, ComponentActor, GetSnapshot, Request, Snapshot};
 use crate::components::definition::check_kernel_for_iggy;
@@ -71,6 +72,7 @@ pub struct Executor {
     releases: Option<ReleaseIo>,
     self_upgrade: Option<SelfUpgradeIo>,
     certificates: Option<actix::Recipient<ForceRenewal>>,
+    access: Option<actix::Recipient<Install>>,
 }
 
 /// Inputs of the Warden's upgrade of itself.
@@ -127,7 +129,14 @@ impl Executor {
             releases: None,
             self_upgrade: None,
             certificates: None,
+            access: None,
         }
+    }
+
+    /// Adds the access actor, which carries out `apply_access_rules` tasks.
+    pub fn with_access(mut self, access: Option<actix::Recipient<Install>>) -> Self {
+        self.access = access;
+        self
     }
 
     /// Adds the certificate actor, which carries out `rotate_certificate` tasks.
@@ -207,6 +216,16 @@ impl Executor {
         }
         if let TaskAction::RotateCertificate = &action {
             return self.rotate_certificate().await;
+        }
+        if let TaskAction::ApplyAccessRules(rules) = action {
+            let actor = self
+                .access
+                .as_ref()
+                .ok_or("this node does not manage access rules; add an [access] table to its bootstrap file")?;
+            return actor
+                .send(Install(rules))
+                .await
+                .map_err(|error| format!("the access actor is not running: {error}"))?;
         }
         if let TaskAction::UpgradeComponent(_) = &action {
             return match task.release() {

@@ -7,11 +7,12 @@
 //! [`crate::core::self_upgrade`].
 
 use std::ffi::CString;
-use std::os::unix::ffi::OsStrExt;
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use nix::fcntl::{Flock, FlockArg};
 use nix::sys::signal::{kill, SigSet, Signal};
 use nix::sys::signalfd::{SfdFlags, SignalFd};
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
@@ -40,6 +41,9 @@ const STABLE_RUN: Duration = Duration::from_secs(60);
 /// Time a stopped trial agent has between SIGTERM and SIGKILL.
 const TRIAL_STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// File in the state directory that a running launcher holds locked.
+pub const LOCK_FILE: &str = "launcher.lock";
+
 /// Errors that stop the launcher.
 #[derive(Debug, thiserror::Error)]
 pub enum LaunchError {
@@ -56,6 +60,12 @@ pub enum LaunchError {
         binary: PathBuf,
         /// Why it is refused.
         reason: String,
+    },
+    /// Another launcher holds the state directory's lock.
+    #[error("another launcher is running on the state directory ({path} is locked); stop it first, or give this node its own state_dir")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
     },
     /// A system call failed.
     #[error("failed to {operation}: {source}")]
@@ -108,7 +118,17 @@ pub struct LaunchOptions {
     pub log_format: String,
     /// A running agent to adopt instead of starting one, after a re-execution.
     pub adopt_pid: Option<i32>,
+    /// Time the agent has to exit after the launcher forwarded SIGTERM or SIGINT, before
+    /// SIGKILL.
+    pub stop_timeout: Duration,
 }
+
+/// Environment variable that sets [`LaunchOptions::stop_timeout`] in seconds, like the
+/// `--stop-timeout-secs` argument; the launcher sets it when it re-executes itself.
+pub const STOP_TIMEOUT_VARIABLE: &str = "WARDEN_STOP_TIMEOUT_SECS";
+
+/// Default of [`LaunchOptions::stop_timeout`].
+pub const STOP_TIMEOUT_DEFAULT: Duration = Duration::from_secs(60);
 
 fn system(operation: impl Into<String>) -> impl FnOnce(nix::Error) -> LaunchError {
     let operation = operation.into();
@@ -136,6 +156,12 @@ pub fn run(options: &LaunchOptions) -> Result<i32, LaunchError> {
             ),
             source,
         })?;
+    // Held until the process exits or re-executes itself (the descriptor closes on exec, and the
+    // re-executed launcher takes the lock again), so a second launcher on this state directory
+    // stops before it reads or writes the release record.
+    // NOTE: between the exec and taking the lock again a second launcher could take it, and the
+    // re-executed one would then stop. Keeping the descriptor across exec needs unsafe code.
+    let _lock = lock_state_dir(&bootstrap.state_dir)?;
     let own_binary = std::env::current_exe().map_err(|source| LaunchError::System {
         operation: "find the launcher's own binary".into(),
         source,
@@ -199,12 +225,20 @@ impl Launcher {
             None => self.start_active()?,
         };
         let mut started_at = Instant::now();
-        let mut stopping: Option<Signal> = None;
+        // When the first stop signal was forwarded, and whether the agent was killed since.
+        let mut stopping: Option<(Instant, bool)> = None;
         loop {
             if let Some(signal) = self.pending_signal()? {
                 tracing::info!(node_id = %self.bootstrap.node, signal = %signal, agent_pid = agent.as_raw(), "forwarding the signal to the agent");
                 let _ = kill(agent, signal);
-                stopping = Some(signal);
+                stopping.get_or_insert((Instant::now(), false));
+            }
+            if let Some((since, false)) = stopping {
+                if since.elapsed() >= self.options.stop_timeout {
+                    tracing::warn!(node_id = %self.bootstrap.node, agent_pid = agent.as_raw(), timeout_secs = self.options.stop_timeout.as_secs(), "the agent did not stop in time; sending SIGKILL");
+                    let _ = kill(agent, Signal::SIGKILL);
+                    stopping = Some((since, true));
+                }
             }
             match waitpid(agent, Some(WaitPidFlag::WNOHANG)) {
                 Ok(WaitStatus::StillAlive) => {}
@@ -371,9 +405,47 @@ impl Launcher {
             to_c(b"--adopt-pid"),
             to_c(agent.as_raw().to_string().as_bytes()),
         ];
-        let Err(error) = nix::unistd::execv(&to_c(binary.as_os_str().as_bytes()), &argv);
+        // The stop timeout goes in the environment, not as an argument: a rollback re-executes
+        // an older binary, which would reject an argument it does not know.
+        let mut environment: Vec<CString> = std::env::vars_os()
+            .filter(|(name, _)| name != STOP_TIMEOUT_VARIABLE)
+            .map(|(name, value)| {
+                let mut entry = name.into_vec();
+                entry.push(b'=');
+                entry.extend(value.into_vec());
+                to_c(&entry)
+            })
+            .collect();
+        environment.push(to_c(
+            format!(
+                "{STOP_TIMEOUT_VARIABLE}={}",
+                self.options.stop_timeout.as_secs()
+            )
+            .as_bytes(),
+        ));
+        let Err(error) =
+            nix::unistd::execve(&to_c(binary.as_os_str().as_bytes()), &argv, &environment);
         system(format!("re-execute the launcher from {}", binary.display()))(error)
     }
+}
+
+/// Takes the launcher's lock on `state_dir`, failing at once if another launcher holds it.
+fn lock_state_dir(state_dir: &Path) -> Result<Flock<std::fs::File>, LaunchError> {
+    let path = state_dir.join(LOCK_FILE);
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|source| LaunchError::System {
+            operation: format!("open the lock file {}", path.display()),
+            source,
+        })?;
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| match errno {
+        nix::errno::Errno::EWOULDBLOCK => LaunchError::Locked { path: path.clone() },
+        errno => system(format!("lock {}", path.display()))(errno),
+    })
 }
 
 /// Stops an agent: SIGTERM, then SIGKILL after [`TRIAL_STOP_TIMEOUT`]; waits for it.

@@ -23,6 +23,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod access;
 pub mod actors;
 pub mod artifacts;
 pub mod bootstrap;

@@ -5,11 +5,13 @@
 
 use std::os::unix::fs::DirBuilderExt;
 use std::path::PathBuf;
+use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use warden::actors::access::AccessParts;
 use warden::actors::renewal::RenewalParts;
 use warden::actors::{self, WardenParts};
 use warden::bootstrap::{Bootstrap, SecureBroker};
@@ -50,6 +52,10 @@ enum Command {
         /// itself from a new binary.
         #[arg(long, hide = true)]
         adopt_pid: Option<i32>,
+        /// Seconds the agent has to exit after SIGTERM or SIGINT before the launcher sends
+        /// SIGKILL, 1 to 3600; keep it below the service manager's own stop timeout.
+        #[arg(long, env = warden::launcher::STOP_TIMEOUT_VARIABLE, default_value_t = warden::launcher::STOP_TIMEOUT_DEFAULT.as_secs(), value_parser = clap::value_parser!(u64).range(1..=3600))]
+        stop_timeout_secs: u64,
     },
 }
 
@@ -63,6 +69,7 @@ fn main() -> anyhow::Result<()> {
         bootstrap,
         log_format,
         adopt_pid,
+        stop_timeout_secs,
     }) = args.command
     {
         init_tracing(&log_format);
@@ -70,6 +77,7 @@ fn main() -> anyhow::Result<()> {
             bootstrap,
             log_format,
             adopt_pid,
+            stop_timeout: std::time::Duration::from_secs(stop_timeout_secs),
         };
         let status = warden::launcher::run(&options)?;
         std::process::exit(status);
@@ -104,6 +112,19 @@ fn main() -> anyhow::Result<()> {
             )
         })?;
     let store = TaskStore::open(&bootstrap.state_dir.join("db"))?;
+    if let Some(definition) = bootstrap
+        .components
+        .iter()
+        .find(|definition| definition.user.is_some())
+    {
+        anyhow::ensure!(
+            nix::unistd::geteuid().is_root(),
+            "[components.{}] sets user, which needs the Warden to run as root; run it as root or remove the field",
+            definition.component
+        );
+        warden::components::ownership::open_state_dir(&bootstrap.state_dir)
+            .map_err(anyhow::Error::msg)?;
+    }
     // Fail fast on a damaged store instead of restarting the task runner forever.
     store.load()?;
     store.load_clock()?;
@@ -148,6 +169,32 @@ fn main() -> anyhow::Result<()> {
                 "stored the trust document from the bootstrap file"
             );
         }
+        // The firewall comes first: no Iggy port may be open to a source no rule allows, not
+        // even while the Warden connects.
+        let access = match bootstrap.access.clone() {
+            Some(firewall) => {
+                let (core, listing) = warden::access::start(&store, &firewall, clock.now())
+                    .await
+                    .map_err(|reason| anyhow::anyhow!("cannot put the access rules in place: {reason}; the Warden does not start without them, because the Iggy ports would be open. Fix nft, or remove the [access] table from the bootstrap file"))?;
+                tracing::info!(
+                    node_id = %bootstrap.node,
+                    access_version = core.version(),
+                    open = core.applied().map_or(0, |set| set.open.len()),
+                    table = %firewall.table(),
+                    "access rules in place"
+                );
+                Some(AccessParts {
+                    version: Arc::new(AtomicU64::new(core.version())),
+                    core,
+                    listing,
+                    firewall,
+                    store: store.clone(),
+                    clock: clock.clone(),
+                    node: bootstrap.node.clone(),
+                })
+            }
+            None => None,
+        };
         let connected = match bootstrap.secure.clone() {
             Some(secure) => {
                 tokio::select! {
@@ -166,7 +213,7 @@ fn main() -> anyhow::Result<()> {
             Connected::Plain(bus) => (Arc::new(bus), None),
             Connected::Secure(bus, parts) => (bus, Some(parts)),
         };
-        let _supervisor = actors::start(WardenParts { bootstrap, bus, store, clock, failpoint, node_key, renewal, under_launcher });
+        let _supervisor = actors::start(WardenParts { bootstrap, bus, store, clock, failpoint, node_key, renewal, under_launcher, access });
         shutdown_signal().await;
         tracing::info!("warden stopping");
         Ok::<(), anyhow::Error>(())

@@ -2,10 +2,12 @@
 //! the latest time seen. Every write is flushed before it returns.
 
 use std::path::Path;
+use std::time::{Duration, Instant};
 
 use warden_bus::trust::SignedDocument;
 use warden_bus::{TaskId, UnixMillis};
 
+use crate::core::access::AccessRecord;
 use crate::core::certificate::CertificateRecord;
 use crate::core::record::{decode_stored, encode_stored, RecordError, TaskRecord};
 
@@ -19,6 +21,15 @@ const TRUST_KEY: &[u8] = b"trust_document";
 const CLOCK_KEY: &[u8] = b"clock_high_water";
 /// Key of the installed TLS certificate's record in [`META_TREE`].
 const CERTIFICATE_KEY: &[u8] = b"tls_certificate";
+/// Key of the installed access rules in [`META_TREE`].
+const ACCESS_KEY: &[u8] = b"access_rules";
+
+/// How long opening waits for the database's lock.
+///
+/// sled 0.34 releases the lock from a background thread after its handle is dropped, so a
+/// database closed a moment ago can still be locked. A lock held by a running Warden outlasts
+/// this wait and is reported as [`StoreError::Locked`].
+pub const LOCK_WAIT: Duration = Duration::from_secs(2);
 
 /// Why the store failed.
 #[derive(Debug, thiserror::Error)]
@@ -32,6 +43,12 @@ pub enum StoreError {
         /// sled's error.
         source: sled::Error,
     },
+    /// Another process holds the database's lock for longer than [`LOCK_WAIT`].
+    #[error("state store at {path} is locked by another process; stop the other Warden that uses this state directory, or give this one its own `state_dir`")]
+    Locked {
+        /// The database directory.
+        path: String,
+    },
     /// A stored value is damaged.
     #[error("state store at {path}: record {key}: {source}; move the state directory aside and re-enroll the node if it cannot be repaired")]
     Record {
@@ -42,6 +59,41 @@ pub enum StoreError {
         /// The decoding error.
         source: RecordError,
     },
+}
+
+/// Opens (creating if needed) the sled database in `dir`, waiting up to [`LOCK_WAIT`] for its
+/// lock.
+pub fn open_db(dir: &Path) -> Result<sled::Db, StoreError> {
+    open_db_waiting(dir, LOCK_WAIT)
+}
+
+fn open_db_waiting(dir: &Path, wait: Duration) -> Result<sled::Db, StoreError> {
+    let path = || dir.display().to_string();
+    let deadline = Instant::now() + wait;
+    loop {
+        match sled::open(dir) {
+            Ok(db) => return Ok(db),
+            Err(source) if is_lock_contention(&source) => {
+                if Instant::now() >= deadline {
+                    return Err(StoreError::Locked { path: path() });
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(source) => {
+                return Err(StoreError::Sled {
+                    path: path(),
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Tells whether sled failed only because another handle has the database's lock. sled 0.34
+/// reports this as an I/O error of kind `Other` with its own text. The test of
+/// [`StoreError::Locked`] fails if a later sled words it differently.
+fn is_lock_contention(error: &sled::Error) -> bool {
+    matches!(error, sled::Error::Io(io) if io.to_string().contains("could not acquire lock"))
 }
 
 /// A Warden's persistent state in sled.
@@ -61,7 +113,7 @@ impl TaskStore {
             path: path.clone(),
             source,
         };
-        let db = sled::open(dir).map_err(sled_error)?;
+        let db = open_db(dir)?;
         let tasks = db.open_tree(TASKS_TREE).map_err(sled_error)?;
         let meta = db.open_tree(META_TREE).map_err(sled_error)?;
         Ok(Self {
@@ -206,6 +258,31 @@ impl TaskStore {
         self.flush().await
     }
 
+    /// Reads the record of the installed access rules, if any.
+    pub fn load_access(&self) -> Result<Option<AccessRecord>, StoreError> {
+        let Some(bytes) = self
+            .meta
+            .get(ACCESS_KEY)
+            .map_err(|source| self.sled_error(source))?
+        else {
+            return Ok(None);
+        };
+        decode_stored(&bytes)
+            .map(Some)
+            .map_err(|source| self.record_error(ACCESS_KEY, source))
+    }
+
+    /// Stores the record of the access rules about to be applied and waits until it is
+    /// flushed.
+    pub async fn persist_access(&self, record: &AccessRecord) -> Result<(), StoreError> {
+        let bytes =
+            encode_stored(record).map_err(|source| self.record_error(ACCESS_KEY, source))?;
+        self.meta
+            .insert(ACCESS_KEY, bytes)
+            .map_err(|source| self.sled_error(source))?;
+        self.flush().await
+    }
+
     async fn flush(&self) -> Result<(), StoreError> {
         self.db
             .flush_async()
@@ -241,12 +318,26 @@ mod tests {
             store.forget(&[TaskId::from_random([2; 16])]).await.unwrap();
             store.persist_clock(UnixMillis(42)).await.unwrap();
             store.persist_certificate(&certificate()).await.unwrap();
+            store.persist_access(&access()).await.unwrap();
         }
         let store = TaskStore::open(dir.path()).unwrap();
         assert_eq!(store.load().unwrap(), vec![record(1)]);
         assert_eq!(store.load_clock().unwrap(), UnixMillis(42));
         assert_eq!(store.load_trust().unwrap(), None);
         assert_eq!(store.load_certificate().unwrap(), Some(certificate()));
+        assert_eq!(store.load_access().unwrap(), Some(access()));
+    }
+
+    fn access() -> AccessRecord {
+        AccessRecord {
+            version: 3,
+            rules: vec![warden_bus::messages::AccessRule {
+                cidr: "10.0.0.0/8".into(),
+                protocol: warden_bus::messages::Protocol::Tcp,
+                expires_at: Some(UnixMillis(9_000)),
+            }],
+            closed_through: UnixMillis(5_000),
+        }
     }
 
     fn certificate() -> CertificateRecord {
@@ -263,6 +354,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = TaskStore::open(dir.path()).unwrap();
         assert_eq!(store.load_certificate().unwrap(), None);
+    }
+
+    #[test]
+    fn held_lock_reported_as_locked() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first_handle = open_db(dir.path()).unwrap();
+        let error = open_db_waiting(dir.path(), Duration::from_millis(100)).unwrap_err();
+        assert!(matches!(error, StoreError::Locked { .. }), "{error}");
+        assert!(
+            error.to_string().contains("locked by another process"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn open_waits_for_released_lock() {
+        let dir = tempfile::tempdir().unwrap();
+        let first_handle = open_db(dir.path()).unwrap();
+        let release = std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(first_handle);
+        });
+        let reopened = open_db_waiting(dir.path(), Duration::from_secs(10));
+        release.join().unwrap();
+        assert!(reopened.is_ok(), "{:?}", reopened.err());
     }
 
     #[test]

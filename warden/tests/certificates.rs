@@ -325,6 +325,7 @@ async fn installation_restarts_component_using_certificate() {
         node: NodeId::new("node-1").unwrap(),
         node_key: node_key.clone(),
         kernel_release_file: KERNEL_RELEASE_FILE.into(),
+        tls_files: files.clone(),
     })
     .start();
 

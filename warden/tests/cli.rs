@@ -7,56 +7,15 @@
     clippy::indexing_slicing
 )]
 
+mod support;
+
 use std::process::Command;
 use std::time::Duration;
 
-use base64::Engine;
 use rand::SeedableRng;
-use warden::bootstrap::BootstrapFile;
-use warden_bus::trust::{KeyGrant, SignedDocument, TrustDocument};
+use support::bootstrap::bootstrap_file;
 use warden_bus::SigningKey;
 use warden_testkit::{free_port, listening_sockets, wait_until, Process};
-
-fn bootstrap(dir: &std::path::Path, nats_url: &str) -> BootstrapFile {
-    let root = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(1));
-    let task = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(2));
-    let now = warden_bus::Clock::now(&warden_bus::SystemClock);
-    let year = std::time::Duration::from_secs(365 * 86_400);
-    let document = TrustDocument {
-        version: 1,
-        issued_at: now,
-        expires_at: now.saturating_add(year),
-        root_key: root.public_key().as_bytes().to_vec(),
-        task_keys: vec![KeyGrant {
-            public_key: task.public_key().as_bytes().to_vec(),
-            not_before: now,
-            not_after: now.saturating_add(year),
-        }],
-        release_keys: Vec::new(),
-    };
-    let signed = SignedDocument::sign(&document, &[&root]).unwrap();
-    BootstrapFile {
-        deployment: "prod".into(),
-        node: "n1".into(),
-        nats_url: nats_url.into(),
-        state_dir: dir.join("state"),
-        root_key: root.public_key().to_hex(),
-        trust_document: base64::engine::general_purpose::STANDARD.encode(signed.encode().unwrap()),
-        approval_key: None,
-        enrollment_token: Some("test-token-0123456789".into()),
-        ca_certificate: None,
-        enrollment_jwt: None,
-        enrollment_seed: None,
-        iggy_config_path: None,
-        heartbeat_interval_secs: None,
-        clock_skew_secs: None,
-        task_validity_max_secs: None,
-        self_upgrade_health_timeout_secs: None,
-        components: Default::default(),
-        tls_names: Vec::new(),
-        tls_listen: None,
-    }
-}
 
 fn run_to_exit(path: &std::path::Path) -> (Option<i32>, String) {
     let output = Command::new(env!("CARGO_BIN_EXE_warden"))
@@ -81,7 +40,7 @@ fn missing_bootstrap_file_named() {
 #[test]
 fn invalid_field_named() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = bootstrap(dir.path(), "nats://127.0.0.1:1");
+    let mut file = bootstrap_file(dir.path(), "nats://127.0.0.1:1");
     file.node = "Node.1".into();
     let path = dir.path().join("bootstrap.toml");
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
@@ -94,7 +53,7 @@ fn invalid_field_named() {
 #[test]
 fn damaged_store_refuses_to_start() {
     let dir = tempfile::tempdir().unwrap();
-    let file = bootstrap(dir.path(), "nats://127.0.0.1:1");
+    let file = bootstrap_file(dir.path(), "nats://127.0.0.1:1");
     let path = dir.path().join("bootstrap.toml");
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
     {
@@ -111,9 +70,30 @@ fn damaged_store_refuses_to_start() {
 }
 
 #[test]
+fn failing_firewall_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut file = bootstrap_file(dir.path(), "nats://127.0.0.1:1");
+    // A stand-in for nft that refuses every script, as nft does without the privilege. A
+    // script written here could fail with "text file busy" while other tests fork.
+    file.access = Some(warden::access::AccessFile {
+        nft: Some("/bin/false".into()),
+        ..Default::default()
+    });
+    let path = dir.path().join("bootstrap.toml");
+    std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
+    let (code, stderr) = run_to_exit(&path);
+    assert_eq!(code, Some(1));
+    assert!(
+        stderr.contains("cannot put the access rules in place"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("/bin/false failed"), "{stderr}");
+}
+
+#[test]
 fn unreachable_broker_retried_without_listening() {
     let dir = tempfile::tempdir().unwrap();
-    let file = bootstrap(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
+    let file = bootstrap_file(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
     let path = dir.path().join("bootstrap.toml");
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
@@ -143,7 +123,7 @@ fn unreachable_broker_retried_without_listening() {
 #[test]
 fn bootstrap_trust_from_another_root_refused() {
     let dir = tempfile::tempdir().unwrap();
-    let mut file = bootstrap(dir.path(), "nats://127.0.0.1:1");
+    let mut file = bootstrap_file(dir.path(), "nats://127.0.0.1:1");
     // Pin a root that did not sign the document.
     file.root_key = SigningKey::generate(&mut rand_chacha::ChaCha20Rng::seed_from_u64(9))
         .public_key()
@@ -194,7 +174,7 @@ fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 }
 
 fn start_launcher(dir: &std::path::Path, log: &str) -> (Process, u32) {
-    let file = bootstrap(dir, &format!("nats://127.0.0.1:{}", free_port()));
+    let file = bootstrap_file(dir, &format!("nats://127.0.0.1:{}", free_port()));
     let path = dir.join("bootstrap.toml");
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
     let mut command = Command::new(env!("CARGO_BIN_EXE_warden"));
@@ -266,7 +246,7 @@ fn run_failing_trial(trial_body: &str) -> String {
     use warden::core::self_upgrade::{ReleaseRecord, Trial, TrialState, SWITCH_EXIT_STATUS};
 
     let dir = tempfile::tempdir().unwrap();
-    let mut file = bootstrap(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
+    let mut file = bootstrap_file(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
     file.self_upgrade_health_timeout_secs = Some(5);
     let path = dir.path().join("bootstrap.toml");
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
@@ -335,7 +315,7 @@ fn launcher_refuses_binary_outside_releases() {
     use warden::core::self_upgrade::ReleaseRecord;
 
     let dir = tempfile::tempdir().unwrap();
-    let file = bootstrap(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
+    let file = bootstrap_file(dir.path(), &format!("nats://127.0.0.1:{}", free_port()));
     let path = dir.path().join("bootstrap.toml");
     std::fs::write(&path, toml::to_string(&file).unwrap()).unwrap();
     let state = file.state_dir;

@@ -8,165 +8,29 @@
     clippy::indexing_slicing
 )]
 
-use std::path::{Path, PathBuf};
+mod support;
+
+use std::os::unix::fs::MetadataExt;
+use std::os::unix::process::CommandExt;
+use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use actix::prelude::*;
 use futures::StreamExt;
-use warden::actors::components::{
-    Command, ComponentActor, ComponentParts, GetSnapshot, Request, Snapshot, StatusBoard,
-    KERNEL_RELEASE_FILE,
+use support::components::{
+    alive, command, fake, healthy_args, http_health, read_pid_file, require_root, snapshot,
+    wait_environ, wait_gone, wait_phase, Node, Orphan,
 };
-use warden::components::definition::{ComponentDefinition, ComponentFile};
+use warden::actors::components::Request;
 use warden::components::installer::{sha256_file, Installer, Release};
-use warden::components::process::process_start_ticks;
-use warden::components::state::ComponentState;
+use warden::components::process::{process_group, LAUNCH_ID_VARIABLE};
+use warden::components::state::{ComponentState, DesiredState, LaunchRecord};
 use warden::executor::Executor;
+use warden::tls::TlsFiles;
 use warden_bus::messages::{Component, ComponentLogs, ComponentPhase};
-use warden_bus::transport::memory::MemoryBus;
-use warden_bus::{Bus, DeploymentId, NodeId, SignedEnvelope, SigningKey, Subject, TelemetryKind};
-use warden_testkit::{free_port, nats_server_binary, workspace_binary};
-
-struct Node {
-    dir: tempfile::TempDir,
-    db: sled::Db,
-    bus: Arc<MemoryBus>,
-    key: SigningKey,
-}
-
-impl Node {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().unwrap();
-        let db = sled::open(dir.path().join("db")).unwrap();
-        let clock = warden_actors::clock::system();
-        Self {
-            dir,
-            db,
-            bus: Arc::new(MemoryBus::new(clock)),
-            key: SigningKey::generate(&mut rand::rngs::OsRng),
-        }
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    /// Returns a definition of `component` that runs `binary` with `args`, after `edit` changed
-    /// its table.
-    fn definition(
-        &self,
-        component: Component,
-        binary: &Path,
-        args: Vec<String>,
-        edit: impl FnOnce(&mut ComponentFile),
-    ) -> ComponentDefinition {
-        let mut file = ComponentFile {
-            binary: binary.to_path_buf(),
-            args,
-            data_dir: self.path("data"),
-            config_path: Some(self.path("config.toml")),
-            stop_timeout_secs: Some(5),
-            start_timeout_secs: Some(10),
-            ..ComponentFile::default()
-        };
-        edit(&mut file);
-        file.validate(component, &self.path("unused.toml")).unwrap()
-    }
-
-    fn start(&self, definition: ComponentDefinition) -> Addr<ComponentActor> {
-        self.start_with_kernel(definition, Path::new(KERNEL_RELEASE_FILE))
-    }
-
-    fn start_with_kernel(
-        &self,
-        definition: ComponentDefinition,
-        kernel_release_file: &Path,
-    ) -> Addr<ComponentActor> {
-        let component = definition.component;
-        ComponentActor::new(ComponentParts {
-            definition,
-            state: ComponentState::open(component, &self.db).unwrap(),
-            installer: Installer::new(component, self.dir.path(), &self.db).unwrap(),
-            board: StatusBoard::default(),
-            clock: warden_actors::clock::system(),
-            bus: self.bus.clone(),
-            deployment: DeploymentId::new("prod").unwrap(),
-            node: NodeId::new("n1").unwrap(),
-            node_key: self.key.clone(),
-            kernel_release_file: kernel_release_file.to_path_buf(),
-        })
-        .start()
-    }
-}
-
-/// Kills whatever process a failed test left behind.
-impl Drop for Node {
-    fn drop(&mut self) {
-        for component in [Component::Iggy, Component::Connectors] {
-            let state = ComponentState::open(component, &self.db).unwrap();
-            if let Ok(Some(record)) = state.process() {
-                let _ = warden::components::process::signal_group(
-                    record.pid,
-                    nix::sys::signal::Signal::SIGKILL,
-                );
-            }
-        }
-    }
-}
-
-fn fake() -> PathBuf {
-    workspace_binary("fake-component")
-}
-
-fn healthy_args(port: u16) -> Vec<String> {
-    vec!["--http".into(), format!("127.0.0.1:{port}")]
-}
-
-fn http_health(port: u16) -> impl FnOnce(&mut ComponentFile) {
-    move |file| {
-        file.http_address = Some(format!("127.0.0.1:{port}"));
-        file.health_http_path = Some("/healthz".into());
-    }
-}
-
-async fn command(actor: &Addr<ComponentActor>, request: Request) {
-    actor
-        .send(Command {
-            request,
-            config_version: None,
-        })
-        .await
-        .unwrap()
-        .unwrap();
-}
-
-async fn snapshot(actor: &Addr<ComponentActor>) -> Snapshot {
-    actor.send(GetSnapshot).await.unwrap()
-}
-
-async fn wait_phase(
-    actor: &Addr<ComponentActor>,
-    phase: ComponentPhase,
-    within: Duration,
-) -> Snapshot {
-    let deadline = Instant::now() + within;
-    loop {
-        let snapshot = snapshot(actor).await;
-        if snapshot.phase == phase {
-            return snapshot;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "component did not become {phase} within {within:?}; last: {snapshot:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-fn alive(pid: u32) -> bool {
-    process_start_ticks(pid).is_some()
-}
+use warden_bus::{Bus, DeploymentId, NodeId, SignedEnvelope, Subject, TelemetryKind};
+use warden_testkit::{free_port, nats_server_binary};
 
 #[actix_rt::test]
 async fn start_healthy_then_graceful_stop() {
@@ -203,8 +67,9 @@ async fn start_healthy_then_graceful_stop() {
         tail.contains("env IGGY_TCP_ADDRESS=127.0.0.1:8090"),
         "{tail}"
     );
-    // Six IGGY_ variables and nothing inherited: no PATH, HOME or RUST_LOG.
-    assert!(tail.contains("env count 6"), "{tail}");
+    // Six IGGY_ variables, the launch id, and nothing inherited: no PATH, HOME or RUST_LOG.
+    assert!(tail.contains("env WARDEN_LAUNCH_ID is set"), "{tail}");
+    assert!(tail.contains("env count 7"), "{tail}");
 
     let started = Instant::now();
     command(&actor, Request::Stop).await;
@@ -320,6 +185,45 @@ async fn crash_loop_fails_and_stays_down() {
         !desired.running,
         "a failed component stays down after a Warden restart too"
     );
+}
+
+#[test]
+fn failure_survives_warden_restart() {
+    let node = Node::new();
+    let definition = node.definition(
+        Component::Connectors,
+        &fake(),
+        vec!["--crash-at-start".into()],
+        |file| {
+            file.crash_limit = Some(1);
+            file.crash_window_secs = Some(60);
+        },
+    );
+    let first = System::new().block_on({
+        let definition = definition.clone();
+        let node = &node;
+        async move {
+            let actor = node.start(definition);
+            command(&actor, Request::Start).await;
+            wait_phase(&actor, ComponentPhase::Failed, Duration::from_secs(10)).await
+        }
+    });
+
+    // The next Warden run shows the failure it recorded, until a start task.
+    System::new().block_on({
+        let node = &node;
+        async move {
+            let actor = node.start(definition);
+            let restored = snapshot(&actor).await;
+            assert_eq!(restored.phase, ComponentPhase::Failed);
+            assert_eq!(restored.detail, first.detail);
+            command(&actor, Request::Stop).await;
+            let stopped = snapshot(&actor).await;
+            assert_eq!(stopped.phase, ComponentPhase::Stopped);
+        }
+    });
+    let state = ComponentState::open(Component::Connectors, &node.db).unwrap();
+    assert_eq!(state.failed().unwrap(), None, "a task clears the failure");
 }
 
 #[actix_rt::test]
@@ -616,32 +520,6 @@ async fn real_iggy_server_when_available() {
     wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(60)).await;
 }
 
-/// Waits until `path` holds a process id and returns it.
-async fn read_pid_file(path: &Path) -> u32 {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        if let Some(pid) = std::fs::read_to_string(path)
-            .ok()
-            .and_then(|text| text.trim().parse().ok())
-        {
-            return pid;
-        }
-        assert!(Instant::now() < deadline, "no pid in {}", path.display());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-async fn wait_gone(pid: u32, what: &str) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while alive(pid) {
-        assert!(
-            Instant::now() < deadline,
-            "{what} (pid {pid}) is still running"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 #[actix_rt::test]
 async fn group_members_end_with_their_leader() {
     let node = Node::new();
@@ -688,4 +566,155 @@ async fn group_members_end_with_their_leader() {
     wait_gone(child, "the child of a crashed component").await;
     command(&actor, Request::Stop).await;
     wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(15)).await;
+}
+
+#[actix_rt::test]
+async fn escaped_child_stops_with_component() {
+    let node = Node::new();
+    let port = free_port();
+    let escaped_file = node.path("escaped.pid");
+    let mut args = healthy_args(port);
+    args.extend([
+        "--escaped-child-pid-file".to_owned(),
+        escaped_file.display().to_string(),
+    ]);
+    let actor = node.start(node.definition(Component::Iggy, &fake(), args, http_health(port)));
+
+    command(&actor, Request::Start).await;
+    let running = wait_phase(&actor, ComponentPhase::Running, Duration::from_secs(10)).await;
+    let escaped = read_pid_file(&escaped_file).await;
+    assert!(alive(escaped));
+    assert_ne!(
+        process_group(escaped),
+        running.pid,
+        "the child must have left the component's group"
+    );
+    command(&actor, Request::Stop).await;
+    wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(15)).await;
+    wait_gone(
+        escaped,
+        "a child that left the group of a stopped component",
+    )
+    .await;
+}
+
+/// The Warden crashed after it started a process but before it recorded its id: only the
+/// launch record names it. The next run stops it before it starts its own.
+#[test]
+fn unrecorded_launch_stopped_at_start() {
+    let node = Node::new();
+    let port = free_port();
+    let definition = node.definition(
+        Component::Iggy,
+        &fake(),
+        healthy_args(port),
+        http_health(port),
+    );
+    let state = ComponentState::open(Component::Iggy, &node.db).unwrap();
+    let launch = LaunchRecord::generate(&mut rand::rngs::OsRng);
+    state.set_launch(Some(&launch)).unwrap();
+    state
+        .set_desired(DesiredState {
+            running: true,
+            config_version: 0,
+        })
+        .unwrap();
+    let mut orphan = Orphan(
+        std::process::Command::new(fake())
+            .args(healthy_args(port))
+            .env_clear()
+            .env(LAUNCH_ID_VARIABLE, &launch.id)
+            .process_group(0)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let orphan_pid = orphan.0.id();
+    // The Warden looks once at start, so the orphan must be fully started before.
+    wait_environ(orphan_pid, LAUNCH_ID_VARIABLE, &launch.id);
+    assert_eq!(state.process().unwrap(), None);
+
+    let started = System::new().block_on({
+        let node = &node;
+        async move {
+            let actor = node.start(definition);
+            let running =
+                wait_phase(&actor, ComponentPhase::Running, Duration::from_secs(15)).await;
+            let pid = running.pid.unwrap();
+            command(&actor, Request::Stop).await;
+            wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(10)).await;
+            pid
+        }
+    });
+    // The orphan is this test's child, so its exit status is here to read.
+    let status = orphan.0.wait().unwrap();
+    assert!(
+        !status.success(),
+        "the orphan must have been stopped: {status}"
+    );
+    assert_ne!(started, orphan_pid);
+    let latest = state.launch().unwrap().expect("the new launch is recorded");
+    assert_ne!(latest.id, launch.id);
+}
+
+#[actix_rt::test]
+async fn component_runs_as_its_user() {
+    require_root();
+    let node = Node::new();
+    // The node directory stands for the state directory.
+    warden::components::ownership::open_state_dir(node.dir.path()).unwrap();
+    let secret = node.path("node.key");
+    warden::executor::write_private(&secret, b"node key").unwrap();
+    let tls = TlsFiles::new(node.dir.path());
+    warden::executor::write_private(&tls.key, b"tls key").unwrap();
+    warden::executor::write_atomically(&tls.certificate, b"certificate").unwrap();
+
+    let port = free_port();
+    let mut args = healthy_args(port);
+    let database = node.path("db/conf");
+    assert!(
+        database.is_file(),
+        "sled keeps its configuration in {}",
+        database.display()
+    );
+    for path in [&tls.key, &secret, &database] {
+        args.extend(["--read-file".to_owned(), path.display().to_string()]);
+    }
+    let actor = node.start(node.definition(Component::Iggy, &fake(), args, |file| {
+        http_health(port)(file);
+        file.user = Some("nobody".into());
+        file.tls_cert_file = Some(tls.certificate.clone());
+        file.tls_key_file = Some(tls.key.clone());
+    }));
+    command(&actor, Request::Start).await;
+    let running = wait_phase(&actor, ComponentPhase::Running, Duration::from_secs(10)).await;
+    let status = std::fs::read_to_string(format!("/proc/{}/status", running.pid.unwrap())).unwrap();
+    assert!(
+        status.contains("\nUid:\t65534\t65534\t65534\t65534\n"),
+        "{status}"
+    );
+    assert!(
+        status.contains("\nGid:\t65534\t65534\t65534\t65534\n"),
+        "{status}"
+    );
+
+    let data = std::fs::metadata(node.path("data")).unwrap();
+    assert_eq!(data.uid(), 65534);
+    let tail = running.tail.join("\n");
+    assert!(
+        tail.contains(&format!("read {}: ok", tls.key.display())),
+        "{tail}"
+    );
+    assert!(
+        tail.contains(&format!("read {}: denied", secret.display())),
+        "{tail}"
+    );
+    assert!(
+        tail.contains(&format!("read {}: denied", database.display())),
+        "{tail}"
+    );
+
+    command(&actor, Request::Stop).await;
+    wait_phase(&actor, ComponentPhase::Stopped, Duration::from_secs(10)).await;
 }

@@ -75,10 +75,11 @@ struct Args {
     /// replica creates it.
     #[arg(long)]
     admin_key_out: Option<PathBuf>,
-    /// Directory where this replica caches released artifacts to serve chunks to nodes
-    /// [default: warden-artifact-cache in the system's temporary directory].
-    #[arg(long)]
-    artifact_cache_dir: Option<PathBuf>,
+    /// Directory where this replica caches released artifacts to serve chunks to nodes. It is
+    /// created with mode 0700 if missing; an existing one must belong to this user and be
+    /// writable by no other user.
+    #[arg(long, default_value = "/var/cache/warden-control-plane")]
+    artifact_cache_dir: PathBuf,
     /// Key file (64 hex characters, mode 0600, from `wardenctl key create`) that seals the
     /// deployment CA keys at rest. Replicas share it. Without it nodes get no TLS certificates.
     #[arg(long)]
@@ -168,6 +169,9 @@ fn main() -> anyhow::Result<()> {
         tracing::warn!("running without --secrets-key: nodes cannot get TLS certificates");
     }
 
+    // Checked before connecting, so a bad cache directory is reported even while NATS is down.
+    let cache_dir = warden_control_plane::releases::prepare_cache_dir(&args.artifact_cache_dir)?;
+
     let secure = args
         .broker_dir
         .as_deref()
@@ -179,18 +183,9 @@ fn main() -> anyhow::Result<()> {
                         bus = connect_with_retry(&args.nats_url, secure.as_ref().map(|secure| &secure.control_plane)) => bus,
             () = shutdown_signal() => return Ok(()),
         };
-        let cache_dir = args
-            .artifact_cache_dir
-            .clone()
-            .unwrap_or_else(|| std::env::temp_dir().join("warden-artifact-cache"));
-        let releases = ReleaseStore::open(bus.client().clone(), cache_dir.clone())
+        let releases = ReleaseStore::open(bus.client().clone(), cache_dir)
             .await
-            .with_context(|| {
-                format!(
-                    "failed to open the release store with cache directory {}{JETSTREAM_HINT}",
-                    cache_dir.display()
-                )
-            })?;
+            .with_context(|| format!("failed to open the release store{JETSTREAM_HINT}"))?;
         let control_plane = ControlPlane::new(
             Arc::new(bus),
             signer.clone(),
@@ -281,9 +276,11 @@ fn open_key_file(path: &std::path::Path) -> anyhow::Result<KeyFile> {
 /// Appended to errors of the first JetStream requests, which fail with "jetstream unavailable"
 /// when the broker cannot give the account its storage.
 const JETSTREAM_HINT: &str = "; if the cause says \"jetstream unavailable\", nats-server runs \
-    without JetStream or cannot reserve the account's 16 GiB of file storage: unless \
-    max_file_store is set, it offers JetStream 75 % of the free disk space of its store \
-    directory, so free space there or set max_file_store in the jetstream block of nats.conf";
+    without JetStream or cannot reserve the account's file storage. Without max_file_store in \
+    the jetstream block of nats.conf (set-ups written before wardenctl broker init had \
+    --jetstream-storage), nats-server offers JetStream 75 % of the free disk space of its store \
+    directory; add max_file_store at least as large as the account's reservation (16 GiB by \
+    default)";
 
 /// The control plane's broker connections in operator mode.
 struct Secure {

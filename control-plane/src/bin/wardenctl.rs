@@ -97,7 +97,15 @@ enum BrokerCommand {
         /// TLS WebSocket port; 443 lets nodes through firewalls that allow only HTTPS out.
         #[arg(long, default_value_t = 443)]
         websocket_port: u16,
+        /// JetStream file storage to reserve for tasks, reports and release artifacts, such as
+        /// 16GiB or 512MiB; nats.conf sets max_file_store to it.
+        #[arg(long, default_value = "16GiB", value_parser = parse_storage_size)]
+        jetstream_storage: u64,
     },
+}
+
+fn parse_storage_size(text: &str) -> Result<u64, String> {
+    warden_control_plane::broker::parse_size(text).map_err(|error| error.to_string())
 }
 
 #[derive(Debug, Subcommand)]
@@ -486,7 +494,9 @@ enum ActionCommand {
         /// Rule-set version.
         #[arg(long)]
         version: u64,
-        /// A rule as CIDR=PROTOCOL, such as 10.0.0.0/8=tcp (tcp, quic, http, websocket).
+        /// A rule as CIDR=PROTOCOL[@LIFETIME], such as 10.0.0.0/8=tcp or 203.0.113.7/32=http@2h
+        /// (tcp, quic, http, websocket; lifetime in s, m, h or d from now, after which the
+        /// node closes the rule by itself).
         #[arg(long = "rule")]
         rules: Vec<String>,
     },
@@ -860,9 +870,10 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                         .transpose()?,
                 },
                 ActionCommand::ApplyAccessRules { version, rules } => {
+                    let now = warden_bus::Clock::now(&warden_bus::SystemClock);
                     let rules = rules
                         .iter()
-                        .map(|rule| parse_rule(rule))
+                        .map(|rule| parse_rule(rule, now))
                         .collect::<Result<_, _>>()?;
                     ActionRequest::ApplyAccessRules { version, rules }
                 }
@@ -969,6 +980,7 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
             hosts,
             client_port,
             websocket_port,
+            jetstream_storage,
         }) => {
             let now = i64::try_from(warden_bus::Clock::now(&warden_bus::SystemClock).0 / 1000)
                 .unwrap_or(i64::MAX);
@@ -977,8 +989,18 @@ fn run(cli: Cli) -> Result<ExitCode, CtlError> {
                 client_port,
                 websocket_port,
             };
-            warden_control_plane::broker::init(&dir, &listen, now, &mut rand::rngs::OsRng)
-                .map_err(|error| CtlError::Local(error.to_string()))?;
+            let storage = warden_control_plane::broker::Storage {
+                file_bytes: jetstream_storage,
+                ..Default::default()
+            };
+            warden_control_plane::broker::init(
+                &dir,
+                &listen,
+                &storage,
+                now,
+                &mut rand::rngs::OsRng,
+            )
+            .map_err(|error| CtlError::Local(error.to_string()))?;
             println!(
                 "broker set-up written to {}; start nats-server -c {}",
                 dir.display(),
@@ -1187,26 +1209,57 @@ fn manifest_text(manifest: &warden_bus::release::ReleaseManifest) -> String {
     )
 }
 
-/// Parses CIDR=PROTOCOL.
-fn parse_rule(text: &str) -> Result<AccessRule, CtlError> {
-    let invalid = || {
+/// Parses CIDR=PROTOCOL[@LIFETIME]; the lifetime counts from `now`.
+fn parse_rule(text: &str, now: warden_bus::UnixMillis) -> Result<AccessRule, CtlError> {
+    let invalid = |why: &str| {
         CtlError::Local(format!(
-            "--rule {text:?} must be CIDR=PROTOCOL, such as 10.0.0.0/8=tcp"
+            "--rule {text:?} {why}; write CIDR=PROTOCOL[@LIFETIME], such as 10.0.0.0/8=tcp or 203.0.113.7/32=http@2h"
         ))
     };
-    let (cidr, protocol) = text.split_once('=').ok_or_else(invalid)?;
+    let (cidr, rest) = text.split_once('=').ok_or_else(|| invalid("has no ="))?;
+    let (protocol, lifetime) = match rest.split_once('@') {
+        Some((protocol, lifetime)) => (protocol, Some(lifetime)),
+        None => (rest, None),
+    };
     let protocol = match protocol {
         "tcp" => Protocol::Tcp,
         "quic" => Protocol::Quic,
         "http" => Protocol::Http,
         "websocket" => Protocol::Websocket,
-        _ => return Err(invalid()),
+        _ => return Err(invalid("names no protocol of tcp, quic, http, websocket")),
     };
+    let expires_at = lifetime
+        .map(|lifetime| {
+            parse_lifetime(lifetime)
+                .map(|duration| now.saturating_add(duration))
+                .ok_or_else(|| {
+                    invalid(
+                        "has a lifetime that is not a number with s, m, h or d, from 1 s to 365 d",
+                    )
+                })
+        })
+        .transpose()?;
     Ok(AccessRule {
         cidr: cidr.to_owned(),
         protocol,
-        expires_at: None,
+        expires_at,
     })
+}
+
+/// Parses a lifetime such as 90s, 30m, 2h or 7d, from 1 s to 365 days.
+fn parse_lifetime(text: &str) -> Option<Duration> {
+    let unit = text.chars().last()?;
+    let count: u64 = text.get(..text.len() - unit.len_utf8())?.parse().ok()?;
+    let seconds = match unit {
+        's' => count,
+        'm' => count.checked_mul(60)?,
+        'h' => count.checked_mul(3600)?,
+        'd' => count.checked_mul(86_400)?,
+        _ => return None,
+    };
+    (1..=365 * 86_400)
+        .contains(&seconds)
+        .then(|| Duration::from_secs(seconds))
 }
 
 /// Opens the bootstrap output with mode 0600; without `force` the file must not exist yet.
@@ -1296,5 +1349,44 @@ fn wait(
             });
         }
         std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const NOW: warden_bus::UnixMillis = warden_bus::UnixMillis(1_000_000);
+
+    #[test]
+    fn rule_without_lifetime_never_expires() {
+        let rule = parse_rule("10.0.0.0/8=tcp", NOW).unwrap();
+        assert_eq!(rule.protocol, Protocol::Tcp);
+        assert_eq!(rule.expires_at, None);
+    }
+
+    #[test]
+    fn rule_lifetime_counts_from_now() {
+        let rule = parse_rule("2001:db8::/32=quic@2h", NOW).unwrap();
+        assert_eq!(rule.cidr, "2001:db8::/32");
+        assert_eq!(
+            rule.expires_at,
+            Some(NOW.saturating_add(Duration::from_secs(7200)))
+        );
+    }
+
+    #[test]
+    fn rule_errors_say_what_to_write() {
+        for bad in [
+            "10.0.0.0/8",
+            "10.0.0.0/8=ssh",
+            "10.0.0.0/8=tcp@2w",
+            "10.0.0.0/8=tcp@0s",
+            "10.0.0.0/8=tcp@366d",
+            "10.0.0.0/8=tcp@h",
+        ] {
+            let error = parse_rule(bad, NOW).unwrap_err().to_string();
+            assert!(error.contains("CIDR=PROTOCOL[@LIFETIME]"), "{bad}: {error}");
+        }
     }
 }

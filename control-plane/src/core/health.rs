@@ -119,6 +119,21 @@ pub struct NodeRecord {
     /// Active alerts and recently resolved ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub alerts: Vec<Alert>,
+    /// Version of the node's installed access rules, from the last heartbeat that reported one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_version: Option<u64>,
+    /// The desired access rules version the control plane last sent the node again.
+    #[serde(default)]
+    pub access_resent_for: u64,
+    /// When it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_resent_at: Option<UnixMillis>,
+    /// The desired configuration version the control plane last sent the node again.
+    #[serde(default)]
+    pub config_resent_for: u64,
+    /// When it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_resent_at: Option<UnixMillis>,
 }
 
 impl NodeRecord {
@@ -142,6 +157,11 @@ impl NodeRecord {
             bundle_nudged_at: None,
             bundle_nudged_for: 0,
             alerts: Vec::new(),
+            access_version: None,
+            access_resent_for: 0,
+            access_resent_at: None,
+            config_resent_for: 0,
+            config_resent_at: None,
         }
     }
 
@@ -169,6 +189,9 @@ impl NodeRecord {
             .collect();
         if heartbeat.certificate.is_some() {
             self.certificate = heartbeat.certificate;
+        }
+        if heartbeat.access_version.is_some() {
+            self.access_version = heartbeat.access_version;
         }
         match self.health {
             NodeHealth::Healthy => None,
@@ -234,6 +257,7 @@ mod tests {
             config_version: 2,
             components: Vec::new(),
             certificate: None,
+            access_version: None,
         }
     }
 

@@ -1,8 +1,9 @@
-//! Bounds how many lines about one node's bad messages the control plane writes.
+//! Bounds how many lines about one node the control plane writes: warnings about its bad
+//! messages, and the output lines of its components.
 //!
 //! Anyone holding a node's credentials can publish as fast as the broker lets them, and every
-//! malformed or unverifiable message would otherwise cost one warning. Each node gets a few
-//! lines per window; the rest are counted, and the next line that is written carries the count.
+//! message would otherwise cost at least one line. Each node gets a number of lines per
+//! window; the rest are counted, and the next line that is written carries the count.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -47,6 +48,14 @@ impl LogLimiter {
     /// Returns `Some(suppressed)` if a line about `key` may be written now, with the number of
     /// lines held back since the last one written; `None` if this one is held back.
     pub fn admit(&mut self, key: &str, now: UnixMillis) -> Option<u64> {
+        let admission = self.admit_many(key, now, 1);
+        (admission.written == 1).then_some(admission.held_back)
+    }
+
+    /// Admits up to `requested` lines about `key` now. Lines past the window's allowance are
+    /// counted as held back; the count is returned with the next admission that writes at
+    /// least one line.
+    pub fn admit_many(&mut self, key: &str, now: UnixMillis, requested: u32) -> Admission {
         if !self.windows.contains_key(key) && self.windows.len() >= KEYS_MAX {
             let window = self.window;
             self.windows
@@ -64,14 +73,27 @@ impl LogLimiter {
             entry.start = now;
             entry.written = 0;
         }
-        if entry.written < self.lines_per_window {
-            entry.written += 1;
-            Some(std::mem::take(&mut entry.suppressed))
+        let written = requested.min(self.lines_per_window.saturating_sub(entry.written));
+        entry.written += written;
+        let held_back = if written > 0 {
+            std::mem::take(&mut entry.suppressed)
         } else {
-            entry.suppressed = entry.suppressed.saturating_add(1);
-            None
-        }
+            0
+        };
+        entry.suppressed = entry
+            .suppressed
+            .saturating_add(u64::from(requested - written));
+        Admission { written, held_back }
     }
+}
+
+/// The lines [`LogLimiter::admit_many`] allows, and the count held back before them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Admission {
+    /// Lines that may be written now.
+    pub written: u32,
+    /// Lines held back before this admission; reported only when `written` is above zero.
+    pub held_back: u64,
 }
 
 impl Default for LogLimiter {
@@ -100,6 +122,48 @@ mod tests {
         let later = UnixMillis(T0.0 + 10_000);
         assert_eq!(limiter.admit("prod.a", later), Some(7));
         assert_eq!(limiter.admit("prod.a", later), Some(0));
+    }
+
+    #[test]
+    fn batches_admitted_in_part_then_counted() {
+        let mut limiter = LogLimiter::new(100, Duration::from_secs(10));
+        let admission = limiter.admit_many("prod.a", T0, 64);
+        assert_eq!(
+            admission,
+            Admission {
+                written: 64,
+                held_back: 0
+            }
+        );
+        let admission = limiter.admit_many("prod.a", T0, 64);
+        assert_eq!(
+            admission,
+            Admission {
+                written: 36,
+                held_back: 0
+            }
+        );
+        let admission = limiter.admit_many("prod.a", T0, 64);
+        assert_eq!(
+            admission,
+            Admission {
+                written: 0,
+                held_back: 0
+            }
+        );
+        assert_eq!(limiter.admit_many("prod.a", T0, 0).written, 0);
+
+        // The next window reports the 28 + 64 lines held back with its first admitted lines.
+        let later = UnixMillis(T0.0 + 10_000);
+        let admission = limiter.admit_many("prod.a", later, 10);
+        assert_eq!(
+            admission,
+            Admission {
+                written: 10,
+                held_back: 92
+            }
+        );
+        assert_eq!(limiter.admit_many("prod.a", later, 1).held_back, 0);
     }
 
     #[test]

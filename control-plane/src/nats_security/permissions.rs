@@ -46,15 +46,22 @@ pub fn control_plane_permissions() -> Permissions {
     }
 }
 
-/// Builds the permissions of an enrolling node: send enrollment requests, on the enroll subject
-/// of any node, and receive the replies under `inbox_prefix`.
+/// Builds the permissions of an enrolling node: send enrollment requests on the enroll subject
+/// of this one node, and receive the replies under `inbox_prefix`.
 ///
 /// Issue one enrollment user per bootstrap file with its own inbox prefix, from
 /// [`subject::enrollment_inbox_prefix`], so that no two enrolling nodes share an inbox. The
-/// enrollment token, not the broker, decides which node the request may enroll.
-pub fn enrollment_permissions(inbox_prefix: &str) -> Permissions {
+/// broker keeps a leaked bootstrap file from sending requests for other nodes; the enrollment
+/// token then decides whether the request for this node is accepted.
+pub fn enrollment_permissions(
+    deployment: &DeploymentId,
+    node: &NodeId,
+    inbox_prefix: &str,
+) -> Permissions {
     Permissions {
-        publish: SubjectRule::Only(vec![Subject::all_rpc(RpcVerb::Enroll).as_str().to_owned()]),
+        publish: SubjectRule::Only(vec![Subject::rpc(deployment, node, RpcVerb::Enroll)
+            .as_str()
+            .to_owned()]),
         subscribe: SubjectRule::Only(vec![format!("{inbox_prefix}.>")]),
         allow_responses: None,
     }
@@ -135,11 +142,12 @@ mod tests {
 
     #[test]
     fn enrollment_permissions_allow_enroll_only() {
+        let (deployment, node) = ids();
         let prefix = subject::enrollment_inbox_prefix("UABC");
-        let permissions = enrollment_permissions(&prefix);
+        let permissions = enrollment_permissions(&deployment, &node, &prefix);
         assert_eq!(
             permissions.publish,
-            SubjectRule::Only(vec!["ld.*.*.rpc.enroll".to_owned()])
+            SubjectRule::Only(vec!["ld.prod.n1.rpc.enroll".to_owned()])
         );
         assert_eq!(
             permissions.subscribe,

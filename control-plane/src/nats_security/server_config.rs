@@ -62,6 +62,11 @@ pub struct ServerConfig {
     pub resolver_dir: PathBuf,
     /// Directory of the JetStream store.
     pub jetstream_dir: PathBuf,
+    /// Most file storage JetStream offers, in bytes. Without it nats-server offers 75 % of the
+    /// free disk space at start, so an account reservation could fail on a fuller disk.
+    pub max_file_store: u64,
+    /// Most memory storage JetStream offers, in bytes.
+    pub max_memory_store: u64,
 }
 
 /// Renders `config` as nats-server configuration text.
@@ -126,6 +131,11 @@ pub fn render_server_config(config: &ServerConfig) -> Result<String, NatsSecurit
         "  store_dir: \"{}\"",
         quotable_path("JetStream directory", &config.jetstream_dir)?
     );
+    // Every write reaches the disk before the broker acknowledges it. The default syncs every
+    // 2 minutes, so a power loss could drop acknowledged tasks and reports.
+    let _ = writeln!(text, "  sync_interval: always");
+    let _ = writeln!(text, "  max_file_store: {}", config.max_file_store);
+    let _ = writeln!(text, "  max_memory_store: {}", config.max_memory_store);
     let _ = writeln!(text, "}}");
     let _ = writeln!(text);
     let _ = writeln!(text, "operator: \"{}\"", config.operator_jwt);
@@ -245,6 +255,8 @@ mod tests {
             ],
             resolver_dir: PathBuf::from("/var/lib/nats/jwt"),
             jetstream_dir: PathBuf::from("/var/lib/nats/jetstream"),
+            max_file_store: 1 << 30,
+            max_memory_store: 256 << 20,
         }
     }
 
@@ -258,6 +270,9 @@ mod tests {
             "key_file: \"/etc/warden/nats/server.key\"",
             "port: 8443",
             "store_dir: \"/var/lib/nats/jetstream\"",
+            "sync_interval: always",
+            "max_file_store: 1073741824",
+            "max_memory_store: 268435456",
             "operator: \"eyJ0eXAi.eyJqdGki.c2lnbmF0dXJl\"",
             "type: full",
             "dir: \"/var/lib/nats/jwt\"",

@@ -395,9 +395,7 @@ impl ControlPlane {
         })?;
         self.inner
             .bundle_versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .insert(deployment.clone(), (now, record.rotation.bundle_version));
+            .put(deployment, now, record.rotation.bundle_version);
         tracing::info!(deployment_id = %deployment, phase = record.rotation.phase.name(), signer = record.rotation.phase.signer(), bundle_version = record.rotation.bundle_version, "CA rotation step taken");
         let live = self.live_bundle_versions(deployment).await?;
         ca_view(&record, &live)
@@ -460,17 +458,9 @@ impl ControlPlane {
     /// [`BUNDLE_VERSION_CACHE`], or `None` if the deployment has no CA yet.
     async fn bundle_version(&self, deployment: &DeploymentId) -> Result<Option<u64>, ServiceError> {
         let now = self.now();
-        {
-            let cache = self
-                .inner
-                .bundle_versions
-                .lock()
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
-            if let Some((read_at, version)) = cache.get(deployment) {
-                if now.since(*read_at) < BUNDLE_VERSION_CACHE {
-                    return Ok(Some(*version));
-                }
-            }
+        let cache = &self.inner.bundle_versions;
+        if let Some(version) = cache.fresh(deployment, now, BUNDLE_VERSION_CACHE) {
+            return Ok(Some(version));
         }
         let Some((record, _)) = self
             .inner
@@ -481,15 +471,7 @@ impl ControlPlane {
             return Ok(None);
         };
         let version = record.rotation.bundle_version;
-        let mut cache = self
-            .inner
-            .bundle_versions
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if cache.len() >= 10_000 {
-            cache.clear();
-        }
-        cache.insert(deployment.clone(), (now, version));
+        cache.put(deployment, now, version);
         Ok(Some(version))
     }
 

@@ -74,25 +74,12 @@ impl ControlPlane {
                 ),
             })?;
         let sha256_hex = hex::encode(&manifest.sha256);
-        let manifest_bytes = signed.encode().map_err(|error| FieldError {
+        let manifest_bytes = Bytes::from(signed.encode().map_err(|error| FieldError {
             field: "manifest",
             reason: error.to_string(),
-        })?;
-        if let Some(existing) = self
-            .inner
-            .bus
-            .kv_get(RELEASE_MANIFESTS_BUCKET, &sha256_hex)
-            .await?
-        {
-            if existing.value.as_ref() != manifest_bytes.as_slice() {
-                return Err(ServiceError::Conflict {
-                    what: format!(
-                        "release {sha256_hex} is already published with another manifest"
-                    ),
-                    fix: "an artifact is published once; check `wardenctl release list`".into(),
-                });
-            }
-        }
+        })?);
+        self.check_no_other_manifest(&sha256_hex, &manifest_bytes)
+            .await?;
 
         // The artifact goes into the object store before its manifest, so a listed release
         // always has its bytes.
@@ -107,14 +94,47 @@ impl ControlPlane {
         match self
             .inner
             .bus
-            .kv_create(RELEASE_MANIFESTS_BUCKET, &sha256_hex, manifest_bytes.into())
+            .kv_create(
+                RELEASE_MANIFESTS_BUCKET,
+                &sha256_hex,
+                manifest_bytes.clone(),
+            )
             .await
         {
-            Ok(_) | Err(BusError::KeyExists { .. }) => {}
+            Ok(_) => {}
+            // Another publish of the same bytes stored its manifest while this upload ran.
+            Err(BusError::KeyExists { .. }) => {
+                self.check_no_other_manifest(&sha256_hex, &manifest_bytes)
+                    .await?;
+            }
             Err(error) => return Err(error.into()),
         }
         tracing::info!(sha256 = %sha256_hex, component = ?manifest.component, version = %manifest.version, release_counter = manifest.release_counter, size = manifest.size, "release published");
         Ok(PublishedRelease { signed, manifest })
+    }
+
+    /// Fails with a conflict when the artifact is already published with another manifest.
+    async fn check_no_other_manifest(
+        &self,
+        sha256_hex: &str,
+        manifest_bytes: &[u8],
+    ) -> Result<(), ServiceError> {
+        let existing = self
+            .inner
+            .bus
+            .kv_get(RELEASE_MANIFESTS_BUCKET, sha256_hex)
+            .await?;
+        match existing {
+            Some(existing) if existing.value.as_ref() != manifest_bytes => {
+                Err(ServiceError::Conflict {
+                    what: format!(
+                        "release {sha256_hex} is already published with another manifest"
+                    ),
+                    fix: "an artifact is published once; check `wardenctl release list`".into(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Lists the published releases.

@@ -11,6 +11,8 @@
     clippy::indexing_slicing
 )]
 
+pub mod access;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::Command;
@@ -70,7 +72,19 @@ impl Cluster {
                 client_port: setup.client_port,
                 websocket_port: setup.websocket_port,
             };
-            broker::init(&broker_dir, &listen, now_secs(), &mut rand::rngs::OsRng).unwrap();
+            // A fixed reservation, so the tests do not depend on the free disk space.
+            let storage = broker::Storage {
+                file_bytes: 1 << 30,
+                ..Default::default()
+            };
+            broker::init(
+                &broker_dir,
+                &listen,
+                &storage,
+                now_secs(),
+                &mut rand::rngs::OsRng,
+            )
+            .unwrap();
             std::fs::read_to_string(broker_dir.join(broker::SERVER_CONFIG)).unwrap()
         });
         let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -167,29 +181,51 @@ impl Cluster {
             ])
             .args(&self.control_plane_args)
             .env("RUST_LOG", "info");
+        // Each cluster has its own artifact cache unless the test chose one.
+        if !self
+            .control_plane_args
+            .iter()
+            .any(|arg| arg == "--artifact-cache-dir")
+        {
+            command
+                .arg("--artifact-cache-dir")
+                .arg(self.path("artifact-cache"));
+        }
         for (name, value) in env {
             command.env(name, value);
         }
         let log = self.path(&format!("control-plane-{}.log", self.control_plane_runs));
         self.control_plane = Some(Process::spawn("control-plane", command, &log));
+        // The control plane creates the file before it writes the key, so wait for content.
         let key_path = self.path("admin-key");
         let deadline = std::time::Instant::now() + Duration::from_secs(20);
-        while !key_path.exists() {
+        loop {
+            let key = std::fs::read_to_string(&key_path).unwrap_or_default();
+            if !key.trim().is_empty() {
+                self.api_key = key.trim().to_owned();
+                break;
+            }
             assert!(
                 std::time::Instant::now() < deadline,
-                "the control plane wrote no admin API key file within 20 s; its log:\n{}",
+                "the control plane wrote no admin API key within 20 s; its log:\n{}",
                 self.control_plane_log()
             );
             std::thread::sleep(Duration::from_millis(50));
         }
-        self.api_key = std::fs::read_to_string(&key_path)
-            .unwrap()
-            .trim()
-            .to_owned();
         let client = self.client();
-        wait_until("the control plane API", Duration::from_secs(20), || {
-            client.get::<Vec<DeploymentView>>("/v1/deployments").is_ok()
-        });
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while client
+            .get::<Vec<DeploymentView>>("/v1/deployments")
+            .is_err()
+        {
+            let running = self.control_plane().is_running();
+            assert!(
+                running && std::time::Instant::now() < deadline,
+                "the control plane API did not answer within 20 s (process running: {running}); its log:\n{}",
+                self.control_plane_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     pub fn kill_control_plane(&mut self) {
@@ -447,6 +483,39 @@ impl Cluster {
         offline::read_key(&self.path("task.key")).unwrap()
     }
 
+    /// Creates a release key in `release.key`, and signs and publishes trust document version 2,
+    /// which lists it beside the task key. Returns the document.
+    pub fn add_release_key(&self) -> warden_bus::trust::TrustDocument {
+        let release_key = offline::create_key(&self.path("release.key")).unwrap();
+        let trust_file = self.path("trust-2.b64");
+        let path = |path: &std::path::Path| path.to_str().unwrap().to_owned();
+        let run = |args: &[&str]| {
+            let (code, _, stderr) = self.ctl(args);
+            assert_eq!(code, Some(0), "wardenctl {args:?} failed: {stderr}");
+        };
+        run(&[
+            "trust",
+            "sign",
+            "--root-key",
+            &path(&self.path("root.key")),
+            "--version",
+            "2",
+            "--expires-in",
+            "30d",
+            "--task-key",
+            &format!("{},from=-1h", self.task_key().public_key().to_hex()),
+            "--release-key",
+            &format!("{},from=-1h", release_key.public_key().to_hex()),
+            "--out",
+            &path(&trust_file),
+        ]);
+        run(&["trust", "publish", &path(&trust_file)]);
+        offline::read_trust(&trust_file)
+            .unwrap()
+            .document_unverified()
+            .unwrap()
+    }
+
     /// The operator's root key.
     pub fn root_key(&self) -> SigningKey {
         offline::read_key(&self.path("root.key")).unwrap()
@@ -570,6 +639,28 @@ impl Cluster {
             .block_on(self.bus.persist(&subject, bytes.into(), None))
             .unwrap();
     }
+}
+
+/// Builds a command that runs `binary` (the control plane) with the task key and trust document
+/// of [`offline_setup`] in `dir`, on `nats_url`, and its API on a free port.
+pub fn control_plane_command(
+    binary: &std::path::Path,
+    dir: &std::path::Path,
+    nats_url: &str,
+) -> Command {
+    let mut command = Command::new(binary);
+    command
+        .args([
+            "--nats-url",
+            nats_url,
+            "--listen",
+            &format!("127.0.0.1:{}", free_port()),
+        ])
+        .arg("--task-key")
+        .arg(dir.join("task.key"))
+        .arg("--trust-document")
+        .arg(dir.join("trust.b64"));
+    command
 }
 
 /// Does the operator's offline steps in `dir`: root.key, task.key and secrets.key, and trust.b64

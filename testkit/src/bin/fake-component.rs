@@ -7,10 +7,15 @@
 //! - `--pid-file PATH`: write its process id to PATH;
 //! - `--child-pid-file PATH`: start a `sleep` child in its process group that ignores SIGTERM,
 //!   and write the child's process id to PATH;
+//! - `--escaped-child-pid-file PATH`: start a `sleep` child in a new session, outside its
+//!   process group, and write the child's process id to PATH;
+//! - `--read-file PATH` (repeatable): try to read PATH and print `read PATH: ok` or
+//!   `read PATH: denied`;
 //! - `--escape-codes`: print a line with terminal escape codes and other control characters;
 //! - `--listen-delay-ms N`: wait N milliseconds before opening the `--http` address.
 //!
-//! It prints the `IGGY_*` variables it was given, then runs until a signal ends it.
+//! It prints the `IGGY_*` variables it was given and whether `WARDEN_LAUNCH_ID` is set, then runs
+//! until a signal ends it.
 
 #![forbid(unsafe_code)]
 #![allow(
@@ -55,6 +60,15 @@ fn main() {
             .expect("start the child");
         std::fs::write(path, child.id().to_string()).expect("write the child pid file");
     }
+    if let Some(path) = value("--escaped-child-pid-file") {
+        // setsid(1) execs in place, since this process does not lead its group.
+        #[allow(clippy::zombie_processes)] // The child outlives this process by design.
+        let child = std::process::Command::new("setsid")
+            .args(["sleep", "600"])
+            .spawn()
+            .expect("start the escaped child");
+        std::fs::write(path, child.id().to_string()).expect("write the escaped child pid file");
+    }
     if has("--escape-codes") {
         println!("before\u{1b}[2J\u{1b}]0;title\u{7}\u{0}after\r");
     }
@@ -68,7 +82,22 @@ fn main() {
     if std::env::var_os("IGGY_ROOT_PASSWORD").is_some() {
         println!("env IGGY_ROOT_PASSWORD is set");
     }
+    if std::env::var_os("WARDEN_LAUNCH_ID").is_some() {
+        println!("env WARDEN_LAUNCH_ID is set");
+    }
     println!("env count {}", std::env::vars().count());
+    for pair in args.windows(2) {
+        if let [flag, path] = pair {
+            if flag == "--read-file" {
+                let result = if std::fs::read(path).is_ok() {
+                    "ok"
+                } else {
+                    "denied"
+                };
+                println!("read {path}: {result}");
+            }
+        }
+    }
     if has("--crash-at-start") {
         eprintln!("fatal: crashing at start as asked");
         std::process::exit(3);

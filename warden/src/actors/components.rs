@@ -24,9 +24,11 @@ use crate::components::definition::{
     ROOT_CREDENTIALS_BYTES_MAX,
 };
 use crate::components::installer::Installer;
+use crate::components::ownership;
 use crate::components::process::{self, OutputStream, SharedOutput};
-use crate::components::state::{ComponentState, DesiredState, ProcessRecord};
+use crate::components::state::{ComponentState, DesiredState, LaunchRecord, ProcessRecord};
 use crate::core::component::{ComponentSupervisor, ExitStatus, SupervisorEffect};
+use crate::tls::TlsFiles;
 
 /// How often the supervisor core gets a timer tick.
 pub const TICK_INTERVAL: Duration = Duration::from_millis(100);
@@ -99,6 +101,9 @@ pub struct ComponentParts {
     pub node_key: SigningKey,
     /// File with the kernel release, [`KERNEL_RELEASE_FILE`] outside tests.
     pub kernel_release_file: std::path::PathBuf,
+    /// The Warden's managed TLS files; a component with its own user that uses the managed key
+    /// gets read access to it.
+    pub tls_files: TlsFiles,
 }
 
 /// Where Linux exposes the running kernel's release.
@@ -182,10 +187,15 @@ impl ComponentActor {
                 SupervisorEffect::PhaseChanged { phase, detail } => {
                     tracing::info!(component = %self.component(), phase = %phase, detail = %detail, "component phase changed");
                     if phase == ComponentPhase::Failed {
-                        // A failed component stays down across Warden restarts too.
+                        // A failed component stays down across Warden restarts too, and still
+                        // reads as failed after one.
                         self.desired.running = false;
-                        if let Err(error) = self.parts.state.set_desired(self.desired) {
-                            tracing::error!(component = %self.component(), error = %error, "cannot record the desired state");
+                        if let Err(error) = self
+                            .parts
+                            .state
+                            .set_desired_and_failure(self.desired, Some(&detail))
+                        {
+                            tracing::error!(component = %self.component(), error = %error, "cannot record the failure");
                         }
                     }
                     self.publish_status();
@@ -253,8 +263,23 @@ impl ComponentActor {
             _ => None,
         };
 
-        let spec = render_launch(definition, &program, first_start, root.as_ref());
-        create_private_dir(&spec.working_dir)?;
+        let mut spec = render_launch(definition, &program, first_start, root.as_ref());
+        let created = create_private_dir(&spec.working_dir)?;
+        if let Some(user) = &spec.user {
+            ownership::own_data_dir(&spec.working_dir, user, created)?;
+            if let Some((_, key)) = &definition.tls {
+                ownership::share_managed_key(key, &self.parts.tls_files, user)?;
+            }
+        }
+        // Recorded before the spawn: if the Warden crashes before it records the process id,
+        // its next run still finds the process by this id.
+        let launch = LaunchRecord::generate(&mut self.rng);
+        self.parts
+            .state
+            .set_launch(Some(&launch))
+            .map_err(|error| format!("cannot record the launch: {error}"))?;
+        spec.env
+            .insert(process::LAUNCH_ID_VARIABLE.to_owned(), launch.id.clone());
         self.output
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner)
@@ -264,7 +289,8 @@ impl ComponentActor {
             .map_err(|error| format!("cannot run {}: {error}", program.display()))?;
         let pid = spawned.pid;
 
-        // Recorded before anything else happens, so a Warden crash cannot lose track of it.
+        // Recorded before anything else happens; a crash before this write is covered by the
+        // launch record.
         let record = ProcessRecord {
             pid,
             start_ticks: process::process_start_ticks(pid).unwrap_or(0),
@@ -287,10 +313,16 @@ impl ComponentActor {
             // The leader is gone; whatever else it started in its group goes with it, or a
             // restart would run beside it. The group id cannot have been reused while the
             // group has members.
-            if process::group_has_members(pid) {
+            if process::orphaned_group(pid) {
                 tracing::warn!(component = %actor.component(), pid, "processes of the exited component's group are still running; killing them");
                 actor.signal(pid, Signal::SIGKILL);
             }
+            // Processes that left the group with setsid still carry the launch id.
+            let component = actor.component();
+            let launch_id = launch.id.clone();
+            ctx.spawn(
+                async move { kill_strays(component, pid, &launch_id).await }.into_actor(actor),
+            );
             if let Err(error) = actor.parts.state.set_process(None) {
                 tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
             }
@@ -361,18 +393,13 @@ impl ComponentActor {
         if !alive() {
             // The leader is gone, but processes it started may still run in its group, which
             // keeps the group id from being reused.
-            if process::group_has_members(record.pid) {
+            if process::orphaned_group(record.pid) {
                 tracing::warn!(
                     pgid = record.pid,
                     "processes of a component group from an earlier Warden run are still running; killing them"
                 );
                 let _ = process::signal_group(record.pid, Signal::SIGKILL);
-                let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-                while process::group_has_members(record.pid)
-                    && tokio::time::Instant::now() < deadline
-                {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                }
+                wait_while(|| process::orphaned_group(record.pid), REAP_WAIT).await;
             }
             return;
         }
@@ -381,34 +408,88 @@ impl ComponentActor {
             "a component process from an earlier Warden run is still running; stopping it"
         );
         let _ = process::signal_group(record.pid, Signal::SIGTERM);
-        let deadline = tokio::time::Instant::now() + stop_timeout;
-        while alive() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        if alive() || process::group_has_members(record.pid) {
+        wait_while(alive, stop_timeout).await;
+        let remaining = || alive() || process::orphaned_group(record.pid);
+        if remaining() {
             let _ = process::signal_group(record.pid, Signal::SIGKILL);
             // It is not this Warden's child, so it is reaped by init; wait until it is gone.
-            let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-            while (alive() || process::group_has_members(record.pid))
-                && tokio::time::Instant::now() < deadline
-            {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            }
+            wait_while(remaining, REAP_WAIT).await;
         }
     }
 }
 
-/// Creates the component's data directory (mode 0700) if it is missing.
-fn create_private_dir(path: &std::path::Path) -> Result<(), String> {
+/// Kills the processes that carry `launch_id` after the component's main process `pid` exited.
+/// It scans again until two scans in a row find nothing, so a stray that was starting a program
+/// during a scan (its environment is readable only once the program is loaded) or that forked
+/// meanwhile is caught too. It gives up after 20 scans.
+async fn kill_strays(component: Component, pid: u32, launch_id: &str) {
+    let mut quiet = 0;
+    for _ in 0..20 {
+        let strays = process::launched_processes(launch_id);
+        if strays.is_empty() {
+            quiet += 1;
+            if quiet == 2 {
+                return;
+            }
+        } else {
+            quiet = 0;
+            tracing::warn!(component = %component, pid, strays = ?strays, "processes the exited component started outside its group are still running; killing them");
+            process::signal_each(&strays, Signal::SIGKILL);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Stops processes of an earlier Warden run's latest launch that its records do not name: the
+/// process itself if that run crashed before recording it, and whatever the process started
+/// outside its group. SIGTERM first, then SIGKILL after `stop_timeout`.
+async fn stop_launched_processes(launch: &LaunchRecord, stop_timeout: Duration) {
+    let found = process::launched_processes(&launch.id);
+    if found.is_empty() {
+        return;
+    }
+    tracing::warn!(pids = ?found, "processes of a component launch from an earlier Warden run are still running; stopping them");
+    process::signal_each(&found, Signal::SIGTERM);
+    let running = || !process::launched_processes(&launch.id).is_empty();
+    wait_while(running, stop_timeout).await;
+    let remaining = process::launched_processes(&launch.id);
+    if remaining.is_empty() {
+        return;
+    }
+    process::signal_each(&remaining, Signal::SIGKILL);
+    // They are not this Warden's children, so init reaps them; wait until they are gone.
+    wait_while(running, REAP_WAIT).await;
+}
+
+/// How long the Warden waits for killed processes that are not its children to be reaped.
+const REAP_WAIT: Duration = Duration::from_secs(5);
+
+/// Waits while `condition` holds, checking every 50 ms, for at most `within`.
+async fn wait_while(condition: impl Fn() -> bool, within: Duration) {
+    let deadline = tokio::time::Instant::now() + within;
+    while condition() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Creates the component's data directory (mode 0700) if it is missing. Returns whether it
+/// did. Missing parents get the default mode, so a component with its own user can pass
+/// through them.
+fn create_private_dir(path: &std::path::Path) -> Result<bool, String> {
     use std::os::unix::fs::DirBuilderExt;
     if path.is_dir() {
-        return Ok(());
+        return Ok(false);
+    }
+    let failed =
+        |error: std::io::Error| format!("cannot create data directory {}: {error}", path.display());
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).map_err(failed)?;
     }
     std::fs::DirBuilder::new()
-        .recursive(true)
         .mode(0o700)
         .create(path)
-        .map_err(|error| format!("cannot create data directory {}: {error}", path.display()))
+        .map_err(failed)?;
+    Ok(true)
 }
 
 fn read_root_credentials(path: &std::path::Path) -> Result<RootCredentials, String> {
@@ -459,6 +540,14 @@ impl Actor for ComponentActor {
             tracing::error!(component = %self.component(), error = %error, "cannot read the process record");
             None
         });
+        let failed = self.parts.state.failed().unwrap_or_else(|error| {
+            tracing::error!(component = %self.component(), error = %error, "cannot read the failure record");
+            None
+        });
+        let leftover_launch = self.parts.state.launch().unwrap_or_else(|error| {
+            tracing::error!(component = %self.component(), error = %error, "cannot read the launch record");
+            None
+        });
         let stop_timeout = self.parts.definition.policy.stop_timeout;
 
         // wait: no command is handled before a leftover process is gone.
@@ -469,6 +558,9 @@ impl Actor for ComponentActor {
                     if let Some(record) = leftover {
                         Self::stop_leftover(record, stop_timeout).await;
                     }
+                    if let Some(launch) = leftover_launch {
+                        stop_launched_processes(&launch, stop_timeout).await;
+                    }
                 },
                 span,
             )
@@ -477,6 +569,13 @@ impl Actor for ComponentActor {
                 let _entered = actor.span.clone().entered();
                 if let Err(error) = actor.parts.state.set_process(None) {
                     tracing::error!(component = %actor.component(), error = %error, "cannot clear the process record");
+                }
+                if let Err(error) = actor.parts.state.set_launch(None) {
+                    tracing::error!(component = %actor.component(), error = %error, "cannot clear the launch record");
+                }
+                if let (false, Some(detail)) = (actor.desired.running, failed) {
+                    actor.core.restore_failed(detail);
+                    actor.publish_status();
                 }
                 if actor.desired.running {
                     tracing::info!(component = %actor.component(), "restoring the desired state: running");
@@ -504,10 +603,11 @@ impl Handler<Command> for ComponentActor {
         if let Some(version) = command.config_version {
             desired.config_version = version;
         }
-        // Persist first: a Warden restart must restore what the operator asked for.
+        // Persist first: a Warden restart must restore what the operator asked for. Any task
+        // also ends a failure, because the component starts afresh or is stopped on purpose.
         self.parts
             .state
-            .set_desired(desired)
+            .set_desired_and_failure(desired, None)
             .map_err(|error| format!("cannot record the desired state: {error}"))?;
         self.desired = desired;
         let now = self.now();

@@ -39,6 +39,8 @@ pub struct HeartbeatParts {
     pub components: StatusBoard,
     /// The node's TLS certificate, once one is installed.
     pub certificate: CertificateBoard,
+    /// Version of the installed access rules, if the node manages them.
+    pub access_version: Option<Arc<AtomicU64>>,
 }
 
 /// Publishes heartbeats; a failed publish is logged and the schedule goes on.
@@ -76,6 +78,11 @@ impl Heartbeater {
             .certificate
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        heartbeat.access_version = self
+            .parts
+            .access_version
+            .as_ref()
+            .map(|version| version.load(Ordering::SeqCst));
         let mut id = [0u8; 16];
         self.parts.rng.fill_bytes(&mut id);
         let bytes = match Envelope::seal(MessageId::from_random(id), &heartbeat)

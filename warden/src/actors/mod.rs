@@ -7,8 +7,10 @@
 //!
 //! ComponentActor per [components.*] table (ComponentSupervisor), outside the supervisor
 //! CertificateActor (CertificateCore, the TLS files and listener), outside the supervisor
+//! AccessActor (AccessCore, the nftables table), outside the supervisor, if [access] is set
 //! ```
 
+pub mod access;
 pub mod certificates;
 pub mod components;
 pub mod heartbeat;
@@ -67,6 +69,8 @@ pub struct WardenParts {
     pub renewal: Option<self::renewal::RenewalParts>,
     /// Whether a launcher (`warden launch`) started this process, which self-upgrade needs.
     pub under_launcher: bool,
+    /// The access rules, already applied, if the node manages them.
+    pub access: Option<self::access::AccessParts>,
 }
 
 /// Starts the supervised actor tree. Must be called inside an actix system.
@@ -110,6 +114,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             node: bootstrap.node.clone(),
             node_key: parts.node_key.clone(),
             kernel_release_file: self::components::KERNEL_RELEASE_FILE.into(),
+            tls_files: tls_files.clone(),
         })
         .start();
         if definition
@@ -158,6 +163,12 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
     })
     .start();
 
+    let access_managed = parts.access.is_some();
+    let access_version = parts.access.as_ref().map(|access| access.version.clone());
+    let access_actor = parts
+        .access
+        .map(|access| self::access::AccessActor::new(access).start());
+
     let heartbeats_sent = Arc::new(AtomicU64::new(0));
     let own_binary = std::env::current_exe().unwrap_or_else(|error| {
         tracing::warn!(error = %error, "cannot find this process's binary; self-upgrade compares against an empty path");
@@ -195,12 +206,14 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
             installers,
         })
         .with_self_upgrade(self_upgrade)
-        .with_certificates(certificate_actor.recipient()),
+        .with_certificates(certificate_actor.recipient())
+        .with_access(access_actor.map(Addr::recipient)),
         bus: parts.bus.clone(),
         clock: parts.clock.clone(),
         config_version: config_version.clone(),
         failpoint: parts.failpoint,
         node_key: parts.node_key.clone(),
+        access_managed,
     };
     let pull_settings = PullSettings {
         stream: TASK_STREAM.to_owned(),
@@ -255,6 +268,7 @@ pub fn start(parts: WardenParts) -> Addr<Supervisor> {
                 node_key: node_key.clone(),
                 components: board.clone(),
                 certificate: certificate_board.clone(),
+                access_version: access_version.clone(),
                 sent: heartbeats_sent.clone(),
             };
             Heartbeater::new(parts, guard).start();

@@ -60,6 +60,8 @@ pub struct RunnerParts {
     pub failpoint: Option<String>,
     /// The node's own key, which signs reports.
     pub node_key: SigningKey,
+    /// Whether the node manages access rules.
+    pub access_managed: bool,
 }
 
 /// Owns the task core; rebuilt from the store whenever it restarts.
@@ -88,6 +90,15 @@ impl TaskRunner {
             .store
             .load_clock()
             .map_err(|error| error.to_string())?;
+        let access_version = if parts.access_managed {
+            let stored = parts
+                .store
+                .load_access()
+                .map_err(|error| error.to_string())?;
+            Some(stored.map_or(0, |record| record.version))
+        } else {
+            None
+        };
         parts.config_version.store(config_version, Ordering::SeqCst);
         tracing::info!(
             node_id = %parts.identity.node,
@@ -103,6 +114,7 @@ impl TaskRunner {
             trust,
             clock_high_water,
             installed: parts.executor.installed_counters(),
+            access_version,
         };
         let core = WardenCore::new(parts.identity.clone(), parts.limits, persisted);
         Ok(Self {

@@ -116,6 +116,10 @@ pub struct ComponentFile {
     /// The crash window, in seconds.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub crash_window_secs: Option<u64>,
+    /// User the component runs as, by name or numeric id, with that user's primary group. The
+    /// Warden must run as root for this. Default: the Warden's own user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub user: Option<String>,
 }
 
 /// The check that tells whether a component is healthy.
@@ -155,6 +159,19 @@ pub struct ComponentDefinition {
     pub health: HealthCheck,
     /// Timing and limits of supervision.
     pub policy: SupervisionPolicy,
+    /// The user it runs as; `None` runs it as the Warden's own user.
+    pub user: Option<RunAs>,
+}
+
+/// A user a component runs as, resolved when the bootstrap file is read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RunAs {
+    /// The user name.
+    pub name: String,
+    /// Its user id.
+    pub uid: u32,
+    /// Its primary group id.
+    pub gid: u32,
 }
 
 /// Why a component definition is invalid: names the field and the fix.
@@ -395,6 +412,12 @@ impl ComponentFile {
         };
         let backoff = BackoffConfig::new(RESTART_DELAY_BASE, RESTART_DELAY_MAX)
             .map_err(|backoff| error("crash_limit", backoff.to_string()))?;
+        let user = self
+            .user
+            .as_deref()
+            .map(resolve_user)
+            .transpose()
+            .map_err(|reason| error("user", reason))?;
 
         Ok(ComponentDefinition {
             component,
@@ -418,6 +441,7 @@ impl ComponentFile {
                 crash_window,
                 backoff,
             },
+            user,
         })
     }
 }
@@ -483,6 +507,8 @@ pub struct LaunchSpec {
     /// Directory it starts in: the component's data directory, so relative paths in its
     /// configuration stay there.
     pub working_dir: PathBuf,
+    /// The user it runs as; `None` for the Warden's own.
+    pub user: Option<RunAs>,
 }
 
 /// Names of variables whose value is a secret and never logged.
@@ -507,6 +533,7 @@ impl fmt::Debug for LaunchSpec {
             .field("args", &self.args)
             .field("env", &env)
             .field("working_dir", &self.working_dir)
+            .field("user", &self.user)
             .finish()
     }
 }
@@ -613,7 +640,30 @@ pub fn render_launch(
         args: definition.args.clone(),
         env,
         working_dir: definition.data_dir.clone(),
+        user: definition.user.clone(),
     }
+}
+
+/// Looks up `user`, a name or a numeric id, in the system's user database.
+fn resolve_user(user: &str) -> Result<RunAs, String> {
+    let found = match user.parse::<u32>() {
+        Ok(uid) => nix::unistd::User::from_uid(nix::unistd::Uid::from_raw(uid)),
+        Err(_) => nix::unistd::User::from_name(user),
+    }
+    .map_err(|errno| format!("looking up user {user:?} failed: {errno}"))?
+    .ok_or_else(|| {
+        format!("no user {user:?} exists; create it (useradd --system {user}) or remove the field")
+    })?;
+    if found.uid.is_root() {
+        return Err(format!(
+            "{user:?} is root; remove the field to run the component as the Warden's own user"
+        ));
+    }
+    Ok(RunAs {
+        name: found.name,
+        uid: found.uid.as_raw(),
+        gid: found.gid.as_raw(),
+    })
 }
 
 /// Reads the kernel release (`/proc/sys/kernel/osrelease` text, such as `6.1.0-18-amd64`) and
@@ -695,6 +745,37 @@ mod tests {
             definition.config_path,
             PathBuf::from("/var/lib/warden/iggy/server.toml")
         );
+    }
+
+    #[test]
+    fn user_resolved_by_name_or_id() {
+        for user in ["nobody", "65534"] {
+            let file = ComponentFile {
+                user: Some(user.into()),
+                ..iggy_file()
+            };
+            let definition = validate(&file, Component::Iggy).unwrap();
+            let run_as = definition.user.unwrap();
+            assert_eq!(run_as.name, "nobody");
+            assert_eq!(run_as.uid, 65534);
+        }
+    }
+
+    #[test]
+    fn unknown_or_root_user_rejected() {
+        for (user, expected) in [
+            ("no-such-user-here", "useradd --system no-such-user-here"),
+            ("root", "is root"),
+            ("0", "is root"),
+        ] {
+            let file = ComponentFile {
+                user: Some(user.into()),
+                ..iggy_file()
+            };
+            let error = validate(&file, Component::Iggy).unwrap_err().to_string();
+            assert!(error.contains("field user"), "{error}");
+            assert!(error.contains(expected), "{error}");
+        }
     }
 
     #[test]

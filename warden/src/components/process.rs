@@ -171,6 +171,10 @@ pub fn spawn(spec: &LaunchSpec, output: &SharedOutput) -> std::io::Result<Spawne
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .kill_on_drop(false);
+    if let Some(user) = &spec.user {
+        // The standard library also drops the supplementary groups of a root parent here.
+        command.uid(user.uid).gid(user.gid);
+    }
     let mut child = command.spawn()?;
     let pid = child
         .id()
@@ -282,9 +286,62 @@ pub fn group_has_members(pgid: u32) -> bool {
     })
 }
 
-/// Process group of the live process `pid` (field 5 of `/proc/<pid>/stat`), `None` if there is
-/// no such process or it is a zombie.
-fn process_group(pid: u32) -> Option<u32> {
+/// Tells whether the group `pgid` has members while no process has the id `pgid`: the members
+/// are left from the group whose leader had that id.
+///
+/// A live process with the id means the id was reused. Linux reuses it only after the old group
+/// emptied, so members of group `pgid` then belong to the new process's group.
+pub fn orphaned_group(pgid: u32) -> bool {
+    process_start_ticks(pgid).is_none() && group_has_members(pgid)
+}
+
+/// Environment variable that carries a launch's id into the component and everything it starts.
+///
+/// A process can leave its process group with `setsid`, and a Warden can crash after starting a
+/// process but before recording its id. Either way the process still inherited this variable, so
+/// [`launched_processes`] finds it.
+pub const LAUNCH_ID_VARIABLE: &str = "WARDEN_LAUNCH_ID";
+
+/// Returns the live processes whose initial environment contains
+/// `LAUNCH_ID_VARIABLE=launch_id`.
+///
+/// Reads `/proc/<pid>/environ`, which the Warden can read for processes of its own user, and for
+/// all when it runs as root. Processes it may not read are skipped: with a Warden that is not
+/// root, that includes a component's descendant that runs a set-user-id program.
+pub fn launched_processes(launch_id: &str) -> Vec<u32> {
+    let expected = format!("{LAUNCH_ID_VARIABLE}={launch_id}");
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: Vec<u32> = entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != std::process::id())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|environ| {
+                environ
+                    .split(|byte| *byte == 0)
+                    .any(|entry| entry == expected.as_bytes())
+            })
+        })
+        .filter(|pid| process_start_ticks(*pid).is_some())
+        .collect();
+    found.sort_unstable();
+    found
+}
+
+/// Sends `signal` to each process in `pids`. Processes gone meanwhile are not an error.
+pub fn signal_each(pids: &[u32], signal: Signal) {
+    for pid in pids {
+        if let Ok(raw) = i32::try_from(*pid) {
+            let _ = nix::sys::signal::kill(Pid::from_raw(raw), signal);
+        }
+    }
+}
+
+/// Returns the process group of the live process `pid` (field 5 of `/proc/<pid>/stat`), `None`
+/// if there is no such process or it is a zombie.
+pub fn process_group(pid: u32) -> Option<u32> {
     let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     let mut fields = text.rsplit_once(')')?.1.split_whitespace();
     if fields.next()? == "Z" {

@@ -191,6 +191,16 @@ impl ComponentSupervisor {
         self.crashes.len()
     }
 
+    /// Puts a stopped supervisor back in `failed` with `detail`, as a restarted Warden found it
+    /// recorded. The phase is the one operators saw before the restart, so there are no
+    /// effects. A supervisor that is not stopped, or that should run, is left alone.
+    pub fn restore_failed(&mut self, detail: String) {
+        if self.phase == Phase::Stopped && !self.desired_running {
+            self.phase = Phase::Failed;
+            self.last_detail = detail;
+        }
+    }
+
     /// The operator wants the component running. A failed component starts again with its crash
     /// count cleared; a running one is left alone.
     pub fn start(&mut self) -> Vec<SupervisorEffect> {

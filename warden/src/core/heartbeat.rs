@@ -57,6 +57,7 @@ impl HeartbeatSchedule {
             config_version,
             components: Vec::new(),
             certificate: None,
+            access_version: None,
         }
     }
 }

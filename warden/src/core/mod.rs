@@ -10,6 +10,7 @@
 //! report goes out before the acknowledgement so that a failed report is retried by the
 //! broker's redelivery, which republishes the recorded outcome without executing again.
 
+pub mod access;
 pub mod certificate;
 pub mod component;
 pub mod credentials;
@@ -82,6 +83,9 @@ pub struct Persisted {
     pub clock_high_water: UnixMillis,
     /// Release counter of each component's active installed release; absent if none.
     pub installed: BTreeMap<Component, u64>,
+    /// Version of the installed access rules (0 before the first), or `None` if this node
+    /// does not manage access rules.
+    pub access_version: Option<u64>,
 }
 
 /// The Warden's state machine for tasks.
@@ -94,6 +98,7 @@ pub struct WardenCore {
     config_version: u64,
     clock_high_water: UnixMillis,
     installed: BTreeMap<Component, u64>,
+    access_version: Option<u64>,
     in_flight: Option<InFlight>,
 }
 
@@ -109,6 +114,7 @@ struct InFlight {
 enum Change {
     None,
     ConfigVersion(u64),
+    AccessVersion(u64),
     Trust(Box<TrustDocument>),
     Release(Component, u64),
 }
@@ -128,6 +134,7 @@ impl WardenCore {
             config_version: persisted.config_version,
             clock_high_water: persisted.clock_high_water,
             installed: persisted.installed,
+            access_version: persisted.access_version,
             in_flight: None,
         }
     }
@@ -135,6 +142,11 @@ impl WardenCore {
     /// Version of the applied Iggy configuration, 0 if none.
     pub fn config_version(&self) -> u64 {
         self.config_version
+    }
+
+    /// Version of the installed access rules, or `None` if this node does not manage them.
+    pub fn access_version(&self) -> Option<u64> {
+        self.access_version
     }
 
     /// Returns the current trust document.
@@ -226,7 +238,10 @@ impl WardenCore {
             signed,
             &self.trust,
             &self.identity,
-            now,
+            verify::Now {
+                clock: now,
+                latest_seen: self.clock_high_water,
+            },
             self.limits,
         ) {
             Ok(verified) => verified,
@@ -286,6 +301,7 @@ impl WardenCore {
     ) -> Vec<Effect> {
         let applied = match task.action() {
             Ok(TaskAction::ApplyConfig(config)) => config.version == self.config_version,
+            Ok(TaskAction::ApplyAccessRules(rules)) => Some(rules.version) == self.access_version,
             Ok(TaskAction::UpdateTrust(update)) => update
                 .document
                 .document_unverified()
@@ -380,6 +396,23 @@ impl WardenCore {
                 }
                 Ok(Change::ConfigVersion(config.version))
             }
+            TaskAction::ApplyAccessRules(rules) => {
+                let Some(installed) = self.access_version else {
+                    let detail = format!(
+                        "task {} sets access rules, but this node does not manage them; add an [access] table to its bootstrap file",
+                        verified.id()
+                    );
+                    return Err(Rejection::new(RejectCode::Unsupported, detail, id));
+                };
+                if rules.version < installed || (rules.version == installed && !resumed) {
+                    let detail = format!(
+                        "access rules version {} is not above the installed version {installed}; issue a higher version",
+                        rules.version
+                    );
+                    return Err(Rejection::new(RejectCode::StaleVersion, detail, id));
+                }
+                Ok(Change::AccessVersion(rules.version))
+            }
             TaskAction::UpdateTrust(update) => {
                 // A resumed update may find its own document already in place.
                 if resumed
@@ -463,6 +496,9 @@ impl WardenCore {
                     Change::ConfigVersion(version) => {
                         self.config_version = self.config_version.max(version)
                     }
+                    Change::AccessVersion(version) => {
+                        self.access_version = Some(self.access_version.unwrap_or(0).max(version));
+                    }
                     Change::Release(component, counter) => {
                         // A permitted rollback lowers the counter, so this is not a maximum.
                         self.installed.insert(component, counter);
@@ -501,6 +537,14 @@ impl WardenCore {
             return Vec::new();
         }
         let horizon = now.saturating_sub(self.limits.clock_skew);
+        // Expiry is judged against the latest time seen, so the time that justifies forgetting
+        // a record is recorded first: a copy that arrives after the clock stepped back is then
+        // still refused as expired.
+        let mut effects = Vec::new();
+        if now > self.clock_high_water {
+            self.clock_high_water = now;
+            effects.push(Effect::PersistClock(now));
+        }
         let expired: Vec<TaskId> = self
             .records
             .values()
@@ -508,12 +552,13 @@ impl WardenCore {
             .map(|record| record.task_id.clone())
             .collect();
         if expired.is_empty() {
-            return Vec::new();
+            return effects;
         }
         for id in &expired {
             self.records.remove(id);
         }
-        vec![Effect::Forget(expired)]
+        effects.push(Effect::Forget(expired));
+        effects
     }
 
     fn claimed_id(&self, payload: &[u8]) -> Option<TaskId> {

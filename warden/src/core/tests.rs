@@ -78,15 +78,19 @@ fn limits() -> Limits {
     }
 }
 
-fn core_with(trust: TrustDocument, config_version: u64) -> WardenCore {
-    let persisted = Persisted {
+fn persisted(trust: TrustDocument, config_version: u64) -> Persisted {
+    Persisted {
         records: Vec::new(),
         config_version,
         trust,
         clock_high_water: UnixMillis(0),
         installed: Default::default(),
-    };
-    WardenCore::new(identity(None), limits(), persisted)
+        access_version: None,
+    }
+}
+
+fn core_with(trust: TrustDocument, config_version: u64) -> WardenCore {
+    WardenCore::new(identity(None), limits(), persisted(trust, config_version))
 }
 
 fn core() -> WardenCore {
@@ -413,6 +417,7 @@ fn replay_after_restart_rejected() {
         trust: default_trust(),
         clock_high_water: NOW,
         installed: Default::default(),
+        access_version: None,
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
     assert_eq!(
@@ -434,7 +439,9 @@ fn pruned_record_replay_rejected_as_expired() {
     let after_expiry =
         NOW.saturating_add(Duration::from_millis(HOUR_MS) + SKEW + Duration::from_secs(1));
     let effects = core.prune(after_expiry);
-    assert!(matches!(&effects[..], [Effect::Forget(ids)] if ids.len() == 1));
+    assert!(
+        matches!(&effects[..], [Effect::PersistClock(_), Effect::Forget(ids)] if ids.len() == 1)
+    );
     assert_eq!(core.record_count(), 0);
     assert_eq!(
         rejection_code(&core.on_pulled(pulled(&bytes, 9), after_expiry)),
@@ -455,6 +462,7 @@ fn interrupted_task_runs_again_once() {
         trust: default_trust(),
         clock_high_water: NOW,
         installed: Default::default(),
+        access_version: None,
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
     let effects = restarted.on_pulled(pulled(&bytes, 5), NOW);
@@ -753,6 +761,7 @@ fn approval_missing_rejected() {
         trust: default_trust(),
         clock_high_water: UnixMillis(0),
         installed: Default::default(),
+        access_version: None,
     };
     let mut core = WardenCore::new(identity(Some(approver.public_key())), limits(), persisted);
     assert_eq!(
@@ -760,7 +769,7 @@ fn approval_missing_rejected() {
         Some(RejectCode::ApprovalMissing)
     );
 
-    // With the approval the task passes every check; the capability itself is not built yet.
+    // With the approval the task passes every check; this node does not manage access rules.
     let effects = core.on_pulled(
         pulled(&approved(&task(2, &access_rules()), &approver), 2),
         NOW,
@@ -777,6 +786,7 @@ fn approval_by_wrong_key_rejected() {
         trust: default_trust(),
         clock_high_water: UnixMillis(0),
         installed: Default::default(),
+        access_version: None,
     };
     let mut core = WardenCore::new(identity(Some(approver.public_key())), limits(), persisted);
     let effects = core.on_pulled(
@@ -862,6 +872,7 @@ fn settled_after_expiry(config_on_disk: u64) -> Vec<Effect> {
         trust: default_trust(),
         clock_high_water: NOW,
         installed: Default::default(),
+        access_version: None,
     };
     let mut restarted = WardenCore::new(identity(None), limits(), persisted);
     restarted.on_pulled(pulled(&bytes, 5), late)
@@ -975,6 +986,7 @@ fn upgrade_of_the_warden_itself_checked_like_others() {
         trust: trust_with_release_key(),
         clock_high_water: UnixMillis(0),
         installed: [(Component::Warden, 5)].into(),
+        access_version: None,
     };
     let mut core = WardenCore::new(identity(None), limits(), persisted);
     let bytes = sign(&task(1, &upgrade(Component::Warden, 4)));
@@ -1001,9 +1013,65 @@ fn upgrade_counter_restored_from_persisted_state() {
         trust: trust_with_release_key(),
         clock_high_water: UnixMillis(0),
         installed: [(Component::Iggy, 5)].into(),
+        access_version: None,
     };
     let mut core = WardenCore::new(identity(None), limits(), persisted);
     let bytes = sign(&task(1, &upgrade(Component::Iggy, 4)));
     let effects = core.on_pulled(pulled(&bytes, 1), NOW);
     assert_eq!(rejection_code(&effects), Some(RejectCode::ReleaseRollback));
+}
+
+fn core_with_access(version: u64) -> WardenCore {
+    let persisted = Persisted {
+        access_version: Some(version),
+        ..persisted(default_trust(), 0)
+    };
+    WardenCore::new(identity(None), limits(), persisted)
+}
+
+#[test]
+fn access_rules_run_where_access_is_managed() {
+    let mut core = core_with_access(0);
+    let effects = core.on_pulled(pulled(&sign(&task(1, &access_rules())), 1), NOW);
+    assert!(executes(&effects), "{effects:?}");
+    core.on_executed(Ok(Default::default()), NOW);
+    assert_eq!(core.access_version(), Some(1));
+}
+
+#[test]
+fn access_rules_version_not_above_installed_rejected() {
+    let mut core = core_with_access(1);
+    assert_eq!(
+        code_for(&mut core, &task(1, &access_rules())),
+        Some(RejectCode::StaleVersion)
+    );
+}
+
+#[test]
+fn access_rules_unmanaged_node_rejects_them() {
+    let mut core = core();
+    let effects = core.on_pulled(pulled(&sign(&task(1, &access_rules())), 1), NOW);
+    assert_eq!(rejection_code(&effects), Some(RejectCode::Unsupported));
+}
+
+#[test]
+fn pruned_task_copy_rejected_after_clock_steps_back() {
+    let mut core = core();
+    let task = task(1, &TaskAction::CollectDiagnostics);
+    let bytes = sign(&task);
+    run_to_end(&mut core, &bytes, 1, NOW);
+
+    // The clock runs ahead, and the record goes once the task expired by that clock.
+    let ahead = task
+        .expires_at
+        .saturating_add(SKEW + Duration::from_secs(1));
+    let effects = core.prune(ahead);
+    assert!(matches!(effects.first(), Some(Effect::PersistClock(time)) if *time == ahead));
+    assert!(core.record(&task.id).is_none());
+
+    // The clock is set back to a time at which the task would still be inside its window.
+    let back = task.expires_at.saturating_add(SKEW / 2);
+    let effects = core.on_pulled(pulled(&bytes, 2), back);
+    assert_eq!(rejection_code(&effects), Some(RejectCode::Expired));
+    assert!(!executes(&effects));
 }

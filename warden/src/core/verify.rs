@@ -113,6 +113,15 @@ pub struct Identity {
     pub approval_key: Option<PublicKey>,
 }
 
+/// The times a task's window is judged against.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Now {
+    /// The clock's reading now.
+    pub clock: UnixMillis,
+    /// The latest time the Warden has recorded. Expiry is judged against the later of the two.
+    pub latest_seen: UnixMillis,
+}
+
 /// Limits a Warden applies to every task.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -227,9 +236,10 @@ pub fn check_window_and_action(
     signed: Signed,
     trust: &TrustDocument,
     identity: &Identity,
-    now: UnixMillis,
+    times: Now,
     limits: Limits,
 ) -> Result<VerifiedTask, Rejection> {
+    let now = times.clock;
     let Signed {
         task,
         grant,
@@ -278,11 +288,14 @@ pub fn check_window_and_action(
             ),
         );
     }
-    if now.saturating_sub(skew) > task.expires_at {
+    // A record is forgotten once its task expired by the latest time seen, so a copy must be
+    // judged expired by that time too, even when the clock has since stepped back.
+    let latest = now.max(times.latest_seen);
+    if latest.saturating_sub(skew) > task.expires_at {
         return reject(
             RejectCode::Expired,
             format!(
-                "task {} expired at {} and it is now {now} (clock skew tolerance {}s)",
+                "task {} expired at {} and it is now {now}, latest seen {latest} (clock skew tolerance {}s)",
                 task.id,
                 task.expires_at,
                 skew.as_secs()

@@ -362,3 +362,21 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn restored_failure_holds_until_start() {
+    let mut supervisor = ComponentSupervisor::new(policy());
+    supervisor.restore_failed("3 crashes within 60s".into());
+    assert_eq!(supervisor.phase(), ComponentPhase::Failed);
+    assert_eq!(supervisor.detail(), "3 crashes within 60s");
+    assert!(supervisor.on_tick(at(100_000)).is_empty());
+    assert!(has(&supervisor.start(), &SupervisorEffect::Spawn));
+}
+
+#[test]
+fn restore_failed_ignored_when_not_stopped() {
+    let mut supervisor = running();
+    supervisor.restore_failed("old failure".into());
+    assert_eq!(supervisor.phase(), ComponentPhase::Running);
+    assert_ne!(supervisor.detail(), "old failure");
+}
