@@ -194,8 +194,8 @@ async fn contract(bus: &dyn Bus, time: &Time) {
     );
 
     // Key-value compare-and-set.
-    bus.ensure_bucket("test_bucket").await.unwrap();
-    bus.ensure_bucket("test_bucket").await.unwrap();
+    bus.ensure_bucket("test_bucket", None).await.unwrap();
+    bus.ensure_bucket("test_bucket", None).await.unwrap();
     assert_eq!(bus.kv_get("test_bucket", "k").await.unwrap(), None);
     let revision = bus
         .kv_create("test_bucket", "k", Bytes::from_static(b"v1"))
@@ -223,6 +223,41 @@ async fn contract(bus: &dyn Bus, time: &Time) {
         bus.kv_keys("test_bucket").await.unwrap(),
         vec!["k".to_owned()]
     );
+
+    // A bucket's maximum age drops a key that long after its last write. The bucket exists
+    // before it gets one, as a bucket from an older version would.
+    bus.ensure_bucket("aged", None).await.unwrap();
+    bus.kv_create("aged", "old", Bytes::from_static(b"o"))
+        .await
+        .unwrap();
+    let written = bus
+        .kv_create("aged", "rewritten", Bytes::from_static(b"r1"))
+        .await
+        .unwrap();
+    bus.ensure_bucket("aged", Some(Duration::from_secs(3)))
+        .await
+        .unwrap();
+    time.pass(Duration::from_secs(2)).await;
+    bus.kv_update("aged", "rewritten", Bytes::from_static(b"r2"), written)
+        .await
+        .unwrap();
+    time.pass(Duration::from_secs(2)).await;
+    assert_eq!(bus.kv_get("aged", "old").await.unwrap(), None);
+    assert_eq!(
+        bus.kv_get("aged", "rewritten")
+            .await
+            .unwrap()
+            .unwrap()
+            .value,
+        Bytes::from_static(b"r2")
+    );
+    assert_eq!(
+        bus.kv_keys("aged").await.unwrap(),
+        vec!["rewritten".to_owned()]
+    );
+    bus.kv_create("aged", "old", Bytes::from_static(b"again"))
+        .await
+        .expect("a key that went can be created again");
 
     // Core subscriptions: plain subscribers all get a copy, a queue group gets one.
     let heartbeat = Subject::all_telemetry(warden_bus::TelemetryKind::Heartbeat);

@@ -69,6 +69,66 @@ pub const PUBLISH_RETRY_AFTER: Duration = Duration::from_secs(2);
 pub const EXPIRY_GRACE_DEFAULT: Duration = Duration::from_secs(330);
 /// Maximum size of a deployment description, in bytes.
 pub const DESCRIPTION_BYTES_MAX: usize = 1024;
+/// Default time the broker keeps a task record after its last change. Task listings and the
+/// sweep read every record kept, so the retention bounds their work.
+pub const TASK_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Shortest task retention accepted.
+pub const TASK_RETENTION_MIN: Duration = Duration::from_secs(24 * 3600);
+/// Longest task retention accepted.
+pub const TASK_RETENTION_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
+
+/// A task retention the control plane cannot use.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TaskRetentionError {
+    /// Outside [`TASK_RETENTION_MIN`] to [`TASK_RETENTION_MAX`].
+    #[error(
+        "task retention of {retention_secs} s is outside {} to {} s",
+        TASK_RETENTION_MIN.as_secs(),
+        TASK_RETENTION_MAX.as_secs()
+    )]
+    OutOfRange {
+        /// The retention asked for, in seconds.
+        retention_secs: u64,
+    },
+    /// Too short to keep an open task until the sweep gives it an outcome.
+    #[error(
+        "task retention of {retention_secs} s is not above {open_secs} s, the longest a task \
+         can stay open without a change (longest validity plus expiry grace plus sweep \
+         interval); raise the retention or lower the expiry grace"
+    )]
+    ShorterThanOpenTask {
+        /// The retention asked for, in seconds.
+        retention_secs: u64,
+        /// The longest time an open task's record may go unchanged, in seconds.
+        open_secs: u64,
+    },
+}
+
+/// Checks a task retention against its range and against the longest time an open task's
+/// record may go without a write: from its issue until the sweep marks it expired, at most
+/// [`issue::TASK_TTL_MAX`] plus the expiry grace plus one sweep interval. A shorter retention would let
+/// the broker drop the record of a task that has no outcome yet.
+pub fn check_task_retention(
+    retention: Duration,
+    expiry_grace: Duration,
+    sweep_interval: Duration,
+) -> Result<(), TaskRetentionError> {
+    if !(TASK_RETENTION_MIN..=TASK_RETENTION_MAX).contains(&retention) {
+        return Err(TaskRetentionError::OutOfRange {
+            retention_secs: retention.as_secs(),
+        });
+    }
+    let open = issue::TASK_TTL_MAX
+        .saturating_add(expiry_grace)
+        .saturating_add(sweep_interval);
+    if retention <= open {
+        return Err(TaskRetentionError::ShorterThanOpenTask {
+            retention_secs: retention.as_secs(),
+            open_secs: open.as_secs(),
+        });
+    }
+    Ok(())
+}
 
 /// Deliveries of a report from a not-yet-enrolled node before it is dropped.
 pub const ENROLLMENT_WAIT_DELIVERIES: u64 = 10;
@@ -105,6 +165,9 @@ pub struct Settings {
     pub unreachable_after: Duration,
     /// Wait after a task's expiry before marking it expired.
     pub expiry_grace: Duration,
+    /// Time the broker keeps a task record after its last change; see
+    /// [`check_task_retention`].
+    pub task_retention: Duration,
     /// Time a node has to acknowledge a task before it is redelivered; applies to consumers
     /// created from now on.
     pub task_ack_wait: Duration,
@@ -410,9 +473,12 @@ impl ControlPlane {
     /// start of every replica.
     pub async fn setup(&self) -> Result<(), ServiceError> {
         let bus = &self.inner.bus;
-        self.inner.store.ensure_buckets().await?;
-        bus.ensure_bucket(CONTROL_BUCKET).await?;
-        bus.ensure_bucket(RELEASE_MANIFESTS_BUCKET).await?;
+        self.inner
+            .store
+            .ensure_buckets(self.inner.settings.task_retention)
+            .await?;
+        bus.ensure_bucket(CONTROL_BUCKET, None).await?;
+        bus.ensure_bucket(RELEASE_MANIFESTS_BUCKET, None).await?;
         bus.ensure_stream(&StreamSpec {
             name: TASK_STREAM.into(),
             subjects: vec![Subject::all_tasks()],
@@ -2004,6 +2070,45 @@ fn unix_seconds(time: UnixMillis) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn task_retention_must_outlast_an_open_task() {
+        let grace = EXPIRY_GRACE_DEFAULT;
+        let sweep = Duration::from_secs(5);
+        assert_eq!(
+            check_task_retention(TASK_RETENTION_DEFAULT, grace, sweep),
+            Ok(())
+        );
+        assert_eq!(
+            check_task_retention(TASK_RETENTION_MIN, grace, sweep),
+            Ok(())
+        );
+        for out_of_range in [
+            TASK_RETENTION_MIN - Duration::from_secs(1),
+            TASK_RETENTION_MAX + Duration::from_secs(1),
+            Duration::ZERO,
+        ] {
+            assert!(
+                matches!(
+                    check_task_retention(out_of_range, grace, sweep),
+                    Err(TaskRetentionError::OutOfRange { .. })
+                ),
+                "{out_of_range:?}"
+            );
+        }
+        // An expiry grace of a day leaves an open task unchanged for longer than the shortest
+        // retention.
+        let error =
+            check_task_retention(TASK_RETENTION_MIN, TASK_RETENTION_MIN, sweep).unwrap_err();
+        assert_eq!(
+            error,
+            TaskRetentionError::ShorterThanOpenTask {
+                retention_secs: 86_400,
+                open_secs: 3600 + 86_400 + 5,
+            }
+        );
+        assert!(error.to_string().contains("expiry grace"), "{error}");
+    }
 
     #[test]
     fn damaged_revocation_list_is_an_error_not_an_empty_list() {

@@ -5,6 +5,7 @@
 //! decoding.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -143,16 +144,19 @@ impl Store {
         Self { bus }
     }
 
-    /// Creates the buckets if they do not exist.
-    pub async fn ensure_buckets(&self) -> Result<(), StoreError> {
+    /// Creates the buckets if they do not exist. Task records go `task_retention` after their
+    /// last change; the other records stay.
+    pub async fn ensure_buckets(&self, task_retention: Duration) -> Result<(), StoreError> {
         for bucket in [
             DeploymentRecord::BUCKET,
             NodeRecord::BUCKET,
-            TaskRecord::BUCKET,
             crate::ca::CaRecord::BUCKET,
         ] {
-            self.bus.ensure_bucket(bucket).await?;
+            self.bus.ensure_bucket(bucket, None).await?;
         }
+        self.bus
+            .ensure_bucket(TaskRecord::BUCKET, Some(task_retention))
+            .await?;
         Ok(())
     }
 
@@ -301,7 +305,10 @@ mod tests {
     #[tokio::test]
     async fn create_get_update() {
         let store = store();
-        store.ensure_buckets().await.unwrap();
+        store
+            .ensure_buckets(Duration::from_secs(3600))
+            .await
+            .unwrap();
         store.create(&deployment("a")).await.unwrap();
         assert!(matches!(
             store.create(&deployment("a")).await,
@@ -326,10 +333,48 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn task_records_go_after_the_retention_and_others_stay() {
+        let clock = ManualClock::new(UnixMillis(0));
+        let store = Store::new(Arc::new(MemoryBus::new(Arc::new(clock.clone()))));
+        let retention = Duration::from_secs(24 * 3600);
+        store.ensure_buckets(retention).await.unwrap();
+        let task = TaskRecord::pending(
+            warden_bus::TaskId::from_random([7; 16]),
+            DeploymentId::new("a").unwrap(),
+            warden_bus::NodeId::new("n1").unwrap(),
+            "collect_diagnostics".into(),
+            std::collections::BTreeMap::new(),
+            UnixMillis(0),
+            UnixMillis(60_000),
+            String::new(),
+        );
+        store.create(&task).await.unwrap();
+        store.create(&deployment("a")).await.unwrap();
+
+        clock.advance(retention - Duration::from_secs(1));
+        assert!(store
+            .get::<TaskRecord>(&task.key())
+            .await
+            .unwrap()
+            .is_some());
+        clock.advance(Duration::from_secs(1));
+        assert!(store
+            .get::<TaskRecord>(&task.key())
+            .await
+            .unwrap()
+            .is_none());
+        assert!(store.list::<TaskRecord>().await.unwrap().is_empty());
+        assert!(store.get::<DeploymentRecord>("a").await.unwrap().is_some());
+    }
+
+    #[tokio::test]
     async fn damaged_value_is_an_error() {
         let bus = Arc::new(MemoryBus::new(Arc::new(ManualClock::new(UnixMillis(0)))));
         let store = Store::new(bus.clone());
-        store.ensure_buckets().await.unwrap();
+        store
+            .ensure_buckets(Duration::from_secs(3600))
+            .await
+            .unwrap();
         bus.kv_create(
             DEPLOYMENTS_BUCKET,
             "x",

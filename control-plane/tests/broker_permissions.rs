@@ -272,7 +272,7 @@ impl Broker {
         .await
         .unwrap();
 
-        bus.ensure_bucket(KV_BUCKET).await.unwrap();
+        bus.ensure_bucket(KV_BUCKET, None).await.unwrap();
         bus.kv_create(KV_BUCKET, "admin", Bytes::from_static(b"hash"))
             .await
             .unwrap();

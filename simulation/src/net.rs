@@ -414,8 +414,8 @@ impl Bus for FaultyBus {
             .collect())
     }
 
-    async fn ensure_bucket(&self, bucket: &str) -> Result<(), BusError> {
-        self.broker.ensure_bucket(bucket).await
+    async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError> {
+        self.broker.ensure_bucket(bucket, max_age).await
     }
 
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BusError> {

@@ -48,7 +48,7 @@ use warden_control_plane::core::issue::ActionRequest;
 use warden_control_plane::core::lifecycle::TaskStatus;
 use warden_control_plane::service::{
     CaStep, CertificateSettings, ControlPlane, Disposition, NodeOptions, Settings, Target,
-    TaskFilter,
+    TaskFilter, TASK_RETENTION_DEFAULT,
 };
 
 use crate::access::{AccessOracle, ACCESS_INVARIANT, CLEANUP_GRACE};
@@ -766,6 +766,7 @@ impl World {
             advertise_nats_url: "nats://simulated:4222".into(),
             unreachable_after: Duration::from_secs(120),
             expiry_grace: Duration::from_secs(330),
+            task_retention: TASK_RETENTION_DEFAULT,
             task_ack_wait: Duration::from_secs(30),
             duplicate_window: Duration::from_secs(120),
             enrollment_ttl: Duration::from_secs(3600),

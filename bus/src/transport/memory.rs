@@ -33,8 +33,27 @@ struct State {
     queue_turn: u64,
     inbox_counter: u64,
     streams: BTreeMap<String, StreamState>,
-    buckets: BTreeMap<String, BTreeMap<String, KvEntry>>,
+    buckets: BTreeMap<String, BucketState>,
     bucket_revisions: BTreeMap<String, u64>,
+}
+
+#[derive(Default)]
+struct BucketState {
+    /// How long a key lives after its last write; `None` keeps it forever.
+    max_age: Option<Duration>,
+    /// Entries with the time of their last write.
+    entries: BTreeMap<String, (KvEntry, UnixMillis)>,
+}
+
+impl BucketState {
+    /// Drops the keys whose last write is older than the bucket's maximum age, as the broker
+    /// drops the messages behind them.
+    fn expire(&mut self, now: UnixMillis) {
+        if let Some(max_age) = self.max_age {
+            self.entries
+                .retain(|_, (_, written_at)| now.since(*written_at) < max_age);
+        }
+    }
 }
 
 struct Subscriber {
@@ -470,41 +489,34 @@ impl Bus for MemoryBus {
         Ok(deliveries)
     }
 
-    async fn ensure_bucket(&self, bucket: &str) -> Result<(), BusError> {
-        lock(&self.state)
-            .buckets
-            .entry(bucket.to_owned())
-            .or_default();
+    async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError> {
+        let now = self.clock.now();
+        let mut state = lock(&self.state);
+        let bucket = state.buckets.entry(bucket.to_owned()).or_default();
+        bucket.max_age = max_age;
+        bucket.expire(now);
         Ok(())
     }
 
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BusError> {
-        let state = lock(&self.state);
-        let entries = state
-            .buckets
-            .get(bucket)
-            .ok_or_else(|| BusError::NotFound {
-                what: format!("bucket {bucket}"),
-            })?;
-        Ok(entries.get(key).cloned())
+        let now = self.clock.now();
+        let mut state = lock(&self.state);
+        let entries = live_bucket(&mut state, bucket, now)?;
+        Ok(entries.get(key).map(|(entry, _)| entry.clone()))
     }
 
     async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BusError> {
+        let now = self.clock.now();
         let mut state = lock(&self.state);
         let revision = next_revision(&mut state, bucket);
-        let entries = state
-            .buckets
-            .get_mut(bucket)
-            .ok_or_else(|| BusError::NotFound {
-                what: format!("bucket {bucket}"),
-            })?;
+        let entries = live_bucket(&mut state, bucket, now)?;
         if entries.contains_key(key) {
             return Err(BusError::KeyExists {
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),
             });
         }
-        entries.insert(key.to_owned(), KvEntry { value, revision });
+        entries.insert(key.to_owned(), (KvEntry { value, revision }, now));
         Ok(revision)
     }
 
@@ -515,20 +527,16 @@ impl Bus for MemoryBus {
         value: Bytes,
         revision: u64,
     ) -> Result<u64, BusError> {
+        let now = self.clock.now();
         let mut state = lock(&self.state);
         let next = next_revision(&mut state, bucket);
-        let entries = state
-            .buckets
-            .get_mut(bucket)
-            .ok_or_else(|| BusError::NotFound {
-                what: format!("bucket {bucket}"),
-            })?;
+        let entries = live_bucket(&mut state, bucket, now)?;
         let mismatch = || BusError::RevisionMismatch {
             bucket: bucket.to_owned(),
             key: key.to_owned(),
             expected: revision,
         };
-        let entry = entries.get_mut(key).ok_or_else(mismatch)?;
+        let (entry, written_at) = entries.get_mut(key).ok_or_else(mismatch)?;
         if entry.revision != revision {
             return Err(mismatch());
         }
@@ -536,19 +544,32 @@ impl Bus for MemoryBus {
             value,
             revision: next,
         };
+        *written_at = now;
         Ok(next)
     }
 
     async fn kv_keys(&self, bucket: &str) -> Result<Vec<String>, BusError> {
-        let state = lock(&self.state);
-        let entries = state
-            .buckets
-            .get(bucket)
-            .ok_or_else(|| BusError::NotFound {
-                what: format!("bucket {bucket}"),
-            })?;
+        let now = self.clock.now();
+        let mut state = lock(&self.state);
+        let entries = live_bucket(&mut state, bucket, now)?;
         Ok(entries.keys().cloned().collect())
     }
+}
+
+/// Drops the expired entries of a bucket and returns the rest.
+fn live_bucket<'a>(
+    state: &'a mut State,
+    bucket: &str,
+    now: UnixMillis,
+) -> Result<&'a mut BTreeMap<String, (KvEntry, UnixMillis)>, BusError> {
+    let found = state
+        .buckets
+        .get_mut(bucket)
+        .ok_or_else(|| BusError::NotFound {
+            what: format!("bucket {bucket}"),
+        })?;
+    found.expire(now);
+    Ok(&mut found.entries)
 }
 
 /// Revisions count per bucket, like the sequence of the stream behind a NATS bucket.

@@ -271,8 +271,10 @@ pub trait Bus: Send + Sync + 'static {
         wait: Duration,
     ) -> Result<Vec<Delivery>, BusError>;
 
-    /// Creates a key-value bucket unless it exists.
-    async fn ensure_bucket(&self, bucket: &str) -> Result<(), BusError>;
+    /// Creates a key-value bucket unless it exists. A key is dropped `max_age` after its last
+    /// write; `None` keeps keys until they are overwritten. An existing bucket takes the new
+    /// `max_age`.
+    async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError>;
 
     /// Reads a key, or `None` if absent or deleted.
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BusError>;

@@ -178,6 +178,40 @@ impl NatsBus {
         lock(&self.buckets).insert(bucket.to_owned(), found.clone());
         Ok(found)
     }
+
+    /// Gives an existing bucket a new maximum age, so a bucket made by an older version or
+    /// with another setting gets the current one. Keys already older than the new age go.
+    async fn set_bucket_max_age(&self, bucket: &str, max_age: Duration) -> Result<(), BusError> {
+        let operation = format!("setting the maximum age of bucket {bucket}");
+        with_deadline(&operation, OPERATION_TIMEOUT, async {
+            let stream = self
+                .jetstream
+                .get_stream(format!("KV_{bucket}"))
+                .await
+                .map_err(|error| BusError::failed(&operation, error))?;
+            let mut config = stream.cached_info().config.clone();
+            if config.max_age == max_age {
+                return Ok(());
+            }
+            tracing::info!(
+                bucket,
+                from_secs = config.max_age.as_secs(),
+                to_secs = max_age.as_secs(),
+                "changing the maximum age of a bucket"
+            );
+            config.max_age = max_age;
+            // The broker refuses a dedup window longer than the maximum age.
+            if !max_age.is_zero() && config.duplicate_window > max_age {
+                config.duplicate_window = max_age;
+            }
+            self.jetstream
+                .update_stream(config)
+                .await
+                .map(|_| ())
+                .map_err(|error| BusError::failed(&operation, error))
+        })
+        .await?
+    }
 }
 
 /// URL schemes [`NatsBus::connect_with`] accepts: NATS over TLS and WebSocket over TLS.
@@ -619,14 +653,17 @@ impl Bus for NatsBus {
         result
     }
 
-    async fn ensure_bucket(&self, bucket: &str) -> Result<(), BusError> {
+    async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError> {
+        // The broker reads a zero maximum age as "no limit".
+        let max_age = max_age.unwrap_or_default();
         if self.bucket(bucket).await.is_ok() {
-            return Ok(());
+            return self.set_bucket_max_age(bucket, max_age).await;
         }
         let operation = format!("creating bucket {bucket}");
         let config = kv::Config {
             bucket: bucket.to_owned(),
             history: 1,
+            max_age,
             storage: stream::StorageType::File,
             ..Default::default()
         };
@@ -642,11 +679,12 @@ impl Bus for NatsBus {
                 Ok(())
             }
             // Another replica may have created it between our lookup and our create.
-            Err(error) => self
-                .bucket(bucket)
-                .await
-                .map(|_| ())
-                .map_err(|_| BusError::failed(&operation, error)),
+            Err(error) => {
+                self.bucket(bucket)
+                    .await
+                    .map_err(|_| BusError::failed(&operation, error))?;
+                self.set_bucket_max_age(bucket, max_age).await
+            }
         }
     }
 

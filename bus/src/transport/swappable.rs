@@ -94,8 +94,8 @@ impl Bus for SwappableBus {
         self.current().pull(stream, consumer, batch, wait).await
     }
 
-    async fn ensure_bucket(&self, bucket: &str) -> Result<(), BusError> {
-        self.current().ensure_bucket(bucket).await
+    async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError> {
+        self.current().ensure_bucket(bucket, max_age).await
     }
 
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BusError> {

@@ -18,8 +18,9 @@ use warden_control_plane::core::certificates as certs;
 use warden_control_plane::core::health::UNREACHABLE_AFTER_DEFAULT;
 use warden_control_plane::releases::ReleaseStore;
 use warden_control_plane::service::{
-    CertificateSettings, ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT, ENROLLMENT_TTL_DEFAULT,
-    EXPIRY_GRACE_DEFAULT, NODE_JWT_TTL_DEFAULT, TASK_ACK_WAIT_DEFAULT,
+    check_task_retention, CertificateSettings, ControlPlane, Settings, DUPLICATE_WINDOW_DEFAULT,
+    ENROLLMENT_TTL_DEFAULT, EXPIRY_GRACE_DEFAULT, NODE_JWT_TTL_DEFAULT, TASK_ACK_WAIT_DEFAULT,
+    TASK_RETENTION_DEFAULT,
 };
 use warden_control_plane::{actors, keys};
 
@@ -53,6 +54,11 @@ struct Args {
     /// Seconds after a task's expiry before it is marked expired without an outcome.
     #[arg(long, default_value_t = EXPIRY_GRACE_DEFAULT.as_secs())]
     expiry_grace_secs: u64,
+    /// Seconds the broker keeps a task record after its last change; listings and the sweep
+    /// read every record kept. At least 86400 and above 3600 plus the expiry grace plus the
+    /// sweep interval.
+    #[arg(long, default_value_t = TASK_RETENTION_DEFAULT.as_secs())]
+    task_retention_secs: u64,
     /// Seconds a node has to acknowledge a task before it is redelivered (for new nodes).
     #[arg(long, default_value_t = TASK_ACK_WAIT_DEFAULT.as_secs())]
     task_ack_wait_secs: u64,
@@ -142,6 +148,13 @@ fn main() -> anyhow::Result<()> {
         );
     }
 
+    check_task_retention(
+        Duration::from_secs(args.task_retention_secs),
+        Duration::from_secs(args.expiry_grace_secs),
+        Duration::from_millis(args.sweep_interval_ms),
+    )
+    .map_err(|error| anyhow::anyhow!("--task-retention-secs: {error}"))?;
+
     let rng = entropy::from_os();
     let signer = keys::load_task_key(&args.task_key)?;
     let trust_document = warden_control_plane::ctl::offline::read_trust(&args.trust_document)?;
@@ -152,6 +165,7 @@ fn main() -> anyhow::Result<()> {
             .unwrap_or_else(|| args.nats_url.clone()),
         unreachable_after: Duration::from_secs(args.unreachable_after_secs),
         expiry_grace: Duration::from_secs(args.expiry_grace_secs),
+        task_retention: Duration::from_secs(args.task_retention_secs),
         task_ack_wait: Duration::from_secs(args.task_ack_wait_secs),
         duplicate_window: Duration::from_secs(args.duplicate_window_secs),
         enrollment_ttl: Duration::from_secs(args.enrollment_ttl_secs),
