@@ -1,8 +1,9 @@
 //! The control plane's operations, shared by the HTTP API and the background actors.
 //!
 //! Replicas keep no state of their own: every record lives in JetStream key-value buckets and
-//! changes by compare-and-set, so any number of replicas can serve the API, ingest reports and
-//! heartbeats, and sweep at the same time.
+//! changes by compare-and-set, so any number of replicas can serve the API and ingest reports
+//! and heartbeats at the same time. All of them run the sweeper, and the one holding the sweep
+//! lease does the work.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -40,11 +41,13 @@ use crate::store::{DeploymentRecord, Record, Store, StoreError};
 mod cache;
 mod certificates;
 mod desired;
+mod lease;
 mod releases;
 
 pub use certificates::{
     AlertView, AuthorityView, CaStep, CaView, WaitingNode, BUNDLE_VERSION_CACHE, NUDGE_INTERVAL,
 };
+pub use lease::SWEEP_LEASE_KEY;
 pub use releases::PublishedRelease;
 
 /// How long tasks stay in the task stream.
@@ -163,6 +166,9 @@ pub struct Settings {
     pub advertise_nats_url: String,
     /// Time without heartbeats after which a node is unreachable.
     pub unreachable_after: Duration,
+    /// Time between sweeps; the sweep lease lasts [`crate::core::lease::LEASE_INTERVALS`] of
+    /// them.
+    pub sweep_interval: Duration,
     /// Wait after a task's expiry before marking it expired.
     pub expiry_grace: Duration,
     /// Time the broker keeps a task record after its last change; see
@@ -333,6 +339,10 @@ struct Inner {
     clock: SharedClock,
     rng: Mutex<Entropy>,
     settings: Settings,
+    /// Random id of this replica process, as the sweep lease names its holder.
+    replica_id: String,
+    /// The sweep lease holder this replica last saw, to log changes once.
+    sweep_holder: Mutex<Option<String>>,
     log_limiter: Mutex<crate::core::log_limit::LogLimiter>,
     heartbeat_limiter: Mutex<crate::core::log_limit::LogLimiter>,
     component_line_limiter: Mutex<crate::core::log_limit::LogLimiter>,
@@ -353,10 +363,12 @@ impl ControlPlane {
         bus: Arc<dyn Bus>,
         signer: SigningKey,
         clock: SharedClock,
-        rng: Entropy,
+        mut rng: Entropy,
         settings: Settings,
     ) -> Self {
         let store = Store::new(bus.clone());
+        let mut replica_id = [0u8; 8];
+        rng.fill_bytes(&mut replica_id);
         Self {
             inner: Arc::new(Inner {
                 broker: None,
@@ -368,6 +380,8 @@ impl ControlPlane {
                 clock,
                 rng: Mutex::new(rng),
                 settings,
+                replica_id: hex::encode(replica_id),
+                sweep_holder: Mutex::new(None),
                 log_limiter: Mutex::default(),
                 heartbeat_limiter: Mutex::new(crate::core::log_limit::LogLimiter::new(
                     HEARTBEATS_PER_WINDOW,
@@ -429,6 +443,11 @@ impl ControlPlane {
     /// Replica settings.
     pub fn settings(&self) -> &Settings {
         &self.inner.settings
+    }
+
+    /// The random id of this replica, as the sweep lease and the logs name it.
+    pub fn replica_id(&self) -> &str {
+        &self.inner.replica_id
     }
 
     fn now(&self) -> UnixMillis {
@@ -1887,9 +1906,13 @@ impl ControlPlane {
     }
 
     /// Marks silent nodes unreachable, publishes tasks whose publish failed and expires tasks
-    /// without outcome. Every change is a compare-and-set, so replicas may sweep together.
+    /// without outcome, if this replica holds the sweep lease (see [`crate::core::lease`]).
+    /// Every change is a compare-and-set, so two replicas that sweep together do no harm.
     pub async fn sweep(&self) -> Result<(), ServiceError> {
         let now = self.now();
+        if !self.hold_sweep_lease(now).await? {
+            return Ok(());
+        }
         let threshold = self.inner.settings.unreachable_after;
         let policy = self.inner.settings.certificates.alerts;
         for node in self.inner.store.list::<NodeRecord>().await? {

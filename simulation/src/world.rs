@@ -765,6 +765,7 @@ impl World {
         let settings = Settings {
             advertise_nats_url: "nats://simulated:4222".into(),
             unreachable_after: Duration::from_secs(120),
+            sweep_interval: SWEEP_INTERVAL,
             expiry_grace: Duration::from_secs(330),
             task_retention: TASK_RETENTION_DEFAULT,
             task_ack_wait: Duration::from_secs(30),

@@ -5,7 +5,7 @@
 //! ├── reports: PullBridge (shared durable consumer) → ReportIngest
 //! ├── heartbeats: SubscriptionBridge (queue group) → HeartbeatIngest
 //! ├── logs: SubscriptionBridge (queue group) → LogIngest
-//! └── sweeper: Sweeper (node health, unpublished tasks, expiry)
+//! └── sweeper: Sweeper (node health, unpublished tasks, expiry; the lease holder only)
 //! ```
 
 use std::time::Duration;
@@ -255,7 +255,8 @@ impl Actor for Sweeper {
 }
 
 /// Starts the supervised background actors. Must be called inside an actix system.
-pub fn start(control_plane: ControlPlane, sweep_interval: Duration) -> Addr<Supervisor> {
+pub fn start(control_plane: ControlPlane) -> Addr<Supervisor> {
+    let sweep_interval = control_plane.settings().sweep_interval;
     let backoff = BackoffConfig::new(RESTART_BACKOFF_BASE, RESTART_BACKOFF_MAX)
         .unwrap_or_else(|_| unreachable!("the constants satisfy base > 0 and max >= base"));
     let reports = control_plane.clone();

@@ -164,6 +164,7 @@ fn main() -> anyhow::Result<()> {
             .clone()
             .unwrap_or_else(|| args.nats_url.clone()),
         unreachable_after: Duration::from_secs(args.unreachable_after_secs),
+        sweep_interval: Duration::from_millis(args.sweep_interval_ms),
         expiry_grace: Duration::from_secs(args.expiry_grace_secs),
         task_retention: Duration::from_secs(args.task_retention_secs),
         task_ack_wait: Duration::from_secs(args.task_ack_wait_secs),
@@ -256,9 +257,10 @@ fn main() -> anyhow::Result<()> {
         .bind(args.listen)
         .with_context(|| format!("failed to listen on {}; is another process using the port?", args.listen))?
         .run();
-        let _supervisor = actors::start(control_plane, Duration::from_millis(args.sweep_interval_ms));
+        let replica_id = control_plane.replica_id().to_owned();
+        let _supervisor = actors::start(control_plane);
         let handle = server.handle();
-        tracing::info!(listen = %args.listen, task_key_id = %signer.id(), "control plane ready");
+        tracing::info!(listen = %args.listen, task_key_id = %signer.id(), replica_id, "control plane ready");
         let server_task = tokio::spawn(server);
         shutdown_signal().await;
         tracing::info!("control plane stopping");

@@ -5,5 +5,6 @@ pub mod desired;
 pub mod enrollment;
 pub mod health;
 pub mod issue;
+pub mod lease;
 pub mod lifecycle;
 pub mod log_limit;

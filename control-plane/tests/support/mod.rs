@@ -149,10 +149,8 @@ impl Cluster {
         Client::new(&self.api, Some(self.api_key.clone())).unwrap()
     }
 
-    /// Starts (or restarts) the control plane with optional environment variables.
-    pub fn start_control_plane(&mut self, env: &[(&str, &str)]) {
-        self.control_plane_runs += 1;
-        let port = self.api.rsplit(':').next().unwrap().to_owned();
+    /// Builds the command of a control-plane replica of this cluster with its API on `port`.
+    fn replica_command(&self, port: &str, artifact_cache: &std::path::Path) -> Command {
         let mut command = Command::new(workspace_binary("control-plane"));
         command
             .args([
@@ -187,10 +185,41 @@ impl Cluster {
             .iter()
             .any(|arg| arg == "--artifact-cache-dir")
         {
-            command
-                .arg("--artifact-cache-dir")
-                .arg(self.path("artifact-cache"));
+            command.arg("--artifact-cache-dir").arg(artifact_cache);
         }
+        command
+    }
+
+    /// Starts another control-plane replica beside the cluster's own, with its API on a free
+    /// port and its own artifact cache, and waits until its API answers. Returns the process
+    /// and the API's base URL.
+    pub fn start_replica(&self, name: &str) -> (Process, String) {
+        let port = free_port().to_string();
+        let command = self.replica_command(&port, &self.path(&format!("{name}-artifact-cache")));
+        let mut process = Process::spawn(name, command, &self.path(&format!("{name}.log")));
+        let api = format!("http://127.0.0.1:{port}");
+        let client = Client::new(&api, Some(self.api_key.clone())).unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while client
+            .get::<Vec<DeploymentView>>("/v1/deployments")
+            .is_err()
+        {
+            let running = process.is_running();
+            assert!(
+                running && std::time::Instant::now() < deadline,
+                "replica {name} did not answer within 20 s (process running: {running}); its log:\n{}",
+                process.log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        (process, api)
+    }
+
+    /// Starts (or restarts) the control plane with optional environment variables.
+    pub fn start_control_plane(&mut self, env: &[(&str, &str)]) {
+        self.control_plane_runs += 1;
+        let port = self.api.rsplit(':').next().unwrap().to_owned();
+        let mut command = self.replica_command(&port, &self.path("artifact-cache"));
         for (name, value) in env {
             command.env(name, value);
         }
@@ -437,6 +466,22 @@ impl Cluster {
             .block_on(self.bus.kv_get(bucket, key))
             .unwrap()
             .map(|entry| entry.value.to_vec())
+    }
+
+    /// Replaces the value of `key` in `bucket`, as someone with the control plane's broker
+    /// permissions could.
+    pub fn kv_overwrite(&self, bucket: &str, key: &str, value: &[u8]) {
+        self.runtime.block_on(async {
+            let value = bytes::Bytes::copy_from_slice(value);
+            match self.bus.kv_get(bucket, key).await.unwrap() {
+                Some(entry) => self
+                    .bus
+                    .kv_update(bucket, key, value, entry.revision)
+                    .await
+                    .unwrap(),
+                None => self.bus.kv_create(bucket, key, value).await.unwrap(),
+            };
+        });
     }
 
     /// Waits until the task has `status`, then returns it.
