@@ -12,6 +12,7 @@
 //! check: they verify the manifest and the downloaded bytes themselves, and trust no chunk this
 //! module serves.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -263,6 +264,9 @@ pub struct ReleaseStore {
     objects: ObjectStore,
     cache_dir: PathBuf,
     fill_lock: Arc<tokio::sync::Mutex<()>>,
+    /// Digests whose cache file this process wrote or checked; see
+    /// [`ReleaseStore::ensure_cached`].
+    checked: Arc<std::sync::Mutex<HashSet<String>>>,
 }
 
 /// One chunk read from a cached artifact.
@@ -297,6 +301,7 @@ impl ReleaseStore {
             objects,
             cache_dir: cache_dir.0,
             fill_lock: Arc::new(tokio::sync::Mutex::new(())),
+            checked: Arc::default(),
         })
     }
 
@@ -394,6 +399,60 @@ impl ReleaseStore {
         tokio::fs::rename(path, self.cache_path(sha256_hex))
             .await
             .map_err(|error| cache_error(path, error))?;
+        // The upload was checked against its digest before it got here.
+        self.mark_checked(sha256_hex);
+        Ok(())
+    }
+
+    fn is_checked(&self, sha256_hex: &str) -> bool {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .contains(sha256_hex)
+    }
+
+    fn mark_checked(&self, sha256_hex: &str) {
+        self.checked
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(sha256_hex.to_owned());
+    }
+
+    /// Fills the cache with the artifact if it is missing. The first time this process serves a cache
+    /// file it did not write, it reads the whole file and checks its SHA-256 against its name
+    /// and its size against the manifest. A damaged file is removed and filled again from the
+    /// object store, so disk damage heals instead of failing every node's download. A file
+    /// changed after the check is caught by the nodes, which check every artifact.
+    async fn ensure_cached(&self, sha256_hex: &str, size: u64) -> Result<(), ReleaseError> {
+        if self.is_checked(sha256_hex) {
+            return Ok(());
+        }
+        // One check or fill at a time, so concurrent requests read or download it once.
+        let _fill = self.fill_lock.lock().await;
+        if self.is_checked(sha256_hex) {
+            return Ok(());
+        }
+        let path = self.cache_path(sha256_hex);
+        if tokio::fs::metadata(&path).await.is_ok() {
+            match damage(&path, sha256_hex, size).await? {
+                None => {
+                    self.mark_checked(sha256_hex);
+                    return Ok(());
+                }
+                Some(reason) => {
+                    tracing::warn!(
+                        sha256 = sha256_hex,
+                        reason = %reason,
+                        "cached artifact is damaged; filling it again from the object store"
+                    );
+                    tokio::fs::remove_file(&path)
+                        .await
+                        .map_err(|error| cache_error(&path, error))?;
+                }
+            }
+        }
+        self.fill(sha256_hex, size).await?;
+        self.mark_checked(sha256_hex);
         Ok(())
     }
 
@@ -409,9 +468,7 @@ impl ReleaseStore {
         length: u32,
     ) -> Result<Chunk, ReleaseError> {
         let path = self.cache_path(sha256_hex);
-        if tokio::fs::metadata(&path).await.is_err() {
-            self.fill(sha256_hex, size).await?;
-        }
+        self.ensure_cached(sha256_hex, size).await?;
         let mut file = tokio::fs::File::open(&path)
             .await
             .map_err(|error| cache_error(&path, error))?;
@@ -443,14 +500,10 @@ impl ReleaseStore {
     }
 
     /// Copies the artifact from the object store into the cache, checking its SHA-256 against
-    /// its name and its size against the manifest before the file takes its cache name.
+    /// its name and its size against the manifest before the file takes its cache name. The
+    /// caller holds the fill lock.
     async fn fill(&self, sha256_hex: &str, size: u64) -> Result<(), ReleaseError> {
-        // One fill at a time, so concurrent misses download the artifact once.
-        let _fill = self.fill_lock.lock().await;
         let path = self.cache_path(sha256_hex);
-        if tokio::fs::metadata(&path).await.is_ok() {
-            return Ok(());
-        }
         let mut object = match self.objects.get(sha256_hex).await {
             Ok(object) => object,
             Err(error) if error.kind() == object_store::GetErrorKind::NotFound => {
@@ -519,6 +572,40 @@ impl ReleaseStore {
         }
         result
     }
+}
+
+/// Reads a cache file whole. Returns `None` when it has `size` bytes whose SHA-256 is
+/// `sha256_hex`, or what is wrong with it.
+async fn damage(path: &Path, sha256_hex: &str, size: u64) -> Result<Option<String>, ReleaseError> {
+    let mut file = tokio::fs::File::open(path)
+        .await
+        .map_err(|error| cache_error(path, error))?;
+    let mut hasher = Sha256::new();
+    let mut read_total: u64 = 0;
+    let mut buffer = vec![0u8; COPY_BUFFER_BYTES];
+    loop {
+        let read = file
+            .read(&mut buffer)
+            .await
+            .map_err(|error| cache_error(path, error))?;
+        if read == 0 {
+            break;
+        }
+        read_total = read_total.saturating_add(read as u64);
+        if read_total > size {
+            return Ok(Some(format!(
+                "it has more than the manifest's {size} bytes"
+            )));
+        }
+        hasher.update(buffer.get(..read).unwrap_or_default());
+    }
+    if read_total != size {
+        return Ok(Some(format!(
+            "it has {read_total} bytes; the manifest says {size}"
+        )));
+    }
+    let digest = hex::encode(hasher.finalize());
+    Ok((digest != sha256_hex).then(|| format!("its SHA-256 is {digest}")))
 }
 
 #[cfg(test)]

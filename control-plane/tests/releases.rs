@@ -344,6 +344,54 @@ fn tampered_cache_never_staged() {
     setup.attempt(&upgrade, 0).unwrap();
 }
 
+/// A cache file damaged while no replica ran heals: the first time a replica serves a cache file
+/// it did not write, it reads it whole, finds the damage and fills it again from the object
+/// store, so the nodes get the artifact instead of failing every download.
+#[test]
+fn damaged_cache_refilled_after_restart() {
+    let mut setup = ReleaseSetup::start();
+    let artifact = setup.sign("iggy-5", 2 * 512 * 1024 + 77, TARGET, 5, "release.key");
+    setup.publish(&artifact);
+    let sha256 = sha256_of(&artifact);
+    let upgrade = setup.upgrade(&artifact);
+    let original = std::fs::read(&artifact).unwrap();
+    let cache = setup.cache_file(&sha256);
+    wait_until("the cache file", Duration::from_secs(5), || cache.exists());
+
+    let mut flipped = original.clone();
+    flipped[600_000] ^= 0x01;
+    let mut truncated = original.clone();
+    truncated.truncate(original.len() - 1);
+    let mut appended = original.clone();
+    appended.extend_from_slice(b"tail");
+    let cases = [
+        ("one flipped byte", flipped),
+        ("truncated", truncated),
+        ("appended", appended),
+    ];
+    for (case, bytes) in &cases {
+        std::fs::write(&cache, bytes).unwrap();
+        setup.cluster.kill_control_plane();
+        setup.cluster.start_control_plane(&[]);
+        let staged = setup
+            .attempt(&upgrade, 4)
+            .unwrap_or_else(|failure| panic!("{case}: {failure:?}"));
+        assert_eq!(std::fs::read(staged.path()).unwrap(), original, "{case}");
+        assert_eq!(std::fs::read(&cache).unwrap(), original, "{case}");
+        // The next case downloads again instead of finding this one staged.
+        std::fs::remove_file(staged.path()).unwrap();
+    }
+    let log = setup.cluster.control_plane_log();
+    assert_eq!(
+        support::count(
+            &log,
+            "cached artifact is damaged; filling it again from the object store"
+        ),
+        cases.len(),
+        "{log}"
+    );
+}
+
 #[test]
 fn bad_manifests_and_tasks_rejected_before_download() {
     let setup = ReleaseSetup::start();
