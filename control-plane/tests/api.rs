@@ -375,7 +375,11 @@ fn short_task_retention_refused_at_start() {
     );
     let log = control_plane.log();
     assert!(
-        log.contains("--task-retention-secs: task retention of 3600 s is outside 86400 to"),
+        log.contains("--task-retention-secs 3600 with --expiry-grace-secs 330"),
+        "{log}"
+    );
+    assert!(
+        log.contains("task retention of 3600 s is outside 86400 to"),
         "{log}"
     );
     assert!(!log.contains("connected to NATS"), "{log}");

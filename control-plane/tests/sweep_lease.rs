@@ -61,7 +61,7 @@ fn stored_lease(cluster: &Cluster) -> Option<SweepLease> {
 #[test]
 fn one_replica_sweeps_and_another_takes_over() {
     let mut cluster = Cluster::start_with(&["--log-format", "json"]);
-    let (mut second, second_api) = cluster.start_replica("replica-2");
+    let (mut second, second_api) = cluster.start_replica("replica-2", &["--log-format", "json"]);
     let second_client = Client::new(&second_api, Some(cluster.api_key.clone())).unwrap();
     let first_id = replica_id(&cluster.control_plane_log());
     let second_id = replica_id(&second.log());

@@ -490,6 +490,7 @@ impl Bus for MemoryBus {
     }
 
     async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError> {
+        super::check_bucket_max_age(bucket, max_age)?;
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let bucket = state.buckets.entry(bucket.to_owned()).or_default();

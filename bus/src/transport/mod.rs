@@ -196,6 +196,18 @@ pub enum BusError {
         /// The revision the caller read.
         expected: u64,
     },
+    /// A bucket's maximum age outside [`BUCKET_MAX_AGE_MIN`] to [`BUCKET_MAX_AGE_MAX`].
+    #[error(
+        "maximum age {max_age:?} of bucket {bucket} is outside 100 ms to {} s; pass no maximum \
+         age to keep keys until they are overwritten",
+        BUCKET_MAX_AGE_MAX.as_secs()
+    )]
+    InvalidMaxAge {
+        /// Bucket name.
+        bucket: String,
+        /// The maximum age asked for.
+        max_age: Duration,
+    },
     /// A stream, consumer or bucket does not exist.
     #[error("{what} not found")]
     NotFound {
@@ -210,6 +222,29 @@ pub enum BusError {
         /// The broker's or client's message.
         reason: String,
     },
+}
+
+/// Shortest maximum age of a bucket; the broker refuses shorter ones.
+pub const BUCKET_MAX_AGE_MIN: Duration = Duration::from_millis(100);
+/// Longest maximum age of a bucket: the broker counts it in signed 64-bit nanoseconds, about
+/// 292 years.
+pub const BUCKET_MAX_AGE_MAX: Duration = Duration::from_nanos(i64::MAX.unsigned_abs());
+
+/// Checks a bucket's maximum age before a transport passes it on. Every transport takes the
+/// same range, so the memory bus refuses what the broker would.
+pub(crate) fn check_bucket_max_age(
+    bucket: &str,
+    max_age: Option<Duration>,
+) -> Result<(), BusError> {
+    match max_age {
+        Some(max_age) if !(BUCKET_MAX_AGE_MIN..=BUCKET_MAX_AGE_MAX).contains(&max_age) => {
+            Err(BusError::InvalidMaxAge {
+                bucket: bucket.to_owned(),
+                max_age,
+            })
+        }
+        _ => Ok(()),
+    }
 }
 
 impl BusError {
@@ -273,7 +308,8 @@ pub trait Bus: Send + Sync + 'static {
 
     /// Creates a key-value bucket unless it exists. A key is dropped `max_age` after its last
     /// write; `None` keeps keys until they are overwritten. An existing bucket takes the new
-    /// `max_age`.
+    /// `max_age`. A `max_age` outside [`BUCKET_MAX_AGE_MIN`] to [`BUCKET_MAX_AGE_MAX`] is
+    /// [`BusError::InvalidMaxAge`].
     async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError>;
 
     /// Reads a key, or `None` if absent or deleted.

@@ -193,12 +193,21 @@ impl NatsBus {
             if config.max_age == max_age {
                 return Ok(());
             }
-            tracing::info!(
-                bucket,
-                from_secs = config.max_age.as_secs(),
-                to_secs = max_age.as_secs(),
-                "changing the maximum age of a bucket"
-            );
+            if config.max_age.is_zero() {
+                tracing::info!(
+                    bucket,
+                    to_secs = max_age.as_secs(),
+                    "setting the maximum age of a bucket"
+                );
+            } else {
+                // Another process asked for another age, or this one did with other settings.
+                tracing::warn!(
+                    bucket,
+                    from_secs = config.max_age.as_secs(),
+                    to_secs = max_age.as_secs(),
+                    "changing the maximum age of a bucket; every process that opens it must ask for the same age, or the last one to start sets it"
+                );
+            }
             config.max_age = max_age;
             // The broker refuses a dedup window longer than the maximum age.
             if !max_age.is_zero() && config.duplicate_window > max_age {
@@ -654,6 +663,7 @@ impl Bus for NatsBus {
     }
 
     async fn ensure_bucket(&self, bucket: &str, max_age: Option<Duration>) -> Result<(), BusError> {
+        super::check_bucket_max_age(bucket, max_age)?;
         // The broker reads a zero maximum age as "no limit".
         let max_age = max_age.unwrap_or_default();
         if self.bucket(bucket).await.is_ok() {

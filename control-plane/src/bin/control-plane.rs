@@ -55,8 +55,9 @@ struct Args {
     #[arg(long, default_value_t = EXPIRY_GRACE_DEFAULT.as_secs())]
     expiry_grace_secs: u64,
     /// Seconds the broker keeps a task record after its last change; listings and the sweep
-    /// read every record kept. At least 86400 and above 3600 plus the expiry grace plus the
-    /// sweep interval.
+    /// read every record kept. From 86400 to 31622400, and above 3600 plus the expiry grace
+    /// plus the sweep interval. Replicas must share it and the expiry grace: the last replica
+    /// to start sets the bucket's retention.
     #[arg(long, default_value_t = TASK_RETENTION_DEFAULT.as_secs())]
     task_retention_secs: u64,
     /// Seconds a node has to acknowledge a task before it is redelivered (for new nodes).
@@ -153,7 +154,15 @@ fn main() -> anyhow::Result<()> {
         Duration::from_secs(args.expiry_grace_secs),
         Duration::from_millis(args.sweep_interval_ms),
     )
-    .map_err(|error| anyhow::anyhow!("--task-retention-secs: {error}"))?;
+    .map_err(|error| {
+        anyhow::anyhow!(
+            "--task-retention-secs {} with --expiry-grace-secs {} and --sweep-interval-ms {}: \
+             {error}",
+            args.task_retention_secs,
+            args.expiry_grace_secs,
+            args.sweep_interval_ms
+        )
+    })?;
 
     let rng = entropy::from_os();
     let signer = keys::load_task_key(&args.task_key)?;

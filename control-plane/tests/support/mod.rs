@@ -149,8 +149,14 @@ impl Cluster {
         Client::new(&self.api, Some(self.api_key.clone())).unwrap()
     }
 
-    /// Builds the command of a control-plane replica of this cluster with its API on `port`.
-    fn replica_command(&self, port: &str, artifact_cache: &std::path::Path) -> Command {
+    /// Builds the command of a control-plane replica of this cluster with its API on `port` and
+    /// the extra arguments `args`.
+    fn replica_command<S: AsRef<std::ffi::OsStr>>(
+        &self,
+        port: &str,
+        artifact_cache: &std::path::Path,
+        args: &[S],
+    ) -> Command {
         let mut command = Command::new(workspace_binary("control-plane"));
         command
             .args([
@@ -177,13 +183,12 @@ impl Cluster {
                 "--task-ack-wait-secs",
                 "2",
             ])
-            .args(&self.control_plane_args)
+            .args(args)
             .env("RUST_LOG", "info");
-        // Each cluster has its own artifact cache unless the test chose one.
-        if !self
-            .control_plane_args
+        // Each replica has its own artifact cache unless the test chose one.
+        if !args
             .iter()
-            .any(|arg| arg == "--artifact-cache-dir")
+            .any(|arg| arg.as_ref() == "--artifact-cache-dir")
         {
             command.arg("--artifact-cache-dir").arg(artifact_cache);
         }
@@ -191,11 +196,12 @@ impl Cluster {
     }
 
     /// Starts another control-plane replica beside the cluster's own, with its API on a free
-    /// port and its own artifact cache, and waits until its API answers. Returns the process
-    /// and the API's base URL.
-    pub fn start_replica(&self, name: &str) -> (Process, String) {
+    /// port, its own artifact cache and the extra arguments `args` instead of the cluster's,
+    /// and waits until its API answers. Returns the process and the API's base URL.
+    pub fn start_replica(&self, name: &str, args: &[&str]) -> (Process, String) {
         let port = free_port().to_string();
-        let command = self.replica_command(&port, &self.path(&format!("{name}-artifact-cache")));
+        let command =
+            self.replica_command(&port, &self.path(&format!("{name}-artifact-cache")), args);
         let mut process = Process::spawn(name, command, &self.path(&format!("{name}.log")));
         let api = format!("http://127.0.0.1:{port}");
         let client = Client::new(&api, Some(self.api_key.clone())).unwrap();
@@ -219,7 +225,11 @@ impl Cluster {
     pub fn start_control_plane(&mut self, env: &[(&str, &str)]) {
         self.control_plane_runs += 1;
         let port = self.api.rsplit(':').next().unwrap().to_owned();
-        let mut command = self.replica_command(&port, &self.path("artifact-cache"));
+        let mut command = self.replica_command(
+            &port,
+            &self.path("artifact-cache"),
+            &self.control_plane_args,
+        );
         for (name, value) in env {
             command.env(name, value);
         }
