@@ -418,11 +418,11 @@ impl ReleaseStore {
             .insert(sha256_hex.to_owned());
     }
 
-    /// Fills the cache with the artifact if it is missing. The first time this process serves a cache
-    /// file it did not write, it reads the whole file and checks its SHA-256 against its name
-    /// and its size against the manifest. A damaged file is removed and filled again from the
-    /// object store, so disk damage heals instead of failing every node's download. A file
-    /// changed after the check is caught by the nodes, which check every artifact.
+    /// Fills the cache with the artifact if it is missing. The first time this process serves
+    /// a cache file it did not write, it reads the whole file and checks its SHA-256 against
+    /// its name and its size against the manifest. A damaged file is removed and filled again
+    /// from the object store, so disk damage heals instead of failing every node's download. A
+    /// file changed after the check is caught by the nodes, which check every artifact.
     async fn ensure_cached(&self, sha256_hex: &str, size: u64) -> Result<(), ReleaseError> {
         if self.is_checked(sha256_hex) {
             return Ok(());

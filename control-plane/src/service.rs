@@ -109,8 +109,8 @@ pub enum TaskRetentionError {
 
 /// Checks a task retention against its range and against the longest time an open task's
 /// record may go without a write: from its issue until the sweep marks it expired, at most
-/// [`issue::TASK_TTL_MAX`] plus the expiry grace plus one sweep interval. A shorter retention would let
-/// the broker drop the record of a task that has no outcome yet.
+/// [`issue::TASK_TTL_MAX`] plus the expiry grace plus one sweep interval. A shorter retention
+/// would let the broker drop the record of a task that has no outcome yet.
 pub fn check_task_retention(
     retention: Duration,
     expiry_grace: Duration,
