@@ -356,35 +356,6 @@ fn shared_artifact_cache_dir_refused_at_start() {
     assert!(!log.contains("connected to NATS"), "{log}");
 }
 
-/// A task retention shorter than a day is refused at start with the flag and the range.
-#[test]
-fn short_task_retention_refused_at_start() {
-    let dir = tempfile::tempdir().unwrap();
-    support::offline_setup(dir.path());
-    let binary = warden_testkit::workspace_binary("control-plane");
-    let mut command = support::control_plane_command(&binary, dir.path(), "nats://127.0.0.1:1");
-    command
-        .args(["--task-retention-secs", "3600"])
-        .arg("--artifact-cache-dir")
-        .arg(dir.path().join("artifact-cache"));
-    let mut control_plane =
-        warden_testkit::Process::spawn("control-plane", command, &dir.path().join("cp.log"));
-    assert_ne!(
-        control_plane.wait_exit(std::time::Duration::from_secs(30)),
-        Some(0)
-    );
-    let log = control_plane.log();
-    assert!(
-        log.contains("--task-retention-secs 3600 with --expiry-grace-secs 330"),
-        "{log}"
-    );
-    assert!(
-        log.contains("task retention of 3600 s is outside 86400 to"),
-        "{log}"
-    );
-    assert!(!log.contains("connected to NATS"), "{log}");
-}
-
 #[test]
 fn protocol_details_follow_http() {
     let cluster = Cluster::start();

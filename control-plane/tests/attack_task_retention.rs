@@ -129,6 +129,14 @@ fn bad_retention_values_rejected_at_start() {
         let (code, log) = start_refused(args);
         assert_ne!(code, Some(0), "{args:?} was accepted:\n{log}");
         assert!(log.contains(expected), "{args:?}:\n{log}");
+        if expected == range {
+            // The error names the flags that take part, with their values.
+            let flags = format!(
+                "--task-retention-secs {} with --expiry-grace-secs 330",
+                args[1]
+            );
+            assert!(log.contains(&flags), "{args:?}:\n{log}");
+        }
         assert!(!log.contains("panicked"), "{args:?}:\n{log}");
         assert!(!log.contains("connected to NATS"), "{args:?}:\n{log}");
     }

@@ -192,6 +192,21 @@ impl ReleaseSetup {
     }
 }
 
+/// Returns three damaged copies of an artifact of more than 600,000 bytes, each with its name.
+fn damaged_copies(original: &[u8]) -> [(&'static str, Vec<u8>); 3] {
+    let mut flipped = original.to_vec();
+    flipped[600_000] ^= 0x01;
+    let mut truncated = original.to_vec();
+    truncated.truncate(original.len() - 1);
+    let mut appended = original.to_vec();
+    appended.extend_from_slice(b"tail");
+    [
+        ("one flipped byte", flipped),
+        ("truncated", truncated),
+        ("appended", appended),
+    ]
+}
+
 #[derive(Debug)]
 enum Failure {
     Rejected(ReleaseRejection),
@@ -318,17 +333,7 @@ fn tampered_cache_never_staged() {
     let cache = setup.cache_file(&sha256);
     wait_until("the cache file", Duration::from_secs(5), || cache.exists());
 
-    let mut flipped = original.clone();
-    flipped[600_000] ^= 0x01;
-    let mut truncated = original.clone();
-    truncated.truncate(original.len() - 1);
-    let mut appended = original.clone();
-    appended.extend_from_slice(b"tail");
-    let cases = [
-        ("one flipped byte", flipped),
-        ("truncated", truncated),
-        ("appended", appended),
-    ];
+    let cases = damaged_copies(&original);
     for (case, bytes) in cases {
         std::fs::write(&cache, &bytes).unwrap();
         let failure = setup.attempt(&upgrade, 0).unwrap_err();
@@ -358,17 +363,7 @@ fn damaged_cache_refilled_after_restart() {
     let cache = setup.cache_file(&sha256);
     wait_until("the cache file", Duration::from_secs(5), || cache.exists());
 
-    let mut flipped = original.clone();
-    flipped[600_000] ^= 0x01;
-    let mut truncated = original.clone();
-    truncated.truncate(original.len() - 1);
-    let mut appended = original.clone();
-    appended.extend_from_slice(b"tail");
-    let cases = [
-        ("one flipped byte", flipped),
-        ("truncated", truncated),
-        ("appended", appended),
-    ];
+    let cases = damaged_copies(&original);
     for (case, bytes) in &cases {
         std::fs::write(&cache, bytes).unwrap();
         setup.cluster.kill_control_plane();
