@@ -130,6 +130,17 @@ impl From<ServiceError> for ApiError {
                     Some("something other than the control plane wrote this record; restore the broker's JetStream data from a backup and find out who could write it"),
                 )
             }
+            ServiceError::Cache(reason) => {
+                tracing::error!(error = %reason, "request failed: the artifact cache failed");
+                problem(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "artifact-cache",
+                    "Artifact cache failed",
+                    reason,
+                    None,
+                    Some("check the replica's --artifact-cache-dir: free space, permissions and anything else that writes there"),
+                )
+            }
             ServiceError::Unavailable(reason) => {
                 tracing::error!(error = %reason, "request failed: broker unavailable");
                 problem(

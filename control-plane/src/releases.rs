@@ -433,23 +433,29 @@ impl ReleaseStore {
             return Ok(());
         }
         let path = self.cache_path(sha256_hex);
-        if tokio::fs::metadata(&path).await.is_ok() {
-            match damage(&path, sha256_hex, size).await? {
-                None => {
-                    self.mark_checked(sha256_hex);
-                    return Ok(());
-                }
-                Some(reason) => {
-                    tracing::warn!(
-                        sha256 = sha256_hex,
-                        reason = %reason,
-                        "cached artifact is damaged; filling it again from the object store"
-                    );
-                    tokio::fs::remove_file(&path)
-                        .await
-                        .map_err(|error| cache_error(&path, error))?;
-                }
-            }
+        // Looked at without following a link: only a regular file is read, since opening a FIFO
+        // would wait for a writer while holding the lock.
+        let found = match tokio::fs::symlink_metadata(&path).await {
+            Ok(found) => Some(found),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => None,
+            Err(error) => return Err(cache_error(&path, error)),
+        };
+        if let Some(found) = found {
+            let damaged = if found.file_type().is_file() {
+                damage(&path, sha256_hex, size).await?
+            } else {
+                Some(format!("it is a {}, not a file", file_kind(&found)))
+            };
+            let Some(reason) = damaged else {
+                self.mark_checked(sha256_hex);
+                return Ok(());
+            };
+            tracing::warn!(
+                sha256 = sha256_hex,
+                reason = %reason,
+                "cached artifact is damaged; filling it again from the object store"
+            );
+            remove_any(&path).await?;
         }
         self.fill(sha256_hex, size).await?;
         self.mark_checked(sha256_hex);
@@ -574,12 +580,55 @@ impl ReleaseStore {
     }
 }
 
+/// Names the kind of a file that is not a regular one.
+fn file_kind(metadata: &std::fs::Metadata) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    let kind = metadata.file_type();
+    if kind.is_dir() {
+        "directory"
+    } else if kind.is_symlink() {
+        "symbolic link"
+    } else if kind.is_fifo() {
+        "FIFO"
+    } else if kind.is_socket() {
+        "socket"
+    } else {
+        "device"
+    }
+}
+
+/// Removes whatever is at `path` in the cache directory, a directory with its contents too.
+async fn remove_any(path: &Path) -> Result<(), ReleaseError> {
+    let is_dir = tokio::fs::symlink_metadata(path)
+        .await
+        .is_ok_and(|found| found.file_type().is_dir());
+    let removed = if is_dir {
+        tokio::fs::remove_dir_all(path).await
+    } else {
+        tokio::fs::remove_file(path).await
+    };
+    removed.map_err(|error| cache_error(path, error))
+}
+
 /// Reads a cache file whole. Returns `None` when it has `size` bytes whose SHA-256 is
-/// `sha256_hex`, or what is wrong with it.
+/// `sha256_hex`, or what is wrong with it. The file is opened without following a link and
+/// without waiting, in case something replaced it since it was looked at.
 async fn damage(path: &Path, sha256_hex: &str, size: u64) -> Result<Option<String>, ReleaseError> {
-    let mut file = tokio::fs::File::open(path)
+    let mut file = tokio::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(nix::libc::O_NOFOLLOW | nix::libc::O_NONBLOCK)
+        .open(path)
         .await
         .map_err(|error| cache_error(path, error))?;
+    let is_file = file
+        .metadata()
+        .await
+        .map_err(|error| cache_error(path, error))?
+        .file_type()
+        .is_file();
+    if !is_file {
+        return Ok(Some("it is not a regular file".to_owned()));
+    }
     let mut hasher = Sha256::new();
     let mut read_total: u64 = 0;
     let mut buffer = vec![0u8; COPY_BUFFER_BYTES];

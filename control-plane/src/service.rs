@@ -249,6 +249,9 @@ pub enum ServiceError {
     /// A stored record does not decode: something other than the control plane wrote it.
     #[error("{0}")]
     Damaged(String),
+    /// This replica's artifact cache failed: a local disk problem, not the broker's.
+    #[error("the artifact cache failed: {0}")]
+    Cache(String),
 }
 
 impl From<StoreError> for ServiceError {

@@ -90,7 +90,6 @@ fn signal(pid: u32, signal: nix::sys::signal::Signal) {
 /// writes an expiry more than one lease duration (three sweep intervals) ahead, so a replica
 /// should treat an expiry further ahead than that plus clock skew as invalid, or at least warn.
 #[test]
-#[ignore = "bug: a lease with a far-future expiry stops all sweeping, with only an info log"]
 fn far_future_lease_taken_back() {
     let cluster = Cluster::start_with(&["--log-format", "json"]);
     let id = replica_id(&cluster.control_plane_log());
@@ -121,8 +120,9 @@ fn deleted_lease_recreated() {
     let id = replica_id(&cluster.control_plane_log());
     wait_for_holder(&cluster, &id, Duration::from_secs(10));
 
-    let far_future = now_millis() + 10 * 365 * 24 * 3_600 * 1_000;
-    write_lease(&cluster, "intruder", far_future);
+    // Within the clock skew a replica allows, so it waits for this lease to end.
+    let later = now_millis() + 50_000;
+    write_lease(&cluster, "intruder", later);
     wait_for_holder(&cluster, "intruder", Duration::from_secs(5));
 
     let broker = Broker::load(&cluster.path("broker")).unwrap();
@@ -145,7 +145,7 @@ fn deleted_lease_recreated() {
     wait_for_holder(&cluster, &id, Duration::from_secs(10));
 
     // The replica recovers the same way from a purge, which also drops the key's history.
-    write_lease(&cluster, "intruder", far_future);
+    write_lease(&cluster, "intruder", now_millis() + 50_000);
     wait_for_holder(&cluster, "intruder", Duration::from_secs(5));
     runtime.block_on(async {
         let bus = NatsBus::connect_with(&config).await.unwrap();
@@ -176,7 +176,6 @@ fn huge_holder_replaced() {
 
 /// A holder name with a line break must not forge a log line in the text log format.
 #[test]
-#[ignore = "bug: the previous holder is logged with Display, so a line break in it forges a log line"]
 fn odd_holder_not_forging_log_lines() {
     let cluster = Cluster::start();
     let forged = "FORGED 2026-01-01T00:00:00Z ERROR control plane compromised";

@@ -1,4 +1,4 @@
-//! Which replica sweeps. Every replica runs the sweeper, but only the holder of the sweep lease
+//! The sweep lease. Every replica runs the sweeper, but only the holder of the sweep lease
 //! does the work, so N replicas do not read every node and task record N times.
 //!
 //! The lease is one record in the control bucket, written by compare-and-set: the holder renews
@@ -6,6 +6,10 @@
 //! Two replicas may both sweep for a while when their clocks disagree or a sweep outlasts the
 //! lease. That costs repeated work, not wrong results, since every change a sweep makes is a
 //! compare-and-set of its own.
+//!
+//! A lease that ends further ahead than a holder could write is taken at once: otherwise a
+//! replica whose clock ran far ahead, or anyone who can write the control bucket, could stop all
+//! sweeping until that time.
 
 use std::time::Duration;
 
@@ -15,6 +19,11 @@ use warden_bus::UnixMillis;
 /// Sweep intervals a lease lasts without renewal. The holder renews it at every sweep, so it
 /// can miss two before another replica takes over.
 pub const LEASE_INTERVALS: u32 = 3;
+
+/// How far ahead of a replica's clock another replica's clock may run before that replica's
+/// lease counts as written from the future. A replica further ahead loses the lease at every
+/// tick, so both sweep, which costs repeated work only.
+pub const CLOCK_SKEW_ALLOWED: Duration = Duration::from_secs(60);
 
 /// The stored lease.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -26,7 +35,7 @@ pub struct SweepLease {
     pub expires_at: UnixMillis,
 }
 
-/// What a replica does at a sweep tick.
+/// A replica's move at a sweep tick.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum LeaseDecision {
     /// Write this lease (by compare-and-set on what was read) and sweep if the write succeeds.
@@ -35,6 +44,8 @@ pub enum LeaseDecision {
         lease: SweepLease,
         /// The replica that held it before, when it was another one.
         taken_from: Option<String>,
+        /// The lease taken ended further ahead than any holder could have written it.
+        from_the_future: bool,
     },
     /// Another replica holds the lease; skip this sweep.
     Wait {
@@ -49,15 +60,25 @@ pub fn lease_duration(sweep_interval: Duration) -> Duration {
 }
 
 /// Decides what replica `me` does at `now`, given the stored lease, if any. A missing or
-/// unreadable lease counts as expired.
+/// unreadable lease counts as expired, and so does one that ends more than a lease duration
+/// plus [`CLOCK_SKEW_ALLOWED`] ahead of `now`.
 pub fn decide(
     stored: Option<&SweepLease>,
     me: &str,
     now: UnixMillis,
     sweep_interval: Duration,
 ) -> LeaseDecision {
+    let duration = lease_duration(sweep_interval);
+    let latest_plausible = now
+        .saturating_add(duration)
+        .saturating_add(CLOCK_SKEW_ALLOWED);
+    let mut from_the_future = false;
     let taken_from = match stored {
         Some(lease) if lease.holder == me => None,
+        Some(lease) if lease.expires_at > latest_plausible => {
+            from_the_future = true;
+            Some(lease.holder.clone())
+        }
         Some(lease) if now < lease.expires_at => {
             return LeaseDecision::Wait {
                 holder: lease.holder.clone(),
@@ -69,9 +90,10 @@ pub fn decide(
     LeaseDecision::Hold {
         lease: SweepLease {
             holder: me.to_owned(),
-            expires_at: now.saturating_add(lease_duration(sweep_interval)),
+            expires_at: now.saturating_add(duration),
         },
         taken_from,
+        from_the_future,
     }
 }
 
@@ -95,6 +117,7 @@ mod tests {
             LeaseDecision::Hold {
                 lease: lease("a", 16_000),
                 taken_from: None,
+                from_the_future: false,
             }
         );
     }
@@ -112,6 +135,7 @@ mod tests {
                 LeaseDecision::Hold {
                     lease: lease("a", 17_000),
                     taken_from: None,
+                    from_the_future: false,
                 }
             );
         }
@@ -132,8 +156,39 @@ mod tests {
             LeaseDecision::Hold {
                 lease: lease("a", 31_000),
                 taken_from: Some("b".into()),
+                from_the_future: false,
             }
         );
+    }
+
+    #[test]
+    fn lease_from_the_future_is_taken() {
+        // Written by a clock 61 s ahead: 15 s of lease plus 61 s.
+        assert_eq!(
+            decide(Some(&lease("b", 77_001)), "a", UnixMillis(1_000), INTERVAL),
+            LeaseDecision::Hold {
+                lease: lease("a", 16_000),
+                taken_from: Some("b".into()),
+                from_the_future: true,
+            }
+        );
+        // Written by a clock 60 s ahead: honoured until it ends.
+        assert_eq!(
+            decide(Some(&lease("b", 76_000)), "a", UnixMillis(1_000), INTERVAL),
+            LeaseDecision::Wait { holder: "b".into() }
+        );
+        assert!(matches!(
+            decide(
+                Some(&lease("b", u64::MAX)),
+                "a",
+                UnixMillis(1_000),
+                INTERVAL
+            ),
+            LeaseDecision::Hold {
+                from_the_future: true,
+                ..
+            }
+        ));
     }
 
     #[test]
@@ -144,6 +199,7 @@ mod tests {
             LeaseDecision::Hold {
                 lease: lease("a", u64::MAX),
                 taken_from: None,
+                from_the_future: false,
             }
         );
     }

@@ -33,13 +33,18 @@ impl ControlPlane {
                 }
             },
         };
-        let (lease, taken_from) =
+        let stored_end = lease.as_ref().map(|lease| lease.expires_at.0);
+        let (lease, taken_from, from_the_future) =
             match lease::decide(lease.as_ref(), me, now, self.inner.settings.sweep_interval) {
                 LeaseDecision::Wait { holder } => {
                     self.note_sweep_holder(&holder);
                     return Ok(false);
                 }
-                LeaseDecision::Hold { lease, taken_from } => (lease, taken_from),
+                LeaseDecision::Hold {
+                    lease,
+                    taken_from,
+                    from_the_future,
+                } => (lease, taken_from, from_the_future),
             };
         let value = Bytes::from(serde_json::to_vec(&lease).map_err(|error| {
             ServiceError::Damaged(format!("the sweep lease does not encode: {error}"))
@@ -53,12 +58,21 @@ impl ControlPlane {
         };
         match written {
             Ok(_) => {
-                if let Some(previous) = taken_from {
-                    tracing::info!(
+                // A `&str` field is written escaped, so a line break in a holder's name, which
+                // anyone who can write the control bucket chooses, cannot start a log line.
+                match taken_from {
+                    Some(previous) if from_the_future => tracing::warn!(
                         replica_id = me,
-                        previous_holder = %previous,
+                        previous_holder = previous.as_str(),
+                        lease_end_ms = stored_end.unwrap_or_default(),
+                        "took over a sweep lease that ended too far ahead to be written by a replica with a correct clock; check the replicas' clocks and who can write {CONTROL_BUCKET}"
+                    ),
+                    Some(previous) => tracing::info!(
+                        replica_id = me,
+                        previous_holder = previous.as_str(),
                         "took over the expired sweep lease"
-                    );
+                    ),
+                    None => {}
                 }
                 self.note_sweep_holder(me);
                 Ok(true)

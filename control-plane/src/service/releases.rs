@@ -31,6 +31,9 @@ impl From<ReleaseError> for ServiceError {
                 what: format!("release {sha256}"),
                 fix: "publish it with `wardenctl release publish`".into(),
             },
+            ReleaseError::Cache { .. } | ReleaseError::CacheDir { .. } => {
+                ServiceError::Cache(error.to_string())
+            }
             other => ServiceError::Unavailable(other.to_string()),
         }
     }
@@ -234,7 +237,19 @@ impl ControlPlane {
                 size: chunk.size,
                 bytes: chunk.bytes,
             }),
-            Err(ReleaseError::NotFound { .. }) => Ok(FetchReply::NotFound),
+            // The release is listed, so its artifact went missing from the object store.
+            Err(ReleaseError::NotFound { .. }) => {
+                if let Some(suppressed) = self.may_log(origin) {
+                    tracing::error!(
+                        sha256 = %sha256_hex,
+                        deployment_id = %origin.deployment,
+                        node_id = %origin.node,
+                        suppressed,
+                        "a published release has no artifact in the object store, so no node can download it; publish it again with `wardenctl release publish`"
+                    );
+                }
+                Ok(FetchReply::NotFound)
+            }
             Err(error) => {
                 tracing::error!(sha256 = %sha256_hex, error = %error, "failed to serve an artifact chunk");
                 Err(error.into())
