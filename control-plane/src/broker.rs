@@ -701,15 +701,19 @@ mod tests {
         ));
     }
 
+    fn loopback_listen() -> Listen {
+        Listen {
+            hosts: vec!["127.0.0.1".into()],
+            client_port: 4222,
+            websocket_port: 443,
+        }
+    }
+
     #[test]
     fn too_small_storage_rejected_before_writing() {
         let dir = tempfile::tempdir().unwrap();
         let broker_dir = dir.path().join("broker");
-        let listen = Listen {
-            hosts: vec!["127.0.0.1".into()],
-            client_port: 4222,
-            websocket_port: 443,
-        };
+        let listen = loopback_listen();
         let storage = Storage {
             file_bytes: MIN_FILE_STORAGE - 1,
             ..Storage::default()
@@ -765,11 +769,7 @@ mod tests {
     fn resigned_account_keeps_chosen_storage() {
         let dir = tempfile::tempdir().unwrap();
         let broker_dir = dir.path().join("broker");
-        let listen = Listen {
-            hosts: vec!["127.0.0.1".into()],
-            client_port: 4222,
-            websocket_port: 443,
-        };
+        let listen = loopback_listen();
         let storage = Storage {
             file_bytes: 1 << 30,
             ..Storage::default()

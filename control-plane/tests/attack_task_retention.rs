@@ -16,9 +16,7 @@ use std::time::Duration;
 use futures::TryStreamExt;
 use support::Cluster;
 use warden_bus::subject::{DEPLOYMENTS_BUCKET, TASKS_BUCKET};
-use warden_bus::transport::nats::{NatsBus, NatsConnectConfig};
 use warden_bus::Bus;
-use warden_control_plane::broker::Broker;
 use warden_control_plane::core::issue::ActionRequest;
 use warden_testkit::{workspace_binary, Process};
 
@@ -40,59 +38,34 @@ fn start_refused(args: &[&str]) -> (Option<i32>, String) {
     (code, control_plane.log())
 }
 
-/// A test's own broker connection with the control plane's permissions, and a runtime to
-/// drive it outside the cluster's.
-struct Inspector {
-    runtime: tokio::runtime::Runtime,
-    bus: NatsBus,
+/// Reads the maximum age of every stream, by stream name.
+fn stream_max_ages(cluster: &Cluster) -> Vec<(String, Duration)> {
+    cluster.block_on(async {
+        let jetstream = cluster.jetstream();
+        let names: Vec<String> = jetstream.stream_names().try_collect().await.unwrap();
+        let mut ages = Vec::new();
+        for name in names {
+            let mut stream = jetstream.get_stream(&name).await.unwrap();
+            let max_age = stream.info().await.unwrap().config.max_age;
+            ages.push((name, max_age));
+        }
+        ages.sort();
+        ages
+    })
 }
 
-impl Inspector {
-    fn connect(cluster: &Cluster) -> Self {
-        let runtime = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .unwrap();
-        let broker = Broker::load(&cluster.path("broker")).unwrap();
-        let user = broker
-            .mint_control_plane(support::now_secs(), &mut rand::rngs::OsRng)
-            .unwrap();
-        let config = NatsConnectConfig::new(vec![cluster.nats_url()], "retention-inspector")
-            .with_credentials(user.credentials().unwrap())
-            .with_ca_file(broker.ca_file());
-        let bus = runtime.block_on(NatsBus::connect_with(&config)).unwrap();
-        Self { runtime, bus }
-    }
+fn stream_max_age(cluster: &Cluster, stream: &str) -> Duration {
+    stream_max_ages(cluster)
+        .into_iter()
+        .find(|(name, _)| name == stream)
+        .unwrap_or_else(|| panic!("no stream {stream}"))
+        .1
+}
 
-    /// Reads the maximum age of every stream, by stream name.
-    fn max_ages(&self) -> Vec<(String, Duration)> {
-        self.runtime.block_on(async {
-            let jetstream = async_nats::jetstream::new(self.bus.client().clone());
-            let names: Vec<String> = jetstream.stream_names().try_collect().await.unwrap();
-            let mut ages = Vec::new();
-            for name in names {
-                let mut stream = jetstream.get_stream(&name).await.unwrap();
-                let max_age = stream.info().await.unwrap().config.max_age;
-                ages.push((name, max_age));
-            }
-            ages.sort();
-            ages
-        })
-    }
-
-    fn max_age(&self, stream: &str) -> Duration {
-        self.max_ages()
-            .into_iter()
-            .find(|(name, _)| name == stream)
-            .unwrap_or_else(|| panic!("no stream {stream}"))
-            .1
-    }
-
-    fn set_bucket_max_age(&self, bucket: &str, max_age: Option<Duration>) {
-        self.runtime
-            .block_on(self.bus.ensure_bucket(bucket, max_age))
-            .unwrap();
-    }
+fn set_bucket_max_age(cluster: &Cluster, bucket: &str, max_age: Option<Duration>) {
+    cluster
+        .block_on(cluster.bus().ensure_bucket(bucket, max_age))
+        .unwrap();
 }
 
 /// Starts a second control-plane replica of `cluster` with `extra` arguments.
@@ -188,9 +161,8 @@ fn longest_grace_under_shortest_retention_starts() {
         "--expiry-grace-secs",
         &grace,
     ]);
-    let inspector = Inspector::connect(&cluster);
     assert_eq!(
-        inspector.max_age(&format!("KV_{TASKS_BUCKET}")),
+        stream_max_age(&cluster, &format!("KV_{TASKS_BUCKET}")),
         Duration::from_secs(DAY_SECS)
     );
 }
@@ -201,30 +173,33 @@ fn longest_grace_under_shortest_retention_starts() {
 #[test]
 fn existing_buckets_get_retention_at_restart() {
     let mut cluster = Cluster::start_with(&["--task-retention-secs", "172800"]);
-    let inspector = Inspector::connect(&cluster);
     let task_stream = format!("KV_{TASKS_BUCKET}");
     let deployment_stream = format!("KV_{DEPLOYMENTS_BUCKET}");
     assert_eq!(
-        inspector.max_age(&task_stream),
+        stream_max_age(&cluster, &task_stream),
         Duration::from_secs(2 * DAY_SECS)
     );
 
     cluster.add_node("n1");
     let task = &cluster.issue(Some("n1"), ActionRequest::CollectDiagnostics {})[0];
     cluster.kill_control_plane();
-    inspector.set_bucket_max_age(TASKS_BUCKET, None);
-    inspector.set_bucket_max_age(DEPLOYMENTS_BUCKET, Some(Duration::from_secs(DAY_SECS)));
-    assert_eq!(inspector.max_age(&task_stream), Duration::ZERO);
+    set_bucket_max_age(&cluster, TASKS_BUCKET, None);
+    set_bucket_max_age(
+        &cluster,
+        DEPLOYMENTS_BUCKET,
+        Some(Duration::from_secs(DAY_SECS)),
+    );
+    assert_eq!(stream_max_age(&cluster, &task_stream), Duration::ZERO);
 
     cluster.start_control_plane(&[]);
 
     assert_eq!(
-        inspector.max_age(&task_stream),
+        stream_max_age(&cluster, &task_stream),
         Duration::from_secs(2 * DAY_SECS)
     );
-    assert_eq!(inspector.max_age(&deployment_stream), Duration::ZERO);
+    assert_eq!(stream_max_age(&cluster, &deployment_stream), Duration::ZERO);
     assert_eq!(cluster.task(&task.id).status, "pending");
-    for (stream, max_age) in inspector.max_ages() {
+    for (stream, max_age) in stream_max_ages(&cluster) {
         if stream == task_stream || !stream.starts_with("KV_") {
             continue;
         }
@@ -242,12 +217,11 @@ fn existing_buckets_get_retention_at_restart() {
 #[test]
 fn replicas_with_different_retentions_both_start() {
     let mut cluster = Cluster::start_with(&["--task-retention-secs", "172800"]);
-    let inspector = Inspector::connect(&cluster);
     let task_stream = format!("KV_{TASKS_BUCKET}");
 
     let mut second = start_second_replica(&cluster, &["--task-retention-secs", "86400"]);
     assert_eq!(
-        inspector.max_age(&task_stream),
+        stream_max_age(&cluster, &task_stream),
         Duration::from_secs(DAY_SECS)
     );
     assert!(cluster.control_plane().is_running());
@@ -256,7 +230,7 @@ fn replicas_with_different_retentions_both_start() {
     cluster.kill_control_plane();
     cluster.start_control_plane(&[]);
     assert_eq!(
-        inspector.max_age(&task_stream),
+        stream_max_age(&cluster, &task_stream),
         Duration::from_secs(2 * DAY_SECS)
     );
 }
@@ -276,14 +250,13 @@ fn shorter_replica_retention_is_reported() {
         "--expiry-grace-secs",
         &grace,
     ]);
-    let inspector = Inspector::connect(&cluster);
     let task_stream = format!("KV_{TASKS_BUCKET}");
 
     let mut second = start_second_replica(&cluster, &["--task-retention-secs", "86400"]);
     second.kill();
 
     assert_eq!(
-        inspector.max_age(&task_stream),
+        stream_max_age(&cluster, &task_stream),
         Duration::from_secs(DAY_SECS)
     );
     let log = second.log();

@@ -478,6 +478,21 @@ impl Cluster {
             .map(|entry| entry.value.to_vec())
     }
 
+    /// Runs `future` to completion on the test's own runtime.
+    pub fn block_on<F: std::future::Future>(&self, future: F) -> F::Output {
+        self.runtime.block_on(future)
+    }
+
+    /// Returns the test's own broker connection, which has the control plane's permissions.
+    pub fn bus(&self) -> &NatsBus {
+        &self.bus
+    }
+
+    /// Returns a JetStream context on the test's own broker connection.
+    pub fn jetstream(&self) -> async_nats::jetstream::Context {
+        async_nats::jetstream::new(self.bus.client().clone())
+    }
+
     /// Replaces the value of `key` in `bucket`, as someone with the control plane's broker
     /// permissions could.
     pub fn kv_overwrite(&self, bucket: &str, key: &str, value: &[u8]) {
