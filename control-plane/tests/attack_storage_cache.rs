@@ -18,8 +18,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use futures::StreamExt;
+use support::probe::Probe;
 use support::{Cluster, DEPLOYMENT};
-use tokio::sync::mpsc;
 use warden_bus::transport::nats::{NatsConnectConfig, NatsCredentials};
 use warden_control_plane::broker::Broker;
 use warden_control_plane::releases::prepare_cache_dir;
@@ -27,7 +27,6 @@ use warden_control_plane::views::{AddNode, AddedNode};
 use warden_testkit::{nats_server_binary, workspace_binary};
 
 /// How long a check waits for the server's permission violation.
-const VIOLATION_WAIT: Duration = Duration::from_secs(3);
 /// How long a check waits to be sure that a rejected message was not delivered.
 const DELIVERY_WAIT: Duration = Duration::from_millis(300);
 /// An unprivileged uid: `nobody` on Debian-like systems.
@@ -193,59 +192,22 @@ fn cache_dir_with_write_acl_rejected() {
     assert!(error.contains(&cache.display().to_string()), "{error}");
 }
 
-/// A connection with the enrollment credential of one bootstrap file.
-struct EnrollmentProbe {
-    client: async_nats::Client,
-    errors: mpsc::UnboundedReceiver<String>,
-}
-
-impl EnrollmentProbe {
-    async fn connect(cluster: &Cluster, bootstrap: &warden::bootstrap::BootstrapFile) -> Self {
-        let credentials = NatsCredentials::new(
-            bootstrap.enrollment_jwt.clone().unwrap(),
-            bootstrap.enrollment_seed.as_deref().unwrap(),
-        )
-        .unwrap();
-        let ca_file = cluster.path("enrollment-ca.pem");
-        std::fs::write(&ca_file, bootstrap.ca_certificate.as_deref().unwrap()).unwrap();
-        let config = NatsConnectConfig::new(vec![cluster.nats_url()], "enrollment-probe")
-            .with_credentials(credentials)
-            .with_ca_file(ca_file);
-        let (sender, errors) = mpsc::unbounded_channel();
-        let options = config
-            .connect_options()
-            .unwrap()
-            .event_callback(move |event| {
-                let sender = sender.clone();
-                async move {
-                    if let async_nats::Event::ServerError(error) = event {
-                        let _ = sender.send(error.to_string());
-                    }
-                }
-            });
-        let client = options.connect(config.servers.as_slice()).await.unwrap();
-        Self { client, errors }
-    }
-
-    /// Waits for a permission violation that names `subject`.
-    async fn expect_violation(&mut self, operation: &str, subject: &str) {
-        let quoted = format!("\"{subject}\"");
-        let deadline = tokio::time::Instant::now() + VIOLATION_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.errors.recv()).await {
-                Ok(Some(error))
-                    if error.to_lowercase().contains("permissions violation")
-                        && error.contains(&quoted) =>
-                {
-                    return
-                }
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => panic!(
-                    "{operation} {subject}: the server reported no permission violation within {VIOLATION_WAIT:?}"
-                ),
-            }
-        }
-    }
+/// Connects with the enrollment credential of one bootstrap file.
+async fn enrollment_probe(
+    cluster: &Cluster,
+    bootstrap: &warden::bootstrap::BootstrapFile,
+) -> Probe {
+    let credentials = NatsCredentials::new(
+        bootstrap.enrollment_jwt.clone().unwrap(),
+        bootstrap.enrollment_seed.as_deref().unwrap(),
+    )
+    .unwrap();
+    let ca_file = cluster.path("enrollment-ca.pem");
+    std::fs::write(&ca_file, bootstrap.ca_certificate.as_deref().unwrap()).unwrap();
+    let config = NatsConnectConfig::new(vec![cluster.nats_url()], "enrollment-probe")
+        .with_credentials(credentials)
+        .with_ca_file(ca_file);
+    Probe::connect(&config).await
 }
 
 /// Subscribes the observer to `filter` and waits until the server has registered it.
@@ -293,7 +255,7 @@ fn enrollment_credential_rejected_elsewhere() {
             .connect(observer_config.servers.as_slice())
             .await
             .unwrap();
-        let mut probe = EnrollmentProbe::connect(&cluster, &bootstrap).await;
+        let mut probe = enrollment_probe(&cluster, &bootstrap).await;
 
         for subject in [
             format!("ld.{DEPLOYMENT}.n1.rpc.enroll.extra"),

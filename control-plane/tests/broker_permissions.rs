@@ -24,7 +24,6 @@ use futures::StreamExt;
 use nkeys::{KeyPair, KeyPairType};
 use rand::SeedableRng;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::sync::mpsc;
 use warden_bus::subject::{self, RpcVerb, Subject, TelemetryKind, REPORT_STREAM, TASK_STREAM};
 use warden_bus::transport::nats::{NatsBus, NatsConnectConfig, NatsCredentials};
 use warden_bus::transport::{ConsumerSpec, StreamSpec};
@@ -45,13 +44,17 @@ use warden_control_plane::nats_security::{
 };
 use warden_testkit::NatsServer;
 
+// Only the probe: the rest of the support starts whole clusters, which these tests build by hand.
+#[path = "support/probe.rs"]
+mod probe;
+
+use probe::{Probe, VIOLATION_WAIT};
+
 const DEPLOYMENT: &str = "prod";
 const NODE_A: &str = "node-a";
 const NODE_B: &str = "node-b";
 const KV_BUCKET: &str = "warden_control";
 
-/// How long a check waits for the server's permission violation.
-const VIOLATION_WAIT: Duration = Duration::from_secs(3);
 /// How long a check waits to be sure a refused message was not delivered. The violation has
 /// already come back by then, so the server has dealt with the message.
 const DELIVERY_WAIT: Duration = Duration::from_millis(300);
@@ -277,66 +280,6 @@ impl Broker {
             .await
             .unwrap();
         bus
-    }
-}
-
-/// A client whose server errors are collected, to see the permission violations it gets.
-struct Probe {
-    client: async_nats::Client,
-    errors: mpsc::UnboundedReceiver<String>,
-}
-
-impl Probe {
-    async fn connect(config: &NatsConnectConfig) -> Self {
-        let (sender, errors) = mpsc::unbounded_channel();
-        let options = config
-            .connect_options()
-            .unwrap()
-            .event_callback(move |event| {
-                let sender = sender.clone();
-                async move {
-                    if let async_nats::Event::ServerError(error) = event {
-                        let _ = sender.send(error.to_string());
-                    }
-                }
-            });
-        let client = options.connect(config.servers.as_slice()).await.unwrap();
-        Self { client, errors }
-    }
-
-    /// Waits for a permission violation that names `subject`; `operation` names the check.
-    async fn expect_violation(&mut self, operation: &str, subject: &str) {
-        let quoted = format!("\"{subject}\"");
-        let deadline = tokio::time::Instant::now() + VIOLATION_WAIT;
-        loop {
-            match tokio::time::timeout_at(deadline, self.errors.recv()).await {
-                Ok(Some(error))
-                    if error.to_lowercase().contains("permissions violation")
-                        && error.contains(&quoted) =>
-                {
-                    return
-                }
-                // A violation of an earlier check that arrived late.
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => panic!(
-                    "{operation} {subject}: the server reported no permission violation within {VIOLATION_WAIT:?}"
-                ),
-            }
-        }
-    }
-
-    /// Waits for any server error containing `text`.
-    async fn expect_error(&mut self, what: &str, text: &str, wait: Duration) {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            match tokio::time::timeout_at(deadline, self.errors.recv()).await {
-                Ok(Some(error)) if error.to_lowercase().contains(text) => return,
-                Ok(Some(_)) => continue,
-                Ok(None) | Err(_) => {
-                    panic!("{what}: no server error containing {text:?} within {wait:?}")
-                }
-            }
-        }
     }
 }
 

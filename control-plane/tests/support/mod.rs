@@ -12,6 +12,7 @@
 )]
 
 pub mod access;
+pub mod probe;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
