@@ -75,9 +75,9 @@ pub const DESCRIPTION_BYTES_MAX: usize = 1024;
 /// Default time the broker keeps a task record after its last change. Task listings and the
 /// sweep read every record kept, so the retention bounds their work.
 pub const TASK_RETENTION_DEFAULT: Duration = Duration::from_secs(7 * 24 * 3600);
-/// Shortest task retention accepted.
+/// Minimum task retention.
 pub const TASK_RETENTION_MIN: Duration = Duration::from_secs(24 * 3600);
-/// Longest task retention accepted.
+/// Maximum task retention.
 pub const TASK_RETENTION_MAX: Duration = Duration::from_secs(366 * 24 * 3600);
 
 /// A task retention the control plane cannot use.
@@ -102,15 +102,15 @@ pub enum TaskRetentionError {
     ShorterThanOpenTask {
         /// The retention asked for, in seconds.
         retention_secs: u64,
-        /// The longest time an open task's record may go unchanged, in seconds.
+        /// Maximum time an open task's record may go unchanged, in seconds.
         open_secs: u64,
     },
 }
 
-/// Checks a task retention against its range and against the longest time an open task's
-/// record may go without a write: from its issue until the sweep marks it expired, at most
-/// [`issue::TASK_TTL_MAX`] plus the expiry grace plus one sweep interval. A shorter retention
-/// would let the broker drop the record of a task that has no outcome yet.
+/// Checks a task retention against its range and against the time an open task's record may
+/// go without a write. That time runs from the task's issue until the sweep marks it expired:
+/// at most [`issue::TASK_TTL_MAX`] plus the expiry grace plus one sweep interval. A shorter
+/// retention would let the broker drop the record of a task that has no outcome yet.
 pub fn check_task_retention(
     retention: Duration,
     expiry_grace: Duration,
@@ -448,7 +448,7 @@ impl ControlPlane {
         &self.inner.settings
     }
 
-    /// The random id of this replica, as the sweep lease and the logs name it.
+    /// Returns the random id of this replica, which names it in the sweep lease and the logs.
     pub fn replica_id(&self) -> &str {
         &self.inner.replica_id
     }

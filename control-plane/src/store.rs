@@ -333,7 +333,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn task_records_go_after_the_retention_and_others_stay() {
+    async fn task_records_expire_after_retention() {
         let clock = ManualClock::new(UnixMillis(0));
         let store = Store::new(Arc::new(MemoryBus::new(Arc::new(clock.clone()))));
         let retention = Duration::from_secs(24 * 3600);

@@ -24,7 +24,7 @@ const DAY_SECS: u64 = 86_400;
 
 /// Starts the control plane with `args` against a port where no broker listens, and returns
 /// its exit code and output. Every case here must stop before it connects.
-fn start_refused(args: &[&str]) -> (Option<i32>, String) {
+fn start_rejected(args: &[&str]) -> (Option<i32>, String) {
     let dir = tempfile::tempdir().unwrap();
     support::offline_setup(dir.path());
     let binary = workspace_binary("control-plane");
@@ -99,7 +99,7 @@ fn bad_retention_values_rejected_at_start() {
         ),
     ];
     for (args, expected) in cases {
-        let (code, log) = start_refused(args);
+        let (code, log) = start_rejected(args);
         assert_ne!(code, Some(0), "{args:?} was accepted:\n{log}");
         assert!(log.contains(expected), "{args:?}:\n{log}");
         if expected == range {
@@ -138,7 +138,7 @@ fn expiry_grace_beyond_retention_rejected() {
         ],
     ];
     for args in cases {
-        let (code, log) = start_refused(args);
+        let (code, log) = start_rejected(args);
         assert_ne!(code, Some(0), "{args:?} was accepted:\n{log}");
         assert!(
             log.contains("with --expiry-grace-secs") && log.contains("task retention of"),

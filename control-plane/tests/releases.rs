@@ -396,9 +396,9 @@ fn tampered_cache_never_staged() {
     setup.attempt(&upgrade, 0).unwrap();
 }
 
-/// A cache file damaged while no replica ran heals: the first time a replica serves a cache file
+/// A cache file damaged while no replica ran heals. The first time a replica serves a cache file
 /// it did not write, it reads it whole, finds the damage and fills it again from the object
-/// store, so the nodes get the artifact instead of failing every download.
+/// store. So the nodes get the artifact instead of failing every download.
 #[test]
 fn damaged_cache_refilled_after_restart() {
     let mut setup = ReleaseSetup::start();

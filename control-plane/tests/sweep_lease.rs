@@ -70,7 +70,7 @@ fn one_replica_sweeps_and_another_takes_over() {
     let second_id = replica_id(&second.log());
     assert_ne!(first_id, second_id);
 
-    // The first replica started first and holds the lease; the second one sees it.
+    // The first replica started first and holds the lease, and the second one reads that.
     wait_until(
         "the second replica to see the holder",
         Duration::from_secs(10),
@@ -361,7 +361,7 @@ fn paused_holder_yields_after_resume() {
     let first_pid = cluster.control_plane().id().unwrap();
     signal(first_pid, nix::sys::signal::Signal::SIGSTOP);
     wait_for_holder(&cluster, &second_id, Duration::from_secs(10));
-    // The pause lasts far longer than a lease, as a long GC pause or a suspended VM would.
+    // The pause lasts far longer than a lease, as a suspended VM or a stalled host would.
     std::thread::sleep(Duration::from_secs(3));
     signal(first_pid, nix::sys::signal::Signal::SIGCONT);
 

@@ -381,6 +381,7 @@ impl NodeComponents {
     fn spawn(&mut self, at: Moment) -> u32 {
         let pid = self.next_pid;
         self.next_pid += 1;
+        // Process ids start at 1000, so any later one is a restart.
         if pid > 1000 {
             self.observations.push(Observation::Restart);
         }
@@ -388,6 +389,7 @@ impl NodeComponents {
             "iggy process {pid} of release {} started",
             at.release
         )));
+
         let ready = self.millis(200..3_000);
         self.processes.push(SimProcess {
             pid,
@@ -402,6 +404,7 @@ impl NodeComponents {
             pid,
             start_ticks: at.true_now.0,
         });
+
         // One quick crash loop in four, so some runs reach the crash limit.
         let quick = self.rng.gen_bool(0.25);
         let crash_mean = if quick && self.faults.crash_every != Duration::MAX {

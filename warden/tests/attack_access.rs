@@ -461,6 +461,7 @@ fn hostile_table_names_and_ports_rejected() {
         };
         assert!(file.validate(None).is_err(), "table {name:?} was taken");
     }
+
     let zero = [
         AccessFile {
             tcp_port: Some(0),
@@ -482,6 +483,7 @@ fn hostile_table_names_and_ports_rejected() {
     for file in zero {
         assert!(file.validate(None).is_err(), "{file:?} was taken");
     }
+
     let clashes = [
         (Some(3000), None, None),
         (None, Some(8092), None),
@@ -497,12 +499,14 @@ fn hostile_table_names_and_ports_rejected() {
         };
         assert!(file.validate(None).is_err(), "{file:?} was taken");
     }
+
     // TCP and UDP ports live apart, so QUIC may share the TCP port's number.
     let shared = AccessFile {
         quic_port: Some(8090),
         ..AccessFile::default()
     };
     assert!(shared.validate(None).is_ok());
+
     // A mistyped key is an error, not a silently ignored setting.
     assert!(toml::from_str::<AccessFile>("tabel = \"filter\"\n").is_err());
     assert!(toml::from_str::<AccessFile>("tcp_port = 70000\n").is_err());

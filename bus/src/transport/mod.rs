@@ -224,10 +224,10 @@ pub enum BusError {
     },
 }
 
-/// Shortest maximum age of a bucket; the broker refuses shorter ones.
+/// Lower bound of a bucket's maximum age. The broker rejects shorter ones.
 pub const BUCKET_MAX_AGE_MIN: Duration = Duration::from_millis(100);
-/// Longest maximum age of a bucket: the broker counts it in signed 64-bit nanoseconds, about
-/// 292 years.
+/// Upper bound of a bucket's maximum age. The broker counts it in signed 64-bit nanoseconds,
+/// about 292 years.
 pub const BUCKET_MAX_AGE_MAX: Duration = Duration::from_nanos(i64::MAX.unsigned_abs());
 
 /// Checks a bucket's maximum age before a transport passes it on. Every transport takes the

@@ -22,7 +22,7 @@ impl ControlPlane {
             Some(entry) => match serde_json::from_slice::<SweepLease>(&entry.value) {
                 Ok(lease) => Some(lease),
                 Err(error) => {
-                    // Nothing in a lease is worth keeping; a replica that cannot read it
+                    // Nothing in a lease is worth keeping, so a replica that cannot read it
                     // writes a good one over it.
                     tracing::warn!(
                         replica_id = me,
@@ -77,13 +77,13 @@ impl ControlPlane {
                 self.note_sweep_holder(me);
                 Ok(true)
             }
-            // Another replica wrote the lease since we read it; it sweeps this time.
+            // Another replica wrote the lease since this one read it, so that one sweeps this time.
             Err(BusError::KeyExists { .. } | BusError::RevisionMismatch { .. }) => Ok(false),
             Err(error) => Err(error.into()),
         }
     }
 
-    /// Logs when the replica that holds the sweep lease changes, as this replica sees it.
+    /// Logs a change of the sweep lease holder, as this replica reads it.
     fn note_sweep_holder(&self, holder: &str) {
         let mut known = self
             .inner

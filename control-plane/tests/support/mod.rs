@@ -198,7 +198,7 @@ impl Cluster {
 
     /// Starts another control-plane replica beside the cluster's own, with its API on a free
     /// port, its own artifact cache and the extra arguments `args` instead of the cluster's,
-    /// and waits until its API answers. Returns the process and the API's base URL.
+    /// and waits until its API responds. Returns the process and the API's base URL.
     pub fn start_replica(&self, name: &str, args: &[&str]) -> (Process, String) {
         let port = free_port().to_string();
         let command =

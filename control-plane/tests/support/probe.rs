@@ -36,7 +36,8 @@ impl Probe {
         Self { client, errors }
     }
 
-    /// Waits for a permission violation that names `subject`; `operation` names the check.
+    /// Waits for a permission violation that names `subject`. The `operation` names the check in
+    /// the failure message.
     pub async fn expect_violation(&mut self, operation: &str, subject: &str) {
         let quoted = format!("\"{subject}\"");
         let deadline = tokio::time::Instant::now() + VIOLATION_WAIT;
@@ -58,14 +59,14 @@ impl Probe {
     }
 
     /// Waits for any server error containing `text`.
-    pub async fn expect_error(&mut self, what: &str, text: &str, wait: Duration) {
+    pub async fn expect_error(&mut self, check: &str, text: &str, wait: Duration) {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
             match tokio::time::timeout_at(deadline, self.errors.recv()).await {
                 Ok(Some(error)) if error.to_lowercase().contains(text) => return,
                 Ok(Some(_)) => continue,
                 Ok(None) | Err(_) => {
-                    panic!("{what}: no server error containing {text:?} within {wait:?}")
+                    panic!("{check}: no server error containing {text:?} within {wait:?}")
                 }
             }
         }

@@ -115,7 +115,7 @@ impl Drop for Node {
     }
 }
 
-/// The fake component, at a path that `nobody` can run too.
+/// Returns the path of the fake component, at a place that `nobody` can run too.
 pub fn fake() -> PathBuf {
     workspace_binary_for_others("fake-component")
 }
