@@ -43,16 +43,38 @@ struct BucketState {
     max_age: Option<Duration>,
     /// Entries with the time of their last write.
     entries: BTreeMap<String, (KvEntry, UnixMillis)>,
+    /// No entry was written before this time, so nothing expires until it is `max_age` old.
+    /// Rewrites leave it lower than needed, which costs one scan that finds nothing.
+    oldest_write: Option<UnixMillis>,
 }
 
 impl BucketState {
     /// Drops the keys whose last write is older than the bucket's maximum age, as the broker
-    /// drops the messages behind them.
+    /// drops the messages behind them. The entries are scanned only when the oldest write may
+    /// have expired, since every key-value operation calls this.
     fn expire(&mut self, now: UnixMillis) {
-        if let Some(max_age) = self.max_age {
-            self.entries
-                .retain(|_, (_, written_at)| now.since(*written_at) < max_age);
+        let Some(max_age) = self.max_age else {
+            return;
+        };
+        if self
+            .oldest_write
+            .is_none_or(|oldest| now.since(oldest) < max_age)
+        {
+            return;
         }
+        self.entries
+            .retain(|_, (_, written_at)| now.since(*written_at) < max_age);
+        self.oldest_write = self
+            .entries
+            .values()
+            .map(|(_, written_at)| *written_at)
+            .min();
+    }
+
+    /// Stores `entry` under `key` as written at `now`.
+    fn write(&mut self, key: &str, entry: KvEntry, now: UnixMillis) {
+        self.entries.insert(key.to_owned(), (entry, now));
+        self.oldest_write.get_or_insert(now);
     }
 }
 
@@ -502,22 +524,22 @@ impl Bus for MemoryBus {
     async fn kv_get(&self, bucket: &str, key: &str) -> Result<Option<KvEntry>, BusError> {
         let now = self.clock.now();
         let mut state = lock(&self.state);
-        let entries = live_bucket(&mut state, bucket, now)?;
-        Ok(entries.get(key).map(|(entry, _)| entry.clone()))
+        let found = live_bucket(&mut state, bucket, now)?;
+        Ok(found.entries.get(key).map(|(entry, _)| entry.clone()))
     }
 
     async fn kv_create(&self, bucket: &str, key: &str, value: Bytes) -> Result<u64, BusError> {
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let revision = next_revision(&mut state, bucket);
-        let entries = live_bucket(&mut state, bucket, now)?;
-        if entries.contains_key(key) {
+        let found = live_bucket(&mut state, bucket, now)?;
+        if found.entries.contains_key(key) {
             return Err(BusError::KeyExists {
                 bucket: bucket.to_owned(),
                 key: key.to_owned(),
             });
         }
-        entries.insert(key.to_owned(), (KvEntry { value, revision }, now));
+        found.write(key, KvEntry { value, revision }, now);
         Ok(revision)
     }
 
@@ -531,38 +553,37 @@ impl Bus for MemoryBus {
         let now = self.clock.now();
         let mut state = lock(&self.state);
         let next = next_revision(&mut state, bucket);
-        let entries = live_bucket(&mut state, bucket, now)?;
-        let mismatch = || BusError::RevisionMismatch {
-            bucket: bucket.to_owned(),
-            key: key.to_owned(),
-            expected: revision,
-        };
-        let (entry, written_at) = entries.get_mut(key).ok_or_else(mismatch)?;
-        if entry.revision != revision {
-            return Err(mismatch());
+        let found = live_bucket(&mut state, bucket, now)?;
+        let stored = found.entries.get(key).map(|(entry, _)| entry.revision);
+        if stored != Some(revision) {
+            return Err(BusError::RevisionMismatch {
+                bucket: bucket.to_owned(),
+                key: key.to_owned(),
+                expected: revision,
+            });
         }
-        *entry = KvEntry {
+        let entry = KvEntry {
             value,
             revision: next,
         };
-        *written_at = now;
+        found.write(key, entry, now);
         Ok(next)
     }
 
     async fn kv_keys(&self, bucket: &str) -> Result<Vec<String>, BusError> {
         let now = self.clock.now();
         let mut state = lock(&self.state);
-        let entries = live_bucket(&mut state, bucket, now)?;
-        Ok(entries.keys().cloned().collect())
+        let found = live_bucket(&mut state, bucket, now)?;
+        Ok(found.entries.keys().cloned().collect())
     }
 }
 
-/// Drops the expired entries of a bucket and returns the rest.
+/// Drops the expired entries of a bucket and returns the bucket.
 fn live_bucket<'a>(
     state: &'a mut State,
     bucket: &str,
     now: UnixMillis,
-) -> Result<&'a mut BTreeMap<String, (KvEntry, UnixMillis)>, BusError> {
+) -> Result<&'a mut BucketState, BusError> {
     let found = state
         .buckets
         .get_mut(bucket)
@@ -570,7 +591,7 @@ fn live_bucket<'a>(
             what: format!("bucket {bucket}"),
         })?;
     found.expire(now);
-    Ok(&mut found.entries)
+    Ok(found)
 }
 
 /// Revisions count per bucket, like the sequence of the stream behind a NATS bucket.
