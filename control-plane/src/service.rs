@@ -111,6 +111,9 @@ pub enum TaskRetentionError {
 /// go without a write. That time runs from the task's issue until the sweep marks it expired:
 /// at most [`issue::TASK_TTL_MAX`] plus the expiry grace plus one sweep interval. A shorter
 /// retention would let the broker drop the record of a task that has no outcome yet.
+///
+/// NOTE: this sees only this replica's grace. The last replica to start sets the bucket's age,
+/// so replicas with different retentions or graces can still lose open tasks.
 pub fn check_task_retention(
     retention: Duration,
     expiry_grace: Duration,

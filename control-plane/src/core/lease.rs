@@ -26,6 +26,9 @@ pub const LEASE_INTERVALS: u32 = 3;
 pub const CLOCK_SKEW_ALLOWED: Duration = Duration::from_secs(60);
 
 /// The stored lease.
+///
+/// NOTE: a replica that cannot decode a lease replaces it, so during a rolling upgrade that adds
+/// a field, old and new replicas would overwrite each other's lease and both sweep.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SweepLease {
